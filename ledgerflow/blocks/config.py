@@ -1,0 +1,311 @@
+"""`PipelineConfig`: the seed's `load_final_config`, as a validated Prefect Block.
+
+Each bad value is refused with one sentence naming the field, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from prefect.blocks.core import Block
+from prefect.utilities.asyncutils import sync_compatible
+from pydantic.v1 import BaseModel, Field, ValidationError, root_validator, validator
+
+from ledgerflow.durations import parse_duration
+from ledgerflow.errors import ConfigError
+from ledgerflow.windows import KEY_FIELDS, KeyHook, check_granularity, zone
+
+_PIPELINE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}")
+_HOOK = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
+_SLUG = re.compile(r"[a-z0-9][a-z0-9\-]*/[A-Za-z0-9][\w\-]*")
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+CHECKABLE_FIELDS = (*KEY_FIELDS, "target_day", "time_interval")
+
+
+class DefaultRecord(BaseModel):
+    """The seed's `default_record`: names stamped on every window of this pipeline."""
+
+    source_name: str = Field("elasticsearch", description="Name of the source system.")
+    target_name: str = Field("snowflake", description="Name of the target system.")
+    pipeline_id: str | None = Field(
+        None, description="Must equal the config's pipeline_id when set (the seed kept it here)."
+    )
+
+
+class PipelineConfig(Block):
+    """Everything one windowed pipeline needs: its windows, its blocks, its retries and alerts."""
+
+    _block_type_name = "Ledgerflow Pipeline Config"
+    _block_type_slug = "ledgerflow-pipeline-config"
+    _description = "Windows, lag, retries, audit tolerance and the blocks of one ledgerflow pipeline."
+
+    pipeline_id: str = Field(
+        ..., title="Pipeline ID", description="Unique name of the pipeline in the ledger."
+    )
+    timezone: str = Field(
+        "America/Los_Angeles", title="Timezone", description="IANA zone the windows align to."
+    )
+    x_time_back: str = Field(
+        "1d",
+        title="Stability lag",
+        description="A window is loaded only once its end is this far in the past (e.g. 1d).",
+    )
+    granularity: str = Field(
+        "2h", title="Window size", description="A divisor of 24h (e.g. 30m, 2h) or whole days."
+    )
+    stale_threshold_hours: float = Field(
+        2.0, title="Stale lock threshold (hours)", description="A lock this old with no heartbeat is released."
+    )
+    start: datetime | None = Field(
+        None,
+        title="First window",
+        description="ISO instant with offset; the window holding it is the first loaded. "
+        "Unset: start at the latest eligible window (no catch-up).",
+    )
+    cron_schedule: str = Field(
+        "0 */2 * * *", title="Cron schedule", description="Example schedule for deployments."
+    )
+    email_list: list[str] = Field(default_factory=list, title="Notify these addresses")
+    email_on_failure: bool = Field(True, title="Notify on failure")
+    email_on_retry: bool = Field(False, title="Notify on retry")
+    notification_block: str | None = Field(
+        None,
+        title="Notification block",
+        description="Slug of a Prefect notification block, e.g. 'email-server-credentials/ops'.",
+    )
+    max_retry_task: int = Field(3, title="Task retries", description="Retries per task, 0-10.")
+    retry_backoff_seconds: float = Field(
+        10.0, title="Retry backoff (s)", description="First retry delay; doubles each retry."
+    )
+    max_window_attempts: int = Field(
+        3,
+        title="Attempts per window",
+        description="Stale-lock releases before a window is marked FAILED.",
+    )
+    check_fields: list[str] = Field(
+        default_factory=lambda: list(KEY_FIELDS),
+        title="Check fields",
+        description="Record fields that must be non-empty before a window is registered.",
+    )
+    key_x_hook: str | None = Field(None, description="'module:function' for key_x (default: stage path).")
+    key_y_hook: str | None = Field(None, description="'module:function' for key_y (default: local label).")
+    key_z_hook: str | None = Field(None, description="'module:function' for key_z (default: seconds).")
+    default_record: DefaultRecord = Field(default_factory=DefaultRecord)  # type: ignore[arg-type]
+    audit_tolerance_percent: float = Field(
+        0.0, title="Audit tolerance (%)", description="Allowed |source-target|/source, 0-100."
+    )
+    claim_order: Literal["oldest_first", "newest_first"] = Field(
+        "oldest_first", title="Claim order"
+    )
+    windows_per_run: int = Field(12, title="Windows per run", description="At most this many per flow run.")
+    concurrency: int = Field(4, title="Concurrency", description="Windows processed at once, 1-64.")
+    ledger_block: str = Field(
+        "ledgerflow-ledger-database/default", title="Ledger block", description="Slug of the ledger block."
+    )
+    source_block: str = Field(..., title="Source block", description="Slug of the source block.")
+    stage_block: str = Field(..., title="Stage block", description="Slug of the stage block.")
+    target_block: str = Field(..., title="Target block", description="Slug of the target block.")
+
+    @validator("pipeline_id")
+    def _pipeline_id(cls, v: str) -> str:
+        if not isinstance(v, str) or not _PIPELINE_ID.fullmatch(v):
+            raise ValueError(
+                f"pipeline_id={v!r} is not allowed; use 1-100 letters, digits, '_', '-' or '.', "
+                "starting with a letter or digit"
+            )
+        return v
+
+    @validator("timezone")
+    def _timezone(cls, v: str) -> str:
+        _reraise(zone, v)
+        return v
+
+    @validator("x_time_back")
+    def _lag(cls, v: str) -> str:
+        _reraise(lambda t: parse_duration(t, field="x_time_back", allow_zero=True), v)
+        return v
+
+    @validator("granularity")
+    def _granularity(cls, v: str) -> str:
+        _reraise(check_granularity, v)
+        return v
+
+    @validator("stale_threshold_hours")
+    def _stale(cls, v: float) -> float:
+        if not 0 < v <= 24 * 7:
+            raise ValueError(f"stale_threshold_hours={v!r} must be > 0 and at most 168 (a week)")
+        return v
+
+    @validator("start")
+    def _start(cls, v: datetime | None) -> datetime | None:
+        if v is None:
+            return None
+        if v.tzinfo is None:
+            raise ValueError(
+                f"start={v.isoformat()!r} has no UTC offset; write e.g. 2025-03-01T00:00:00Z"
+            )
+        if v > datetime.now(UTC):
+            raise ValueError(f"start={v.isoformat()!r} is in the future; it must be in the past")
+        return v.astimezone(UTC)
+
+    @validator("cron_schedule")
+    def _cron(cls, v: str) -> str:
+        from croniter import croniter
+
+        if not croniter.is_valid(v):
+            raise ValueError(f"cron_schedule={v!r} is not a valid 5-field cron expression")
+        return v
+
+    @validator("email_list", each_item=True)
+    def _email(cls, v: str) -> str:
+        if not _EMAIL.fullmatch(v):
+            raise ValueError(f"email_list entry {v!r} is not an email address")
+        return v
+
+    @validator("notification_block", "ledger_block", "source_block", "stage_block", "target_block")
+    def _slug(cls, v: str | None, field: Any) -> str | None:
+        if v is not None and not _SLUG.fullmatch(v):
+            raise ValueError(
+                f"{field.name}={v!r} is not a block slug; write '<block-type-slug>/<block-name>', "
+                "e.g. 'ledgerflow-duckdb-source/demo'"
+            )
+        return v
+
+    @validator("max_retry_task")
+    def _retries(cls, v: int) -> int:
+        if not 0 <= v <= 10:
+            raise ValueError(f"max_retry_task={v!r} must be between 0 and 10")
+        return v
+
+    @validator("retry_backoff_seconds")
+    def _backoff(cls, v: float) -> float:
+        if not 0 <= v <= 3600:
+            raise ValueError(f"retry_backoff_seconds={v!r} must be between 0 and 3600")
+        return v
+
+    @validator("max_window_attempts")
+    def _attempts(cls, v: int) -> int:
+        if not 1 <= v <= 100:
+            raise ValueError(f"max_window_attempts={v!r} must be between 1 and 100")
+        return v
+
+    @validator("check_fields", each_item=True)
+    def _check_field(cls, v: str) -> str:
+        if v not in CHECKABLE_FIELDS:
+            raise ValueError(f"check_fields entry {v!r} is unknown; allowed: {list(CHECKABLE_FIELDS)}")
+        return v
+
+    @validator("key_x_hook", "key_y_hook", "key_z_hook")
+    def _hook(cls, v: str | None, field: Any) -> str | None:
+        if v is not None and not _HOOK.fullmatch(v):
+            raise ValueError(f"{field.name}={v!r} must be 'package.module:function'")
+        return v
+
+    @validator("audit_tolerance_percent")
+    def _tolerance(cls, v: float) -> float:
+        if not 0 <= v <= 100:
+            raise ValueError(f"audit_tolerance_percent={v!r} must be between 0 and 100")
+        return v
+
+    @validator("windows_per_run")
+    def _per_run(cls, v: int) -> int:
+        if not 1 <= v <= 100_000:
+            raise ValueError(f"windows_per_run={v!r} must be between 1 and 100000")
+        return v
+
+    @validator("concurrency")
+    def _concurrency(cls, v: int) -> int:
+        if not 1 <= v <= 64:
+            raise ValueError(f"concurrency={v!r} must be between 1 and 64")
+        return v
+
+    @root_validator(skip_on_failure=True)
+    def _default_record(cls, values: dict[str, Any]) -> dict[str, Any]:
+        record: DefaultRecord = values["default_record"]
+        if record.pipeline_id is None:
+            values["default_record"] = record.copy(update={"pipeline_id": values["pipeline_id"]})
+        elif record.pipeline_id != values["pipeline_id"]:
+            raise ValueError(
+                f"default_record.pipeline_id={record.pipeline_id!r} differs from "
+                f"pipeline_id={values['pipeline_id']!r}; they must match (or leave it unset)"
+            )
+        return values
+
+    # --- derived values -----------------------------------------------------------------------
+
+    @property
+    def lag(self) -> timedelta:
+        return parse_duration(self.x_time_back, field="x_time_back", allow_zero=True)
+
+    @property
+    def step(self) -> timedelta:
+        return check_granularity(self.granularity)
+
+    @property
+    def stale_after(self) -> timedelta:
+        return timedelta(hours=self.stale_threshold_hours)
+
+    def key_hooks(self) -> dict[str, KeyHook]:
+        """The configured key hooks, imported; a bad path raises ConfigError naming it."""
+        hooks: dict[str, KeyHook] = {}
+        for key in KEY_FIELDS:
+            path = getattr(self, f"{key}_hook")
+            if path:
+                hooks[key] = _import_hook(f"{key}_hook", path)
+        return hooks
+
+
+def _reraise(check: Any, value: Any) -> None:
+    try:
+        check(value)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _import_hook(field: str, path: str) -> KeyHook:
+    module_name, _, attr = path.partition(":")
+    try:
+        hook = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"{field}={path!r} cannot be imported: {exc}") from exc
+    if not callable(hook):
+        raise ConfigError(f"{field}={path!r} is not callable")
+    return hook  # type: ignore[no-any-return]
+
+
+def explain(exc: ValidationError, name: str) -> ConfigError:
+    """One readable ConfigError from a pydantic error: one line per bad field."""
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"] if p != "__root__")
+        message = err["msg"]
+        lines.append(message if where and where in message else f"{where or 'config'}: {message}")
+    return ConfigError(f"pipeline config {name!r} is invalid: " + "; ".join(lines))
+
+
+def validate_config(data: dict[str, Any], name: str = "<inline>") -> PipelineConfig:
+    """Build a PipelineConfig from plain data, raising one ConfigError for every bad field."""
+    try:
+        return PipelineConfig(**data)
+    except ValidationError as exc:
+        raise explain(exc, name) from None
+
+
+@sync_compatible
+async def load_final_config(name: str) -> PipelineConfig:
+    """Load the PipelineConfig block `name` and return it validated (the seed's entry point)."""
+    try:
+        config = await PipelineConfig.load(name)
+    except ValidationError as exc:
+        raise explain(exc, name) from None
+    except ValueError as exc:
+        if "Unable to find block document" in str(exc):
+            raise ConfigError(
+                f"no pipeline config block named {name!r}; create one with "
+                "`ledgerflow blocks register` or PipelineConfig(...).save(name)"
+            ) from None
+        raise
+    return config  # type: ignore[no-any-return]

@@ -1,0 +1,122 @@
+"""The exceptions ledgerflow raises. Each docstring is the default message; data rides as attributes.
+
+Errors are classified once, here: a `TransientError` may succeed on retry (a timeout, a refused
+connection), a `TerminalError` will not (bad config, bad credentials, an audit mismatch). Task
+retry decisions look only at that class.
+"""
+
+from __future__ import annotations
+
+
+class LedgerflowError(Exception):
+    """A ledgerflow operation failed."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+
+class TerminalError(LedgerflowError):
+    """A failure that no retry will fix."""
+
+
+class TransientError(LedgerflowError):
+    """A failure that may go away on retry."""
+
+
+class ConfigError(TerminalError):
+    """The pipeline configuration is invalid."""
+
+
+class DurationError(ConfigError, ValueError):
+    """A duration is not of the form <positive integer><m|h|d>."""
+
+
+class LedgerSchemaError(TerminalError):
+    """The ledger's schema version does not match this ledgerflow."""
+
+
+class LeaseLost(TerminalError):
+    """The window's lease was taken away; this worker must stop without writing."""
+
+    def __init__(self, record_id: int, action: str) -> None:
+        self.record_id = record_id
+        self.action = action
+        super().__init__(
+            f"lease on window id={record_id} was lost before '{action}': another worker or the "
+            "stale-lock cleanup owns it now, so nothing was written"
+        )
+
+
+class RecordIncomplete(TerminalError):
+    """A window record is missing a field named in check_fields."""
+
+
+class SourceError(TransientError):
+    """Reading the source failed."""
+
+
+class SourceTerminalError(TerminalError):
+    """The source refused the request in a way no retry will fix."""
+
+
+class StageError(TransientError):
+    """Writing to or reading from the stage failed."""
+
+
+class StageTerminalError(TerminalError):
+    """The stage refused the request in a way no retry will fix."""
+
+
+class TargetError(TransientError):
+    """Loading or counting the target failed."""
+
+
+class TargetTerminalError(TerminalError):
+    """The target refused the request in a way no retry will fix."""
+
+
+class ExtractCountMismatch(TerminalError):
+    """The number of documents extracted differs from the source count for the window."""
+
+    def __init__(self, extracted: int, counted: int) -> None:
+        self.extracted = extracted
+        self.counted = counted
+        super().__init__(
+            f"extracted {extracted} rows but the source counted {counted} for the window; "
+            "refusing to load a window that may be incomplete"
+        )
+
+
+class LoadCountMismatch(TerminalError):
+    """The number of rows the target loaded differs from the staged manifest; rolled back."""
+
+    def __init__(self, loaded: int, staged: int) -> None:
+        self.loaded = loaded
+        self.staged = staged
+        super().__init__(
+            f"the target loaded {loaded} rows but the stage manifest holds {staged}; "
+            "the load was rolled back"
+        )
+
+
+class AuditMismatch(TerminalError):
+    """Source and target counts disagree beyond the audit tolerance."""
+
+    def __init__(self, source_count: int, target_count: int, pct: float, tolerance: float) -> None:
+        self.source_count = source_count
+        self.target_count = target_count
+        self.percentage_difference = pct
+        self.tolerance = tolerance
+        super().__init__(
+            f"audit failed: source has {source_count} rows, target has {target_count} "
+            f"({pct:.2f}% difference, tolerance {tolerance:.2f}%)"
+        )
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Whether a task that raised `exc` should be retried.
+
+    Unknown exceptions are retried: a driver error we did not classify is more often a hiccup
+    than a permanent refusal, and retries are bounded by max_retry_task.
+    """
+    return not isinstance(exc, TerminalError)

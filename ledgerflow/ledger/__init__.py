@@ -1,0 +1,16 @@
+"""The ledger: one table of windows and the only code that writes it."""
+
+from ledgerflow.ledger.models import PhaseStatus, Phase, PipelineRecord, Status
+from ledgerflow.ledger.store import Lease, Ledger, LedgerSummary, LedgerUnavailable, make_engine
+
+__all__ = [
+    "Lease",
+    "Ledger",
+    "LedgerSummary",
+    "LedgerUnavailable",
+    "Phase",
+    "PhaseStatus",
+    "PipelineRecord",
+    "Status",
+    "make_engine",
+]

@@ -1,0 +1,159 @@
+"""The ledger's table: the seed's `pipeline_records`, plus what exactly-once needs.
+
+Added to the seed's columns: `pipeline_id` with a unique `(pipeline_id, window_start_time)` so
+registration is idempotent; `lease_token` for fencing; `priority` so fresh windows go before a
+backfill; `error_message`, `extracted_count`, `loaded_count` and `stage_manifest` so an operator
+sees why and a re-claimed window can resume. `percentage_difference` is DECIMAL(9,2), wider than
+the seed's (5,2), because a target far larger than its source exceeds 999.99%.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+from sqlmodel import Field, SQLModel
+
+SCHEMA_VERSION = 1
+
+
+class UTCDateTime(sa.types.TypeDecorator[datetime]):
+    """An aware UTC instant on every backend: TIMESTAMPTZ on Postgres, ISO text on SQLite.
+
+    Naive datetimes are refused on the way in; what comes out is always aware UTC.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"ledger times must be aware datetimes, got naive {value!r}")
+        utc = value.astimezone(UTC)
+        # SQLite keeps text; strip the offset so every stored value sorts as UTC text.
+        return utc.replace(tzinfo=None) if dialect.name == "sqlite" else utc
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Status(StrEnum):
+    PENDING = "PENDING"
+    IN_PROGRESS = "IN_PROGRESS"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+
+
+class PhaseStatus(StrEnum):
+    PENDING = "PENDING"
+    IN_PROGRESS = "IN_PROGRESS"
+    COMPLETED = "COMPLETED"
+    SKIPPED = "SKIPPED"
+    FAILED = "FAILED"
+
+
+class Phase(StrEnum):
+    """Values of phase_completed, in pipeline order."""
+
+    CLAIMED = "CLAIMED"
+    PRE_VALIDATION = "PRE_VALIDATION"
+    SOURCE_TO_STAGE = "SOURCE_TO_STAGE"
+    STAGE_TO_TARGET = "STAGE_TO_TARGET"
+    AUDIT = "AUDIT"
+
+
+def _ts(**kw: Any) -> Any:
+    return Field(default=None, sa_type=UTCDateTime, **kw)
+
+
+def _status(length: int = 20, default: str = "PENDING") -> Any:
+    return Field(default=default, max_length=length, sa_column_kwargs={"server_default": default})
+
+
+class PipelineRecord(SQLModel, table=True):
+    """One window of one pipeline."""
+
+    __tablename__ = "pipeline_records"
+    __table_args__ = (
+        sa.UniqueConstraint("pipeline_id", "window_start_time", name="uq_pipeline_window"),
+        sa.Index("idx_pipeline_status", "pipeline_status"),
+        sa.Index("idx_time_window", "window_start_time", "window_end_time"),
+        sa.Index("idx_phase_completed", "phase_completed"),
+        sa.Index("idx_locked_at", "pipeline_locked_at"),
+        sa.Index("idx_claim", "pipeline_id", "pipeline_status", "priority", "window_start_time"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    pipeline_id: str = Field(max_length=100)
+
+    # Time window
+    target_day: date
+    window_start_time: datetime = Field(sa_type=UTCDateTime)
+    window_end_time: datetime = Field(sa_type=UTCDateTime)
+    time_interval: str = Field(max_length=10)
+    priority: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+
+    # Locking
+    dag_run_id: str | None = Field(default=None, max_length=100)
+    pipeline_status: str = _status()
+    pipeline_locked_at: datetime | None = _ts()
+    lease_token: str | None = Field(default=None, max_length=36)
+
+    # Source to stage
+    source_to_stage_ingestion_start_time: datetime | None = _ts()
+    source_to_stage_ingestion_end_time: datetime | None = _ts()
+    source_to_stage_ingestion_status: str = _status()
+
+    # Stage to target
+    stage_to_target_ingestion_start_time: datetime | None = _ts()
+    stage_to_target_ingestion_end_time: datetime | None = _ts()
+    stage_to_target_ingestion_status: str = _status()
+
+    # Audit
+    audit_start_time: datetime | None = _ts()
+    audit_end_time: datetime | None = _ts()
+    audit_status: str = _status()
+    audit_result: str | None = Field(default=None, max_length=10)
+    source_count: int | None = Field(default=None, sa_type=sa.BigInteger)
+    target_count: int | None = Field(default=None, sa_type=sa.BigInteger)
+    count_difference: int | None = Field(default=None, sa_type=sa.BigInteger)
+    percentage_difference: Decimal | None = Field(default=None, sa_type=sa.Numeric(9, 2))
+
+    # Pipeline management
+    pipeline_start_time: datetime | None = _ts()
+    pipeline_end_time: datetime | None = _ts()
+    phase_completed: str | None = Field(default=None, max_length=50)
+    retry_attempt: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    record_first_created_time: datetime | None = _ts()
+    record_last_updated_time: datetime | None = _ts()
+    error_message: str | None = Field(default=None, sa_type=sa.Text)
+    extracted_count: int | None = Field(default=None, sa_type=sa.BigInteger)
+    loaded_count: int | None = Field(default=None, sa_type=sa.BigInteger)
+    stage_manifest: str | None = Field(default=None, sa_type=sa.Text)
+
+    # Business fields (the seed's function_x/y/z)
+    key_x: str | None = Field(default=None, sa_type=sa.Text)
+    key_y: str | None = Field(default=None, sa_type=sa.Text)
+    key_z: str | None = Field(default=None, sa_type=sa.Text)
+
+
+class SchemaVersion(SQLModel, table=True):
+    """One row per ledger component: which schema version the database holds."""
+
+    __tablename__ = "ledgerflow_schema"
+
+    component: str = Field(primary_key=True, max_length=50)
+    version: int
+    applied_at: datetime = Field(sa_type=UTCDateTime)
+
+
+RECORDS = PipelineRecord.__table__  # type: ignore[attr-defined]
+"""The Core table, for the ledger's SQL."""

@@ -1,0 +1,246 @@
+"""Window math: pure functions, no I/O, no Prefect.
+
+The rules (DESIGN.md, "Windows"):
+
+- windows are half-open `[start, end)` and carried as aware UTC datetimes;
+- boundaries are local wall-clock multiples of the granularity from local midnight in the
+  pipeline's timezone (for whole-day granularities of N days, every Nth local midnight counted
+  from 1970-01-01);
+- each local boundary becomes a UTC instant the way `zoneinfo` does with `fold=0`: an ambiguous
+  time (fall-back) takes its earlier instant, a nonexistent one (spring-forward) takes the offset
+  in force before the gap;
+- a boundary not strictly later than the previous one is dropped, so windows tile time with no
+  gap and no overlap and a DST day has one shorter or one longer window.
+
+`zoneinfo` is used directly because the rule is defined by it; pendulum 2 and 3 resolve ambiguous
+times differently. pendulum DateTimes are accepted wherever a datetime is, since they subclass it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
+
+from ledgerflow.durations import format_duration, parse_duration
+from ledgerflow.errors import ConfigError, RecordIncomplete
+
+DAY = timedelta(days=1)
+_EPOCH = date(1970, 1, 1)
+
+
+@dataclass(frozen=True, order=True)
+class Window:
+    """One half-open window `[start, end)` in UTC, with the seed's labels."""
+
+    start: datetime
+    end: datetime
+    target_day: date = field(compare=False)
+    time_interval: str = field(compare=False)
+
+    def __post_init__(self) -> None:
+        for name in ("start", "end"):
+            value = getattr(self, name)
+            if value.tzinfo is None or value.utcoffset() != timedelta(0):
+                raise ValueError(f"Window.{name} must be an aware UTC datetime, got {value!r}")
+        if self.end <= self.start:
+            raise ValueError(f"Window end {self.end} must be after start {self.start}")
+
+    @property
+    def duration(self) -> timedelta:
+        return self.end - self.start
+
+    @property
+    def key(self) -> str:
+        """A compact, sortable, path-safe name for the window: its UTC start."""
+        return self.start.strftime("%Y%m%dT%H%M%SZ")
+
+    def local(self, timezone: str) -> tuple[datetime, datetime]:
+        """The window's start and end as wall-clock times in `timezone`."""
+        tz = ZoneInfo(timezone)
+        return self.start.astimezone(tz), self.end.astimezone(tz)
+
+    def to_dict(self) -> dict[str, str]:
+        return {
+            "start": self.start.isoformat().replace("+00:00", "Z"),
+            "end": self.end.isoformat().replace("+00:00", "Z"),
+            "target_day": self.target_day.isoformat(),
+            "time_interval": self.time_interval,
+        }
+
+
+def zone(name: str) -> ZoneInfo:
+    """The IANA zone `name`, or a ConfigError saying what is allowed."""
+    if not isinstance(name, str) or not name or name != name.strip():
+        raise ConfigError(f"timezone={name!r} is not an IANA timezone name such as 'UTC'")
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        close = sorted(z for z in available_timezones() if z.lower() == name.lower())
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(
+            f"timezone={name!r} is not a known IANA timezone{hint}; "
+            "allowed: names such as 'UTC', 'America/Los_Angeles', 'Asia/Kolkata'"
+        ) from exc
+
+
+def check_granularity(text: str) -> timedelta:
+    """Parse a granularity: it must divide 24h exactly or be a whole number of days."""
+    step = parse_duration(text, field="granularity")
+    if step < DAY and DAY % step != timedelta(0):
+        raise ConfigError(
+            f"granularity={text!r} does not divide a day; allowed: a divisor of 24h "
+            "(e.g. 15m, 30m, 1h, 2h, 3h, 4h, 6h, 8h, 12h) or a whole number of days (1d, 7d)"
+        )
+    if step > DAY and step % DAY != timedelta(0):
+        raise ConfigError(
+            f"granularity={text!r} is longer than a day but not a whole number of days; "
+            "allowed: a divisor of 24h or a whole number of days (e.g. 1d, 2d, 7d)"
+        )
+    return step
+
+
+def to_utc(local_day: date, wall: time, tz: ZoneInfo) -> datetime:
+    """A local wall-clock time as a UTC instant, resolved as zoneinfo does with fold=0."""
+    return datetime.combine(local_day, wall, tzinfo=tz).replace(fold=0).astimezone(UTC)
+
+
+def _day_boundaries(local_day: date, step: timedelta, tz: ZoneInfo) -> Iterator[datetime]:
+    if step >= DAY:
+        if (local_day - _EPOCH).days % (step // DAY) == 0:
+            yield to_utc(local_day, time(0), tz)
+        return
+    offset = timedelta(0)
+    while offset < DAY:
+        yield to_utc(local_day, (datetime.min + offset).time(), tz)
+        offset += step
+
+
+def boundaries(first_day: date, last_day: date, step: timedelta, tz: ZoneInfo) -> list[datetime]:
+    """Strictly increasing UTC boundaries for the local days `first_day..last_day` inclusive."""
+    out: list[datetime] = []
+    day = first_day
+    while day <= last_day:
+        for instant in _day_boundaries(day, step, tz):
+            if not out or instant > out[-1]:
+                out.append(instant)
+        day += timedelta(days=1)
+    return out
+
+
+def windows_between(
+    start: datetime, end: datetime, timezone: str, granularity: str
+) -> list[Window]:
+    """Every window that overlaps `[start, end)`: the first contains `start`, the last ends at or
+    after `end`. Together they tile the span with no gap and no overlap."""
+    if start.tzinfo is None or end.tzinfo is None:
+        raise ValueError("windows_between needs aware datetimes (a naive time has no instant)")
+    if end <= start:
+        return []
+    tz = zone(timezone)
+    step = check_granularity(granularity)
+    label = format_duration(step)
+    # Pad by a step (and two days for DST and whole-day steps) so the windows holding the span's
+    # edges are complete.
+    pad = max(step, DAY) + 2 * DAY
+    first_day = (start.astimezone(tz) - pad).date()
+    last_day = (end.astimezone(tz) + pad).date()
+    edges = boundaries(first_day, last_day, step, tz)
+    result: list[Window] = []
+    for lo, hi in zip(edges, edges[1:], strict=False):
+        if hi <= start:
+            continue
+        if lo >= end:
+            break
+        result.append(Window(lo, hi, lo.astimezone(tz).date(), label))
+    return result
+
+
+def window_containing(instant: datetime, timezone: str, granularity: str) -> Window:
+    """The one window that holds `instant`."""
+    return windows_between(instant, instant + timedelta(microseconds=1), timezone, granularity)[0]
+
+
+def eligible_cutoff(now: datetime, x_time_back: timedelta) -> datetime:
+    """Future-data protection: a window is eligible only when `end <= now - x_time_back`."""
+    if x_time_back < timedelta(0):
+        raise ConfigError(f"x_time_back={x_time_back} must not be negative")
+    return now.astimezone(UTC) - x_time_back
+
+
+def is_eligible(window: Window, now: datetime, x_time_back: timedelta) -> bool:
+    return window.end <= eligible_cutoff(now, x_time_back)
+
+
+def eligible_windows(
+    after: datetime, now: datetime, timezone: str, granularity: str, x_time_back: timedelta
+) -> list[Window]:
+    """Windows from the one containing `after` up to the latest eligible one."""
+    cutoff = eligible_cutoff(now, x_time_back)
+    return [
+        w for w in windows_between(after, cutoff, timezone, granularity) if w.end <= cutoff
+    ]
+
+
+# --- record completeness: the seed's function_x/y/z and check_fields ------------------------
+
+KeyHook = Callable[[str, Window, str], "str | None"]
+"""A key hook receives (pipeline_id, window, timezone) and returns the key's text."""
+
+KEY_FIELDS = ("key_x", "key_y", "key_z")
+
+
+def stage_location(pipeline_id: str, window: Window, _timezone: str = "UTC") -> str:
+    """The default key_x: the window's stage path, `{pipeline_id}/{target_day}/{window key}`."""
+    return f"{pipeline_id}/{window.target_day.isoformat()}/{window.key}"
+
+
+def local_label(_pipeline_id: str, window: Window, timezone: str) -> str:
+    """The default key_y: the window as local wall-clock text with offsets, for people."""
+    lo, hi = window.local(timezone)
+    return f"{lo.isoformat()}/{hi.isoformat()}"
+
+
+def window_seconds(_pipeline_id: str, window: Window, _timezone: str) -> str:
+    """The default key_z: the window's length in seconds (shows DST days at a glance)."""
+    return str(int(window.duration.total_seconds()))
+
+
+DEFAULT_HOOKS: Mapping[str, KeyHook] = {
+    "key_x": stage_location,
+    "key_y": local_label,
+    "key_z": window_seconds,
+}
+
+
+def build_record(
+    pipeline_id: str,
+    window: Window,
+    timezone: str,
+    hooks: Mapping[str, KeyHook] | None = None,
+    check_fields: Sequence[str] = KEY_FIELDS,
+) -> dict[str, object]:
+    """The seed's generated record for one window, with its key fields, checked for completeness.
+
+    Raises RecordIncomplete naming the window and the field when a check_field is missing or
+    empty: a hook bug must stop registration loudly, never drop a window silently.
+    """
+    record: dict[str, object] = {
+        "pipeline_id": pipeline_id,
+        "target_day": window.target_day,
+        "window_start_time": window.start,
+        "window_end_time": window.end,
+        "time_interval": window.time_interval,
+    }
+    merged = {**DEFAULT_HOOKS, **(hooks or {})}
+    for key in KEY_FIELDS:
+        value = merged[key](pipeline_id, window, timezone)
+        record[key] = None if value is None else str(value)
+    missing = [f for f in check_fields if record.get(f) in (None, "")]
+    if missing:
+        raise RecordIncomplete(
+            f"window {window.to_dict()['start']} of pipeline {pipeline_id!r} is incomplete: "
+            f"check_fields {missing} are empty; every field in check_fields must be non-empty"
+        )
+    return record
