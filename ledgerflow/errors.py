@@ -1,4 +1,4 @@
-"""The exceptions ledgerflow raises. Each docstring is the default message; data rides as attributes.
+"""The exceptions ledgerflow raises. A docstring is the default message; data rides as attributes.
 
 Errors are classified once, here: a `TransientError` may succeed on retry (a timeout, a refused
 connection), a `TerminalError` will not (bad config, bad credentials, an audit mismatch). Task

@@ -18,6 +18,7 @@ times differently. pendulum DateTimes are accepted wherever a datetime is, since
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
@@ -68,6 +69,15 @@ class Window:
             "target_day": self.target_day.isoformat(),
             "time_interval": self.time_interval,
         }
+
+
+def as_utc(value: datetime) -> datetime:
+    """`value` as a plain aware UTC datetime (pendulum 2 DateTimes cannot take a ZoneInfo)."""
+    offset = value.utcoffset()
+    if offset is None:
+        raise ValueError(f"{value!r} is naive; an instant needs a UTC offset")
+    wall = datetime(*value.timetuple()[:6], value.microsecond)
+    return (wall - offset).replace(tzinfo=UTC)
 
 
 def zone(name: str) -> ZoneInfo:
@@ -136,6 +146,7 @@ def windows_between(
     after `end`. Together they tile the span with no gap and no overlap."""
     if start.tzinfo is None or end.tzinfo is None:
         raise ValueError("windows_between needs aware datetimes (a naive time has no instant)")
+    start, end = as_utc(start), as_utc(end)
     if end <= start:
         return []
     tz = zone(timezone)
@@ -148,7 +159,7 @@ def windows_between(
     last_day = (end.astimezone(tz) + pad).date()
     edges = boundaries(first_day, last_day, step, tz)
     result: list[Window] = []
-    for lo, hi in zip(edges, edges[1:], strict=False):
+    for lo, hi in itertools.pairwise(edges):
         if hi <= start:
             continue
         if lo >= end:
@@ -166,7 +177,7 @@ def eligible_cutoff(now: datetime, x_time_back: timedelta) -> datetime:
     """Future-data protection: a window is eligible only when `end <= now - x_time_back`."""
     if x_time_back < timedelta(0):
         raise ConfigError(f"x_time_back={x_time_back} must not be negative")
-    return now.astimezone(UTC) - x_time_back
+    return as_utc(now) - x_time_back
 
 
 def is_eligible(window: Window, now: datetime, x_time_back: timedelta) -> bool:
@@ -178,9 +189,7 @@ def eligible_windows(
 ) -> list[Window]:
     """Windows from the one containing `after` up to the latest eligible one."""
     cutoff = eligible_cutoff(now, x_time_back)
-    return [
-        w for w in windows_between(after, cutoff, timezone, granularity) if w.end <= cutoff
-    ]
+    return [w for w in windows_between(after, cutoff, timezone, granularity) if w.end <= cutoff]
 
 
 # --- record completeness: the seed's function_x/y/z and check_fields ------------------------

@@ -40,7 +40,9 @@ class PipelineConfig(Block):
 
     _block_type_name = "Ledgerflow Pipeline Config"
     _block_type_slug = "ledgerflow-pipeline-config"
-    _description = "Windows, lag, retries, audit tolerance and the blocks of one ledgerflow pipeline."
+    _description = (
+        "Windows, lag, retries, audit tolerance and the blocks of one ledgerflow pipeline."
+    )
 
     pipeline_id: str = Field(
         ..., title="Pipeline ID", description="Unique name of the pipeline in the ledger."
@@ -57,7 +59,9 @@ class PipelineConfig(Block):
         "2h", title="Window size", description="A divisor of 24h (e.g. 30m, 2h) or whole days."
     )
     stale_threshold_hours: float = Field(
-        2.0, title="Stale lock threshold (hours)", description="A lock this old with no heartbeat is released."
+        2.0,
+        title="Stale lock threshold (hours)",
+        description="A lock this old with no heartbeat is released.",
     )
     start: datetime | None = Field(
         None,
@@ -90,9 +94,15 @@ class PipelineConfig(Block):
         title="Check fields",
         description="Record fields that must be non-empty before a window is registered.",
     )
-    key_x_hook: str | None = Field(None, description="'module:function' for key_x (default: stage path).")
-    key_y_hook: str | None = Field(None, description="'module:function' for key_y (default: local label).")
-    key_z_hook: str | None = Field(None, description="'module:function' for key_z (default: seconds).")
+    key_x_hook: str | None = Field(
+        None, description="'module:function' for key_x (default: stage path)."
+    )
+    key_y_hook: str | None = Field(
+        None, description="'module:function' for key_y (default: local label)."
+    )
+    key_z_hook: str | None = Field(
+        None, description="'module:function' for key_z (default: seconds)."
+    )
     default_record: DefaultRecord = Field(default_factory=DefaultRecord)  # type: ignore[arg-type]
     audit_tolerance_percent: float = Field(
         0.0, title="Audit tolerance (%)", description="Allowed |source-target|/source, 0-100."
@@ -100,10 +110,14 @@ class PipelineConfig(Block):
     claim_order: Literal["oldest_first", "newest_first"] = Field(
         "oldest_first", title="Claim order"
     )
-    windows_per_run: int = Field(12, title="Windows per run", description="At most this many per flow run.")
+    windows_per_run: int = Field(
+        12, title="Windows per run", description="At most this many per flow run."
+    )
     concurrency: int = Field(4, title="Concurrency", description="Windows processed at once, 1-64.")
     ledger_block: str = Field(
-        "ledgerflow-ledger-database/default", title="Ledger block", description="Slug of the ledger block."
+        "ledgerflow-ledger-database/default",
+        title="Ledger block",
+        description="Slug of the ledger block.",
     )
     source_block: str = Field(..., title="Source block", description="Slug of the source block.")
     stage_block: str = Field(..., title="Stage block", description="Slug of the stage block.")
@@ -195,7 +209,9 @@ class PipelineConfig(Block):
     @validator("check_fields", each_item=True)
     def _check_field(cls, v: str) -> str:
         if v not in CHECKABLE_FIELDS:
-            raise ValueError(f"check_fields entry {v!r} is unknown; allowed: {list(CHECKABLE_FIELDS)}")
+            raise ValueError(
+                f"check_fields entry {v!r} is unknown; allowed: {list(CHECKABLE_FIELDS)}"
+            )
         return v
 
     @validator("key_x_hook", "key_y_hook", "key_z_hook")

@@ -97,7 +97,9 @@ def _insert_ignoring_duplicates(dialect: str, table: sa.Table) -> Any:
         return sqlite.insert(table).on_conflict_do_nothing(
             index_elements=["pipeline_id", "window_start_time"]
         )
-    raise LedgerSchemaError(f"ledger dialect {dialect!r} is not supported; use postgresql or sqlite")
+    raise LedgerSchemaError(
+        f"ledger dialect {dialect!r} is not supported; use postgresql or sqlite"
+    )
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -155,7 +157,8 @@ class Ledger:
         async with self._begin() as conn:
             await conn.run_sync(
                 lambda sync: SchemaVersion.metadata.create_all(
-                    sync, tables=[RECORDS, SchemaVersion.__table__]  # type: ignore[attr-defined]
+                    sync,
+                    tables=[RECORDS, SchemaVersion.__table__],  # type: ignore[attr-defined]
                 )
             )
             table = SchemaVersion.__table__  # type: ignore[attr-defined]
@@ -191,7 +194,11 @@ class Ledger:
     # --- registration -------------------------------------------------------------------------
 
     async def register(
-        self, records: Sequence[Mapping[str, Any]], *, priority: int = 0, now: datetime | None = None
+        self,
+        records: Sequence[Mapping[str, Any]],
+        *,
+        priority: int = 0,
+        now: datetime | None = None,
     ) -> int:
         """Insert windows that are not registered yet; return how many were new. Idempotent."""
         if not records:
@@ -297,9 +304,7 @@ class Ledger:
                 RECORDS.c.lease_token == lease.token,
                 RECORDS.c.pipeline_status == Status.IN_PROGRESS.value,
             )
-            .values(
-                **{"pipeline_locked_at": stamp, "record_last_updated_time": stamp, **values}
-            )
+            .values(**{"pipeline_locked_at": stamp, "record_last_updated_time": stamp, **values})
             .returning(*RECORDS.columns)
         )
         async with self._begin() as conn:

@@ -1,0 +1,99 @@
+"""Shared fixtures: a real Postgres (the machine's, or an embedded one), SQLite, Prefect."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+from ledgerflow.ledger import Ledger
+
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def pg_admin_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Postgres superuser DSN: LEDGERFLOW_TEST_PG, the local server, or an embedded one."""
+    explicit = os.environ.get("LEDGERFLOW_TEST_PG")
+    if explicit:
+        yield explicit
+        return
+    if _reachable("127.0.0.1", 5432):
+        yield "postgresql://postgres@127.0.0.1:5432/postgres"
+        return
+    import pgserver
+
+    server = pgserver.get_server(tmp_path_factory.mktemp("pgdata"), cleanup_mode="stop")
+    yield server.get_uri()
+    server.cleanup()
+
+
+def _asyncpg_url(dsn: str, database: str) -> str:
+    head, _, query = dsn.partition("?")
+    base = head.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
+    return f"{base}/{database}" + (f"?{query}" if query else "")
+
+
+async def _create_database(admin_dsn: str) -> str:
+    name = f"lf_test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(admin_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    return name
+
+
+async def _drop_database(admin_dsn: str, name: str) -> None:
+    admin = await asyncpg.connect(admin_dsn)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def pg_url(pg_admin_dsn: str) -> AsyncIterator[str]:
+    """A fresh, empty database for one test, dropped afterwards."""
+    name = await _create_database(pg_admin_dsn)
+    yield _asyncpg_url(pg_admin_dsn, name)
+    await _drop_database(pg_admin_dsn, name)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def ledger_url(
+    request: pytest.FixtureRequest, tmp_path: Path, pg_admin_dsn: str
+) -> AsyncIterator[str]:
+    """A fresh ledger database URL on each backend in turn."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}"
+        return
+    name = await _create_database(pg_admin_dsn)
+    yield _asyncpg_url(pg_admin_dsn, name)
+    await _drop_database(pg_admin_dsn, name)
+
+
+@pytest.fixture
+async def ledger(ledger_url: str) -> AsyncIterator[Ledger]:
+    """A ledger with its schema, on each backend in turn."""
+    led = Ledger.from_url(ledger_url)
+    await led.create_schema()
+    yield led
+    await led.close()
