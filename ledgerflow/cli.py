@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Coroutine
-from datetime import datetime
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -88,6 +90,122 @@ def plan(
             f"[yellow]{w.duration}[/]" if odd else str(w.duration),
         )
     console.print(table)
+
+
+ConfigOption = Annotated[str, typer.Option("--config", "-c", help="PipelineConfig block name")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables")]
+
+
+async def open_pipeline(config_name: str) -> tuple[Any, Any]:
+    """The validated config block and the Ledger it points at."""
+    from ledgerflow.blocks.config import load_final_config
+    from ledgerflow.flows.pipeline import load_block
+
+    config = await load_final_config(config_name)
+    ledger_block = await load_block(config.ledger_block, "ledger_block")
+    return config, await ledger_block.get_ledger()
+
+
+@app.command()
+def init(config: ConfigOption = "default") -> None:
+    """Create (or check) the ledger schema for a pipeline. Safe to run again."""
+
+    async def go() -> str:
+        from ledgerflow.blocks.config import load_final_config
+        from ledgerflow.flows.pipeline import load_block
+
+        cfg = await load_final_config(config)
+        block = await load_block(cfg.ledger_block, "ledger_block")
+        ledger = await block.get_ledger()
+        await ledger.create_schema()
+        await ledger.close()
+        return str(block.display_url())
+
+    console.print(f"ledger schema ready at {run_async(go())}")
+
+
+@app.command()
+def status(config: ConfigOption = "default", as_json: JsonOption = False) -> None:
+    """Counts per status, the oldest pending window and its age, the lag, and failures."""
+    from ledgerflow.report import human, summary_dict, windows_table
+
+    async def go() -> tuple[Any, Any]:
+        cfg, ledger = await open_pipeline(config)
+        try:
+            return cfg, await ledger.summary(cfg.pipeline_id)
+        finally:
+            await ledger.close()
+
+    cfg, summary = run_async(go())
+    data = summary_dict(summary, cfg.timezone)
+    if as_json:
+        typer.echo(json.dumps(data, indent=2, default=str))
+        return
+    counts = "  ".join(f"{k}: [bold]{v}[/]" for k, v in summary.counts.items())
+    console.print(f"[bold]{cfg.pipeline_id}[/]  {counts}")
+    now = datetime.now(UTC)
+    lag = summary.lag(now)
+    console.print(
+        f"loaded up to: {summary.newest_completed_end or 'nothing yet'}"
+        + (f"  (lag {human(lag)} behind now)" if lag else "")
+    )
+    if summary.oldest_pending is not None:
+        age = now - summary.oldest_pending.window_end_time
+        console.print(
+            f"oldest pending: {summary.oldest_pending.window_start_time.isoformat()} "
+            f"(ended {human(age)} ago)"
+        )
+    if summary.in_progress:
+        console.print(windows_table(summary.in_progress, cfg.timezone, "In progress"))
+    if summary.failed:
+        console.print(windows_table(summary.failed, cfg.timezone, "Failed (newest first)"))
+        for r in summary.failed:
+            console.print(
+                f"  [red]id={r.id}[/] {r.window_start_time.isoformat()}: {r.error_message}"
+            )
+
+
+@app.command()
+def run(
+    config: ConfigOption = "default",
+    max_windows: Annotated[
+        int | None, typer.Option(help="Process at most this many windows")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Start one ad-hoc flow run in this process and show what it did."""
+    from ledgerflow.flows.pipeline import windowed_pipeline
+
+    async def go() -> Any:
+        return await windowed_pipeline(
+            config_block=config, max_windows=max_windows, return_state=True
+        )
+
+    state = run_async(go())
+    rows = state.result(raise_on_failure=False, fetch=True) if not state.is_crashed() else []
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {"state": state.type.value, "message": state.message, "windows": rows}, default=str
+            )
+        )
+    else:
+        console.print(f"[bold]{state.type.value}[/]: {state.message}")
+    if not state.is_completed():
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def demo(
+    root: Annotated[str, typer.Option(help="Folder for the demo's files")] = ".ledgerflow/demo",
+    rows: Annotated[int, typer.Option(help="Events to generate")] = 40_000,
+) -> None:
+    """Run the whole pipeline end to end on the embedded defaults (no services needed)."""
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # the demo prints its own story
+    from ledgerflow.demo import run_demo
+
+    wide = Console(width=max(console.width, 110))
+    run_async(run_demo(Path(root).absolute(), rows, wide))
 
 
 if __name__ == "__main__":  # pragma: no cover

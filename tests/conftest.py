@@ -97,3 +97,12 @@ async def ledger(ledger_url: str) -> AsyncIterator[Ledger]:
     await led.create_schema()
     yield led
     await led.close()
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """One temporary Prefect API (SQLite) for the whole session: starting one costs seconds."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness():
+        yield

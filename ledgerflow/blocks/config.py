@@ -69,6 +69,12 @@ class PipelineConfig(Block):
         description="ISO instant with offset; the window holding it is the first loaded. "
         "Unset: start at the latest eligible window (no catch-up).",
     )
+    end: datetime | None = Field(
+        None,
+        title="Last instant",
+        description="ISO instant with offset; windows starting at or after it are not "
+        "registered. Unset: keep following now (a bounded backfill sets it).",
+    )
     cron_schedule: str = Field(
         "0 */2 * * *", title="Cron schedule", description="Example schedule for deployments."
     )
@@ -163,6 +169,19 @@ class PipelineConfig(Block):
             )
         if v > datetime.now(UTC):
             raise ValueError(f"start={v.isoformat()!r} is in the future; it must be in the past")
+        return v.astimezone(UTC)
+
+    @validator("end")
+    def _end(cls, v: datetime | None, values: dict[str, Any]) -> datetime | None:
+        if v is None:
+            return None
+        if v.tzinfo is None:
+            raise ValueError(
+                f"end={v.isoformat()!r} has no UTC offset; write e.g. 2025-04-01T00:00:00Z"
+            )
+        start = values.get("start")
+        if start is not None and v <= start:
+            raise ValueError(f"end={v.isoformat()!r} must be after start={start.isoformat()!r}")
         return v.astimezone(UTC)
 
     @validator("cron_schedule")

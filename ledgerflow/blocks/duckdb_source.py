@@ -1,0 +1,176 @@
+"""`DuckDBSource`: the embedded source, a DuckDB table or files DuckDB reads, with a timestamp.
+
+Rows whose timestamp is NULL belong to no window: they are neither counted nor extracted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+from prefect.blocks.core import Block
+from pydantic.v1 import Field, PrivateAttr, root_validator, validator
+
+from ledgerflow.blocks.duckdb_common import DuckDBHandle
+from ledgerflow.errors import SourceError, SourceTerminalError
+from ledgerflow.sqlident import quote_identifier
+from ledgerflow.windows import Window
+
+_READERS = {
+    ".parquet": "read_parquet",
+    ".csv": "read_csv",
+    ".json": "read_json",
+    ".jsonl": "read_json",
+}
+_TIME_TYPES = ("TIMESTAMP", "DATE")
+
+
+class DuckDBSource(Block):
+    """Reads windows from a DuckDB table or from Parquet/CSV/JSON files matched by a glob."""
+
+    _block_type_name = "Ledgerflow DuckDB Source"
+    _block_type_slug = "ledgerflow-duckdb-source"
+    _description = "Embedded source: a DuckDB table or file glob with a timestamp column."
+
+    path: str = Field(":memory:", title="Database file", description="DuckDB file (read-only).")
+    table: str | None = Field(None, title="Table", description="Table to read (or use files).")
+    files: str | None = Field(
+        None, title="Files", description="Glob of .parquet, .csv or .json files (or use table)."
+    )
+    timestamp_column: str = Field("ts", title="Timestamp column")
+    columns: list[str] | None = Field(None, title="Columns", description="Default: all columns.")
+    batch_rows: int = Field(65_536, title="Rows per batch", description="Bounds memory per batch.")
+
+    _handle: DuckDBHandle | None = PrivateAttr(None)
+
+    @validator("table")
+    def _table(cls, v: str | None) -> str | None:
+        if v is not None:
+            quote_identifier(v, field="table")
+        return v
+
+    @validator("timestamp_column")
+    def _ts(cls, v: str) -> str:
+        quote_identifier(v, field="timestamp_column")
+        return v
+
+    @validator("columns", each_item=True)
+    def _column(cls, v: str) -> str:
+        quote_identifier(v, field="columns")
+        return v
+
+    @validator("files")
+    def _files(cls, v: str | None) -> str | None:
+        if v is not None and not any(v.endswith(ext) for ext in _READERS):
+            raise ValueError(f"files={v!r} must end in one of {sorted(_READERS)}")
+        return v
+
+    @validator("batch_rows")
+    def _batch(cls, v: int) -> int:
+        if not 1_000 <= v <= 10_000_000:
+            raise ValueError(f"batch_rows={v!r} must be between 1000 and 10000000")
+        return v
+
+    @root_validator(skip_on_failure=True)
+    def _one_relation(cls, values: dict[str, Any]) -> dict[str, Any]:
+        if (values.get("table") is None) == (values.get("files") is None):
+            raise ValueError("set exactly one of table or files")
+        return values
+
+    # --- Source protocol ----------------------------------------------------------------------
+
+    async def count(self, window: Window) -> int:
+        relation, params = self._relation()
+        ts = quote_identifier(self.timestamp_column)
+        sql = f"SELECT count(*) FROM {relation} WHERE {ts} >= ? AND {ts} < ?"
+
+        def run(cur: duckdb.DuckDBPyConnection) -> int:
+            self._check_timestamp(cur, relation, params)
+            row = cur.execute(sql, [*params, window.start, window.end]).fetchone()
+            return int(row[0]) if row else 0
+
+        result: int = await self._guard(self.handle.run(run))
+        return result
+
+    async def extract(self, window: Window) -> AsyncIterator[pa.RecordBatch]:
+        relation, params = self._relation()
+        ts = quote_identifier(self.timestamp_column)
+        cols = ", ".join(quote_identifier(c) for c in self.columns) if self.columns else "*"
+        sql = f"SELECT {cols} FROM {relation} WHERE {ts} >= ? AND {ts} < ?"
+
+        def open_reader() -> tuple[duckdb.DuckDBPyConnection, pa.RecordBatchReader]:
+            cur = self.handle.cursor()
+            try:
+                self._check_timestamp(cur, relation, params)
+                cur.execute(sql, [*params, window.start, window.end])
+                return cur, cur.to_arrow_reader(self.batch_rows)
+            except BaseException:
+                cur.close()
+                raise
+
+        def next_batch(reader: pa.RecordBatchReader) -> pa.RecordBatch | None:
+            try:
+                return reader.read_next_batch()
+            except StopIteration:  # cannot cross a thread boundary into a Future
+                return None
+
+        cur, reader = await self._guard(asyncio.to_thread(open_reader))
+        try:
+            while (batch := await self._guard(asyncio.to_thread(next_batch, reader))) is not None:
+                if batch.num_rows:
+                    yield batch
+        finally:
+            cur.close()
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    @property
+    def handle(self) -> DuckDBHandle:
+        if self._handle is None:
+            self._handle = DuckDBHandle(self.path, read_only=self.path != ":memory:")
+        return self._handle
+
+    def _relation(self) -> tuple[str, list[Any]]:
+        if self.table is not None:
+            return quote_identifier(self.table, field="table"), []
+        assert self.files is not None
+        reader = next(fn for ext, fn in _READERS.items() if self.files.endswith(ext))
+        return f"{reader}(?)", [self.files]
+
+    def _check_timestamp(
+        self, cur: duckdb.DuckDBPyConnection, relation: str, params: list[Any]
+    ) -> None:
+        described = cur.execute(f"DESCRIBE SELECT * FROM {relation}", params).fetchall()
+        types = {str(name): str(kind) for name, kind, *_ in described}
+        kind = types.get(self.timestamp_column)
+        if kind is None:
+            raise SourceTerminalError(
+                f"timestamp_column={self.timestamp_column!r} is not a column of {relation}; "
+                f"columns are {sorted(types)}"
+            )
+        if not kind.upper().startswith(_TIME_TYPES):
+            raise SourceTerminalError(
+                f"timestamp_column={self.timestamp_column!r} has type {kind}; "
+                "allowed: TIMESTAMP, TIMESTAMPTZ or DATE"
+            )
+
+    async def _guard(self, awaitable: Any) -> Any:
+        try:
+            return await awaitable
+        except (duckdb.CatalogException, duckdb.BinderException, duckdb.ParserException) as exc:
+            raise SourceTerminalError(f"DuckDB source {self.path!r}: {exc}") from exc
+        except duckdb.IOException as exc:
+            raise SourceError(f"DuckDB source {self.path!r} cannot be read: {exc}") from exc
+
+    def close(self) -> None:
+        """Close the DuckDB connection (the flow calls this when a run ends)."""
+        if self._handle is not None:
+            self._handle.close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state.get("__private_attribute_values__", {}).pop("_handle", None)
+        return state  # type: ignore[no-any-return]

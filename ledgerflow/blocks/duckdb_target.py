@@ -1,0 +1,129 @@
+"""`DuckDBTarget`: the embedded target. A window is replaced in one DuckDB transaction."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import duckdb
+from prefect.blocks.core import Block
+from pydantic.v1 import Field, PrivateAttr, validator
+
+from ledgerflow.blocks.duckdb_common import DuckDBHandle, table_exists
+from ledgerflow.errors import LoadCountMismatch, TargetError, TargetTerminalError
+from ledgerflow.ports import Manifest
+from ledgerflow.sqlident import quote_identifier
+from ledgerflow.windows import Window
+
+
+class DuckDBTarget(Block):
+    """Loads staged Parquet into a DuckDB table; the table is created from the first files."""
+
+    _block_type_name = "Ledgerflow DuckDB Target"
+    _block_type_slug = "ledgerflow-duckdb-target"
+    _description = "Embedded target: a DuckDB table, each window replaced atomically."
+
+    path: str = Field(".ledgerflow/warehouse.duckdb", title="Database file")
+    table: str = Field("events", title="Table")
+    timestamp_column: str = Field("ts", title="Timestamp column")
+    create_table: bool = Field(True, title="Create the table from the first staged files")
+
+    _handle: DuckDBHandle | None = PrivateAttr(None)
+
+    @validator("table")
+    def _table(cls, v: str) -> str:
+        quote_identifier(v, field="table")
+        return v
+
+    @validator("timestamp_column")
+    def _ts(cls, v: str) -> str:
+        quote_identifier(v, field="timestamp_column")
+        return v
+
+    @property
+    def handle(self) -> DuckDBHandle:
+        if self._handle is None:
+            self._handle = DuckDBHandle(self.path, read_only=False)
+        return self._handle
+
+    async def count(self, window: Window) -> int:
+        table, ts = self._names()
+
+        def run(cur: duckdb.DuckDBPyConnection) -> int:
+            if not table_exists(cur, table):
+                return 0
+            sql = f"SELECT count(*) FROM {table} WHERE {ts} >= ? AND {ts} < ?"
+            row = cur.execute(sql, [window.start, window.end]).fetchone()
+            return int(row[0]) if row else 0
+
+        result: int = await self._guard(self.handle.run(run))
+        return result
+
+    async def replace(self, window: Window, manifest: Manifest) -> int:
+        table, ts = self._names()
+        uris = [f.uri for f in manifest.files]
+
+        def run(cur: duckdb.DuckDBPyConnection) -> int:
+            cur.execute("BEGIN TRANSACTION")
+            try:
+                if not table_exists(cur, table):
+                    if not uris:
+                        cur.execute("ROLLBACK")
+                        return 0
+                    if not self.create_table:
+                        raise TargetTerminalError(
+                            f"target table {self.table!r} does not exist and create_table is off"
+                        )
+                    cur.execute(
+                        f"CREATE TABLE {table} AS SELECT * FROM read_parquet(?) LIMIT 0", [uris]
+                    )
+                cur.execute(
+                    f"DELETE FROM {table} WHERE {ts} >= ? AND {ts} < ?", [window.start, window.end]
+                )
+                loaded = 0
+                if uris:
+                    row = cur.execute(
+                        f"INSERT INTO {table} BY NAME SELECT * FROM read_parquet(?)",
+                        [uris],
+                    ).fetchone()
+                    loaded = int(row[0]) if row else 0
+                if loaded != manifest.rows:
+                    raise LoadCountMismatch(loaded, manifest.rows)
+                cur.execute("COMMIT")
+                return loaded
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+
+        result: int = await self._guard(self.handle.run(run))
+        return result
+
+    def _names(self) -> tuple[str, str]:
+        return (
+            quote_identifier(self.table, field="table"),
+            quote_identifier(self.timestamp_column, field="timestamp_column"),
+        )
+
+    async def _guard(self, awaitable: Any) -> Any:
+        try:
+            return await awaitable
+        except (duckdb.BinderException, duckdb.CatalogException, duckdb.ConversionException) as exc:
+            raise TargetTerminalError(
+                f"DuckDB target {self.path!r} table {self.table!r} refused the load "
+                f"(a schema change?): {exc}"
+            ) from exc
+        except duckdb.TransactionException as exc:
+            raise TargetError(
+                f"DuckDB target {self.path!r}: transaction conflict, retry: {exc}"
+            ) from exc
+        except duckdb.IOException as exc:
+            raise TargetError(f"DuckDB target {self.path!r} cannot be written: {exc}") from exc
+
+    def close(self) -> None:
+        """Close the DuckDB connection (the flow calls this when a run ends)."""
+        if self._handle is not None:
+            self._handle.close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state.get("__private_attribute_values__", {}).pop("_handle", None)
+        return state  # type: ignore[no-any-return]

@@ -1,0 +1,86 @@
+"""`LocalStage`: the embedded stage, a folder of Parquet parts per window."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from prefect.blocks.core import Block
+from pydantic.v1 import Field, validator
+
+from ledgerflow.blocks.parquet_parts import Part, write_parts
+from ledgerflow.errors import StageError, StageTerminalError
+from ledgerflow.ports import Manifest, StagedFile
+
+
+class LocalStage(Block):
+    """Stages each window as Parquet files under `{root}/{location}/`."""
+
+    _block_type_name = "Ledgerflow Local Stage"
+    _block_type_slug = "ledgerflow-local-stage"
+    _description = "Embedded stage: a local folder of Parquet parts per window."
+
+    root: str = Field(".ledgerflow/stage", title="Root folder")
+    target_file_mb: float = Field(
+        64.0, title="Part size (MB)", description="Parquet bytes per part."
+    )
+
+    @validator("target_file_mb")
+    def _size(cls, v: float) -> float:
+        if not 0.01 <= v <= 4096:
+            raise ValueError(f"target_file_mb={v!r} must be between 0.01 and 4096")
+        return v
+
+    def folder(self, location: str) -> Path:
+        root = Path(self.root).resolve()
+        folder = (root / location).resolve()
+        if root not in folder.parents:
+            raise StageTerminalError(f"stage location {location!r} escapes the stage root {root}")
+        return folder
+
+    async def clear(self, location: str) -> None:
+        folder = self.folder(location)
+        await asyncio.to_thread(shutil.rmtree, folder, True)
+
+    async def write(
+        self, location: str, batches: AsyncIterator[pa.RecordBatch], *, name_prefix: str
+    ) -> Manifest:
+        folder = self.folder(location)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StageError(f"cannot create stage folder {folder}: {exc}") from exc
+
+        async def publish(part: Part) -> StagedFile:
+            final = folder / part.name
+            # A rename is atomic: a reader sees a whole part or none.
+            await asyncio.to_thread(shutil.move, part.path, final)
+            return StagedFile(str(final), part.rows, part.bytes)
+
+        files = await write_parts(
+            batches,
+            name_prefix=name_prefix,
+            target_bytes=int(self.target_file_mb * 1024 * 1024),
+            publish=publish,
+            workdir=str(folder),
+        )
+        return Manifest(location, tuple(files))
+
+    async def files(self, location: str) -> list[StagedFile]:
+        folder = self.folder(location)
+
+        def scan() -> list[StagedFile]:
+            if not folder.is_dir():
+                return []
+            found = []
+            for entry in sorted(folder.glob("*.parquet")):
+                rows = pq.ParquetFile(entry).metadata.num_rows
+                found.append(StagedFile(str(entry), rows, os.path.getsize(entry)))
+            return found
+
+        return await asyncio.to_thread(scan)

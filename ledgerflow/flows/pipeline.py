@@ -1,0 +1,300 @@
+"""`windowed_pipeline`: the seed's Main Pipeline DAG as one Prefect flow.
+
+The flow is the one place that wires Blocks into tasks. Per run it registers newly eligible
+windows, then up to `concurrency` workers each claim and process windows (one chain of tasks per
+window, no subflows: orchestration stays cheap) until `windows_per_run` are done or nothing is
+left. Stale-lock cleanup always runs last, whatever happened before, and the run ends with a
+table artifact of every window it touched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, TypeVar, cast
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_table_artifact
+from prefect.blocks.core import Block
+from prefect.context import get_run_context
+from prefect.states import Completed, Failed, State
+from prefect.utilities.annotations import quote
+
+from ledgerflow.blocks.config import PipelineConfig, load_final_config
+from ledgerflow.blocks.ledger_db import LedgerDatabase, close_ledgers
+from ledgerflow.errors import ConfigError, LeaseLost, LedgerflowError
+from ledgerflow.ledger import Lease, PipelineRecord, Status
+from ledgerflow.ports import Source, Stage, Target
+from ledgerflow.tasks.audit import audit
+from ledgerflow.tasks.cleanup_stale_locks import cleanup_stale_locks
+from ledgerflow.tasks.common import Parts, RunSettings, retry_options
+from ledgerflow.tasks.pre_validation_count_check import Counts, pre_validation_count_check
+from ledgerflow.tasks.source_to_stage import source_to_stage
+from ledgerflow.tasks.stage_to_target import stage_to_target
+from ledgerflow.tasks.store_and_validate import claim_window, register_windows
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class WindowOutcome:
+    """One row of a run's summary."""
+
+    id: int
+    window_start: str
+    window_end: str
+    local_window: str
+    status: str
+    source_count: int | None
+    target_count: int | None
+    audit_result: str | None
+    seconds: float
+    message: str
+
+    @classmethod
+    def of(
+        cls, record: PipelineRecord, timezone: str, seconds: float, message: str
+    ) -> WindowOutcome:
+        lease_free = Lease(record, "")
+        lo, hi = lease_free.window.local(timezone)
+        return cls(
+            id=lease_free.id,
+            window_start=lease_free.window.to_dict()["start"],
+            window_end=lease_free.window.to_dict()["end"],
+            local_window=f"{lo:%Y-%m-%d %H:%M %Z} - {hi:%H:%M %Z}",
+            status=record.pipeline_status,
+            source_count=record.source_count,
+            target_count=record.target_count,
+            audit_result=record.audit_result,
+            seconds=round(seconds, 3),
+            message=message,
+        )
+
+
+def settings_from(config: PipelineConfig) -> RunSettings:
+    return RunSettings(
+        pipeline_id=config.pipeline_id,
+        timezone=config.timezone,
+        granularity=config.granularity,
+        lag=config.lag,
+        start=config.start,
+        end=config.end,
+        stale_after=config.stale_after,
+        max_window_attempts=config.max_window_attempts,
+        audit_tolerance_percent=config.audit_tolerance_percent,
+        newest_first=config.claim_order == "newest_first",
+        check_fields=tuple(config.check_fields),
+        hooks=config.key_hooks(),
+    )
+
+
+async def load_block(slug: str, field: str, protocol: type | None = None) -> Any:
+    """Load a block by slug; name the config field when it is missing or of the wrong kind."""
+    try:
+        block = await Block.load(slug)
+    except ValueError as exc:
+        raise ConfigError(
+            f"{field}={slug!r} names no saved block ({exc}); register it first, e.g. with "
+            "`ledgerflow demo` for the embedded blocks or Block(...).save(name)"
+        ) from None
+    if protocol is not None and not isinstance(block, protocol):
+        raise ConfigError(
+            f"{field}={slug!r} is a {type(block).__name__}, which is not a {protocol.__name__}"
+        )
+    return block
+
+
+async def load_parts(config: PipelineConfig) -> Parts:
+    ledger = await load_block(config.ledger_block, "ledger_block")
+    if not isinstance(ledger, LedgerDatabase):
+        raise ConfigError(f"ledger_block={config.ledger_block!r} is not a LedgerDatabase block")
+    return Parts(
+        ledger=ledger,
+        source=await load_block(config.source_block, "source_block", Source),
+        stage=await load_block(config.stage_block, "stage_block", Stage),
+        target=await load_block(config.target_block, "target_block", Target),
+    )
+
+
+def as_is(value: T) -> T:
+    """Hand `value` to a task untouched (Prefect would walk blocks and rows for futures)."""
+    return cast(T, quote(value))  # type: ignore[call-arg,misc]
+
+
+async def close_parts(parts: Parts) -> None:
+    """Release what the run's blocks hold open (DuckDB files, engines on this loop)."""
+    for part in (parts.source, parts.stage, parts.target):
+        close = getattr(part, "close", None)
+        if callable(close):
+            result = close()
+            if asyncio.iscoroutine(result):
+                await result
+    await close_ledgers()
+
+
+class Budget:
+    """How many more windows this run may claim; shared by the workers."""
+
+    def __init__(self, windows: int) -> None:
+        self.left = windows
+        self.exhausted = False
+
+    def take(self) -> bool:
+        if self.exhausted or self.left <= 0:
+            return False
+        self.left -= 1
+        return True
+
+    def stop(self) -> None:
+        self.exhausted = True
+
+
+async def _error_of(state: State[Any]) -> BaseException | None:
+    result = await state.result(raise_on_failure=False, fetch=True)  # type: ignore[call-overload]
+    return result if isinstance(result, BaseException) else None
+
+
+async def process_window(
+    parts: Parts, settings: RunSettings, lease: Lease, options: dict[str, Any]
+) -> WindowOutcome:
+    """One window through pre-validation, source to stage, stage to target and audit."""
+    started = time.perf_counter()
+    p, s, l_ = as_is(parts), as_is(settings), as_is(lease)
+    message = "loaded"
+    phase = "pre-validation"
+    try:
+        state = await pre_validation_count_check.with_options(**options)(
+            p, s, l_, return_state=True
+        )
+        if state.is_failed():
+            raise await _failure(state, phase)
+        counts: Counts = await state.result(fetch=True)  # type: ignore[call-overload]
+        if counts.source == counts.target:
+            message = state.message or "skipped"
+        else:
+            phase = "source to stage"
+            state = await source_to_stage.with_options(**options)(
+                p, s, l_, counts.source, return_state=True
+            )
+            if state.is_failed():
+                raise await _failure(state, phase)
+            manifest = await state.result(fetch=True)  # type: ignore[call-overload]
+            phase = "stage to target"
+            state = await stage_to_target.with_options(**options)(
+                p, s, l_, as_is(manifest), return_state=True
+            )
+            if state.is_failed():
+                raise await _failure(state, phase)
+            phase = "audit"
+            state = await audit.with_options(**options)(p, s, l_, return_state=True)
+            if state.is_failed():
+                raise await _failure(state, phase)
+            message = f"loaded {manifest.rows} row(s) in {len(manifest.files)} file(s)"
+    except _PhaseFailed as failure:
+        message = str(failure)
+        ledger = await parts.ledger.get_ledger()
+        # LeaseLost: the audit already failed it, or another worker owns it now.
+        with contextlib.suppress(LeaseLost):
+            await ledger.fail(lease, message)
+    ledger = await parts.ledger.get_ledger()
+    record = await ledger.get(lease.id)
+    assert record is not None
+    return WindowOutcome.of(record, settings.timezone, time.perf_counter() - started, message)
+
+
+class _PhaseFailed(Exception):
+    pass
+
+
+async def _failure(state: State[Any], phase: str) -> _PhaseFailed:
+    exc = await _error_of(state)
+    if exc is None:
+        detail = state.message or "failed"
+    elif isinstance(exc, LedgerflowError):  # our messages already say what happened
+        detail = str(exc)
+    else:
+        detail = f"{type(exc).__name__}: {exc}"
+    return _PhaseFailed(f"[{phase}] {detail}")
+
+
+def artifact_key(pipeline_id: str) -> str:
+    return "ledgerflow-" + re.sub(r"[^a-z0-9-]+", "-", pipeline_id.lower()).strip("-")
+
+
+@flow(name="ledgerflow-windowed-pipeline", persist_result=False, validate_parameters=True)
+async def windowed_pipeline(config_block: str = "default", max_windows: int | None = None) -> Any:
+    """Load the eligible windows of the pipeline whose PipelineConfig block is `config_block`."""
+    log = get_run_logger()
+    config = await load_final_config(config_block)
+    settings = settings_from(config)
+    parts = await load_parts(config)
+    options = retry_options(config.max_retry_task, config.retry_backoff_seconds)
+    context = get_run_context()
+    run_id = str(context.flow_run.id) if getattr(context, "flow_run", None) else "adhoc"  # type: ignore[union-attr]
+    outcomes: list[WindowOutcome] = []
+    budget = Budget(max_windows or config.windows_per_run)
+    p, s = as_is(parts), as_is(settings)
+
+    async def worker() -> None:
+        while budget.take():
+            state = await claim_window.with_options(**options)(p, s, run_id, return_state=True)
+            lease = await state.result(fetch=True)  # type: ignore[call-overload]
+            if lease is None:
+                log.info(state.message)
+                budget.stop()
+                return
+            outcomes.append(await process_window(parts, settings, lease, options))
+
+    started = time.perf_counter()
+    try:
+        registered = await register_windows.with_options(**options)(p, s, return_state=True)
+        await registered.result(fetch=True)  # type: ignore[call-overload]
+        log.info(registered.message)
+        await asyncio.gather(*(worker() for _ in range(config.concurrency)))
+    finally:
+        cleanup = await cleanup_stale_locks.with_options(**options)(p, s, return_state=True)
+        outcomes.sort(key=lambda o: o.window_start)
+        await publish_summary(config, outcomes, time.perf_counter() - started)
+        await close_parts(parts)
+    if cleanup.is_failed():
+        return Failed(message=f"stale-lock cleanup failed: {cleanup.message}")
+    failed = [o for o in outcomes if o.status != Status.COMPLETED]
+    counts = {st: sum(o.status == st for o in outcomes) for st in (Status.COMPLETED, Status.FAILED)}
+    summary = (
+        f"{len(outcomes)} window(s): {counts[Status.COMPLETED]} completed, {len(failed)} failed"
+    )
+    rows = [asdict(o) for o in outcomes]
+    if failed:
+        first = failed[0]
+        return Failed(
+            message=f"{summary}; first failure {first.window_start}: {first.message}", data=rows
+        )
+    return Completed(message=summary, data=rows)
+
+
+async def publish_summary(
+    config: PipelineConfig, outcomes: list[WindowOutcome], seconds: float
+) -> None:
+    """The run's table artifact: one row per window, with counts, audit and duration."""
+    table = [
+        {
+            "window (local)": o.local_window,
+            "status": o.status,
+            "source": o.source_count,
+            "target": o.target_count,
+            "audit": o.audit_result,
+            "seconds": o.seconds,
+            "message": o.message,
+        }
+        for o in outcomes
+    ]
+    await create_table_artifact(  # type: ignore[misc]
+        key=artifact_key(config.pipeline_id),
+        table=table or [{"window (local)": "-", "status": "nothing to do"}],
+        description=(
+            f"ledgerflow `{config.pipeline_id}`: {len(outcomes)} window(s) in {seconds:.1f}s"
+        ),
+    )

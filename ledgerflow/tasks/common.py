@@ -1,0 +1,140 @@
+"""What every pipeline task shares: run settings, timing logs, heartbeats and the retry policy."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from prefect import get_run_logger
+from prefect.tasks import exponential_backoff
+
+from ledgerflow.errors import LeaseLost, is_retryable
+from ledgerflow.ledger import Lease, Ledger
+from ledgerflow.ports import Source, Stage, Target
+from ledgerflow.windows import KeyHook
+
+
+class LedgerProvider(Protocol):
+    """Anything that hands out the Ledger for the running event loop (the LedgerDatabase block)."""
+
+    async def get_ledger(self) -> Ledger: ...
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """The part of the pipeline config the tasks need, free of Prefect blocks."""
+
+    pipeline_id: str
+    timezone: str
+    granularity: str
+    lag: timedelta
+    start: datetime | None
+    end: datetime | None
+    stale_after: timedelta
+    max_window_attempts: int
+    audit_tolerance_percent: float
+    newest_first: bool
+    check_fields: tuple[str, ...]
+    hooks: dict[str, KeyHook]
+
+    @property
+    def heartbeat_every(self) -> float:
+        """Heartbeat four times per stale threshold, between 0.5 s and 5 minutes."""
+        return min(max(self.stale_after.total_seconds() / 4, 0.5), 300.0)
+
+    def cutoff(self, now: datetime | None = None) -> datetime:
+        return (now or datetime.now(UTC)) - self.lag
+
+
+@dataclass(frozen=True)
+class Parts:
+    """The systems one pipeline run talks to, seen through their Protocols."""
+
+    ledger: LedgerProvider
+    source: Source
+    stage: Stage
+    target: Target
+
+
+def logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+    try:
+        return get_run_logger()
+    except Exception:  # outside a run (unit tests, the CLI)
+        return logging.getLogger("ledgerflow")
+
+
+@contextlib.asynccontextmanager
+async def timed(step: str, lease: Lease | None = None) -> AsyncIterator[None]:
+    """Log how long `step` took and which window it worked on (the seed's logging with timing)."""
+    label = f"window {lease.window.to_dict()['start']} (id={lease.id})" if lease else "pipeline"
+    started = time.perf_counter()
+    log = logger()
+    try:
+        yield
+    except BaseException as exc:
+        log.warning(
+            "%s for %s failed after %.3fs: %s", step, label, time.perf_counter() - started, exc
+        )
+        raise
+    log.info("%s for %s took %.3fs", step, label, time.perf_counter() - started)
+
+
+@contextlib.asynccontextmanager
+async def heartbeat(ledger: Ledger, lease: Lease, every: float) -> AsyncIterator[None]:
+    """Keep the lease fresh while a long phase runs; stop the phase at once if the lease is lost."""
+    main = asyncio.current_task()
+    lost: list[LeaseLost] = []
+
+    async def beat() -> None:
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await ledger.heartbeat(lease)
+            except LeaseLost as exc:
+                lost.append(exc)
+                if main is not None:
+                    main.cancel()
+                return
+            except Exception as exc:  # a missed beat is not fatal; the next may succeed
+                logger().warning("heartbeat for window id=%s failed: %s", lease.id, exc)
+
+    beating = asyncio.create_task(beat())
+    try:
+        yield
+    except asyncio.CancelledError:
+        if lost:
+            raise lost[0] from None
+        raise
+    finally:
+        beating.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beating
+
+
+async def _retry_unless_terminal(task: Any, task_run: Any, state: Any) -> bool:
+    exc = await state.result(raise_on_failure=False, fetch=True)
+    return not isinstance(exc, BaseException) or is_retryable(exc)
+
+
+def retry_options(retries: int, backoff_seconds: float) -> dict[str, Any]:
+    """Prefect task options: `retries` with exponential backoff, never retrying terminal errors."""
+    delays: list[float] | float = (
+        exponential_backoff(backoff_factor=backoff_seconds)(retries)
+        if retries and backoff_seconds
+        else 0
+    )
+    return {
+        "retries": retries,
+        "retry_delay_seconds": delays,
+        "retry_condition_fn": _retry_unless_terminal,
+    }
+
+
+def now() -> datetime:
+    return datetime.now(UTC)

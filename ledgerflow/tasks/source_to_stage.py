@@ -1,0 +1,72 @@
+"""The seed's Source to Stage Transfer: clear the window's stage location, stream the source in.
+
+A re-claimed window whose stage phase completed and whose staged files are intact (same names,
+same sizes as the recorded manifest) is not extracted again.
+"""
+
+from __future__ import annotations
+
+from prefect import task
+
+from ledgerflow.errors import ExtractCountMismatch
+from ledgerflow.ledger import Lease, Phase, PhaseStatus
+from ledgerflow.ports import Manifest
+from ledgerflow.tasks.common import Parts, RunSettings, heartbeat, logger, now, timed
+from ledgerflow.windows import stage_location
+
+
+async def resumable_manifest(parts: Parts, lease: Lease, location: str) -> Manifest | None:
+    """The recorded manifest, if this window already staged and the files are still there."""
+    record = lease.record
+    staged = record.phase_completed == Phase.SOURCE_TO_STAGE and record.stage_manifest
+    if not staged:
+        return None
+    manifest = Manifest.from_json(record.stage_manifest or "")
+    return manifest if manifest.matches(await parts.stage.files(location)) else None
+
+
+@task(name="source_to_stage", persist_result=False)
+async def source_to_stage(
+    parts: Parts, settings: RunSettings, lease: Lease, source_count: int
+) -> Manifest:
+    """Stage the window as Parquet files and record the manifest; return it."""
+    location = stage_location(settings.pipeline_id, lease.window)
+    ledger = await parts.ledger.get_ledger()
+    async with timed("source to stage", lease):
+        resumed = await resumable_manifest(parts, lease, location)
+        if resumed is not None:
+            logger().info("window id=%s: staged files intact, resuming at load", lease.id)
+            return resumed
+        await ledger.update(
+            lease,
+            "source-to-stage start",
+            {
+                "source_to_stage_ingestion_status": PhaseStatus.IN_PROGRESS,
+                "source_to_stage_ingestion_start_time": now(),
+            },
+        )
+        async with heartbeat(ledger, lease, settings.heartbeat_every):
+            await parts.stage.clear(location)
+            # Names carry the lease, so each attempt's files differ (Snowflake load metadata).
+            manifest = await parts.stage.write(
+                location, parts.source.extract(lease.window), name_prefix=f"part-{lease.token[:8]}"
+            )
+        values = {"extracted_count": manifest.rows, "source_to_stage_ingestion_end_time": now()}
+        if manifest.rows != source_count:
+            await ledger.update(
+                lease,
+                "source-to-stage mismatch",
+                {**values, "source_to_stage_ingestion_status": PhaseStatus.FAILED},
+            )
+            raise ExtractCountMismatch(manifest.rows, source_count)
+        await ledger.update(
+            lease,
+            "source-to-stage done",
+            {
+                **values,
+                "source_to_stage_ingestion_status": PhaseStatus.COMPLETED,
+                "stage_manifest": manifest.to_json(),
+                "phase_completed": Phase.SOURCE_TO_STAGE,
+            },
+        )
+    return manifest

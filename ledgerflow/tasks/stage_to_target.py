@@ -1,0 +1,39 @@
+"""The seed's Stage to Target Transfer: replace the window in the target, atomically."""
+
+from __future__ import annotations
+
+from prefect import task
+
+from ledgerflow.ledger import Lease, Phase, PhaseStatus
+from ledgerflow.ports import Manifest
+from ledgerflow.tasks.common import Parts, RunSettings, heartbeat, now, timed
+
+
+@task(name="stage_to_target", persist_result=False)
+async def stage_to_target(
+    parts: Parts, settings: RunSettings, lease: Lease, manifest: Manifest
+) -> int:
+    """Delete the window's rows and load the staged files in one target transaction."""
+    ledger = await parts.ledger.get_ledger()
+    async with timed("stage to target", lease):
+        await ledger.update(
+            lease,
+            "stage-to-target start",
+            {
+                "stage_to_target_ingestion_status": PhaseStatus.IN_PROGRESS,
+                "stage_to_target_ingestion_start_time": now(),
+            },
+        )
+        async with heartbeat(ledger, lease, settings.heartbeat_every):
+            loaded = await parts.target.replace(lease.window, manifest)
+        await ledger.update(
+            lease,
+            "stage-to-target done",
+            {
+                "loaded_count": loaded,
+                "stage_to_target_ingestion_status": PhaseStatus.COMPLETED,
+                "stage_to_target_ingestion_end_time": now(),
+                "phase_completed": Phase.STAGE_TO_TARGET,
+            },
+        )
+    return loaded

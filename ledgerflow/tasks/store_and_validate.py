@@ -1,0 +1,71 @@
+"""The seed's Record Generation, Record Validation and Store New and Pass Valid Record.
+
+`register_windows` generates every window from where the ledger left off (or the config's
+`start`) up to the latest eligible one, checks each record's completeness, and registers them
+idempotently. `claim_window` then takes one with a row lock. When there is nothing to do, the
+task ends Completed with a message saying why: that is not a failure.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from prefect import task
+from prefect.states import Completed, State
+
+from ledgerflow.ledger import Lease
+from ledgerflow.tasks.common import Parts, RunSettings, now, timed
+from ledgerflow.windows import build_record, eligible_windows
+
+
+@task(name="store_and_validate.register", persist_result=False)
+async def register_windows(
+    parts: Parts, settings: RunSettings, at: datetime | None = None
+) -> State[Any]:
+    """Register the windows that became eligible since the last run; return how many were new."""
+    moment = at or now()
+    cutoff = settings.cutoff(moment)
+    async with timed("register windows"):
+        ledger = await parts.ledger.get_ledger()
+        begin = await ledger.last_window_end(settings.pipeline_id) or settings.start
+        if begin is None:  # no history and no start: begin with the latest eligible window
+            begin = cutoff - timedelta(microseconds=1)
+        windows = [
+            w
+            for w in eligible_windows(
+                begin, moment, settings.timezone, settings.granularity, settings.lag
+            )
+            if settings.end is None or w.start < settings.end
+        ]
+        records = [
+            build_record(
+                settings.pipeline_id, w, settings.timezone, settings.hooks, settings.check_fields
+            )
+            for w in windows
+        ]
+        added = await ledger.register(records)
+    return Completed(
+        message=f"registered {added} new window(s); eligible up to {cutoff.isoformat()}",
+        data=added,
+    )
+
+
+@task(name="store_and_validate.claim", persist_result=False)
+async def claim_window(parts: Parts, settings: RunSettings, run_id: str) -> State[Any]:
+    """Claim the next eligible PENDING window (row lock, fresh lease), or say why there is none."""
+    ledger = await parts.ledger.get_ledger()
+    cutoff = settings.cutoff()
+    lease: Lease | None = await ledger.claim(
+        settings.pipeline_id, run_id, cutoff=cutoff, newest_first=settings.newest_first
+    )
+    if lease is None:
+        return Completed(
+            message=(
+                "nothing to claim: no PENDING window ends before "
+                f"{cutoff.isoformat()} (now - x_time_back); others are done, failed or held by "
+                "another worker"
+            ),
+            data=None,
+        )
+    return Completed(message=f"claimed window {lease.window.to_dict()['start']}", data=lease)
