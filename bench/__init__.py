@@ -1,0 +1,1 @@
+"""Benchmarks run by `make bench`: figures and ratios against a baseline, side by side."""

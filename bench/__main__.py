@@ -1,0 +1,26 @@
+"""`python -m bench [name ...]`: run the named benchmarks (default: all that can run here)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from bench import orchestration
+
+SUITES = {"orchestration": orchestration.main}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser.add_argument("suites", nargs="*", help=f"any of {sorted(SUITES)}; default all")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="runs per contender; medians are quoted"
+    )
+    args = parser.parse_args(argv)
+    for name in args.suites or SUITES:
+        SUITES[name](repeat=args.repeat)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
