@@ -1,0 +1,28 @@
+"""Prefect Blocks: the pipeline config and one block per system, each implementing a Protocol."""
+
+from __future__ import annotations
+
+from prefect.blocks.core import Block
+
+from ledgerflow.blocks.config import PipelineConfig
+from ledgerflow.blocks.duckdb_source import DuckDBSource
+from ledgerflow.blocks.duckdb_target import DuckDBTarget
+from ledgerflow.blocks.ledger_db import LedgerDatabase
+from ledgerflow.blocks.local_stage import LocalStage
+
+ALL_BLOCKS: list[type[Block]] = [
+    PipelineConfig,
+    LedgerDatabase,
+    DuckDBSource,
+    LocalStage,
+    DuckDBTarget,
+]
+
+__all__ = [
+    "ALL_BLOCKS",
+    "DuckDBSource",
+    "DuckDBTarget",
+    "LedgerDatabase",
+    "LocalStage",
+    "PipelineConfig",
+]

@@ -36,13 +36,23 @@ class DefaultRecord(BaseModel):
 
 
 class PipelineConfig(Block):
-    """Everything one windowed pipeline needs: its windows, its blocks, its retries and alerts."""
+    """Everything one windowed pipeline needs: its windows, its blocks, its retries and alerts.
+
+    Example:
+        Load a saved pipeline config:
+        ```python
+        from ledgerflow.blocks.config import PipelineConfig
+
+        config = PipelineConfig.load("BLOCK_NAME")
+        ```
+    """
 
     _block_type_name = "Ledgerflow Pipeline Config"
     _block_type_slug = "ledgerflow-pipeline-config"
     _description = (
         "Windows, lag, retries, audit tolerance and the blocks of one ledgerflow pipeline."
     )
+    _documentation_url = "https://github.com/ledgerflow/ledgerflow#configure-the-blocks"
 
     pipeline_id: str = Field(
         ..., title="Pipeline ID", description="Unique name of the pipeline in the ledger."
@@ -78,9 +88,17 @@ class PipelineConfig(Block):
     cron_schedule: str = Field(
         "0 */2 * * *", title="Cron schedule", description="Example schedule for deployments."
     )
-    email_list: list[str] = Field(default_factory=list, title="Notify these addresses")
-    email_on_failure: bool = Field(True, title="Notify on failure")
-    email_on_retry: bool = Field(False, title="Notify on retry")
+    email_list: list[str] = Field(
+        default_factory=list,
+        title="Notify these addresses",
+        description="Where failure (and retry) notifications go.",
+    )
+    email_on_failure: bool = Field(
+        True, title="Notify on failure", description="Send a notification when a window fails."
+    )
+    email_on_retry: bool = Field(
+        False, title="Notify on retry", description="Send a notification when a task retries."
+    )
     notification_block: str | None = Field(
         None,
         title="Notification block",
@@ -109,12 +127,16 @@ class PipelineConfig(Block):
     key_z_hook: str | None = Field(
         None, description="'module:function' for key_z (default: seconds)."
     )
-    default_record: DefaultRecord = Field(default_factory=DefaultRecord)  # type: ignore[arg-type]
+    default_record: DefaultRecord = Field(
+        default_factory=DefaultRecord,  # type: ignore[arg-type]
+        title="Default record",
+        description="The seed's source_name, target_name and pipeline_id.",
+    )
     audit_tolerance_percent: float = Field(
         0.0, title="Audit tolerance (%)", description="Allowed |source-target|/source, 0-100."
     )
     claim_order: Literal["oldest_first", "newest_first"] = Field(
-        "oldest_first", title="Claim order"
+        "oldest_first", title="Claim order", description="Which eligible window goes first."
     )
     windows_per_run: int = Field(
         12, title="Windows per run", description="At most this many per flow run."

@@ -29,10 +29,20 @@ _TIME_TYPES = ("TIMESTAMP", "DATE")
 
 
 class DuckDBSource(Block):
-    """Reads windows from a DuckDB table or from Parquet/CSV/JSON files matched by a glob."""
+    """Reads windows from a DuckDB table or from Parquet/CSV/JSON files matched by a glob.
+
+    Example:
+        Count one window's rows:
+        ```python
+        from ledgerflow.blocks.duckdb_source import DuckDBSource
+
+        source = DuckDBSource.load("BLOCK_NAME")
+        ```
+    """
 
     _block_type_name = "Ledgerflow DuckDB Source"
     _block_type_slug = "ledgerflow-duckdb-source"
+    _documentation_url = "https://github.com/ledgerflow/ledgerflow#configure-the-blocks"
     _description = "Embedded source: a DuckDB table or file glob with a timestamp column."
 
     path: str = Field(":memory:", title="Database file", description="DuckDB file (read-only).")
@@ -40,7 +50,9 @@ class DuckDBSource(Block):
     files: str | None = Field(
         None, title="Files", description="Glob of .parquet, .csv or .json files (or use table)."
     )
-    timestamp_column: str = Field("ts", title="Timestamp column")
+    timestamp_column: str = Field(
+        "ts", title="Timestamp column", description="TIMESTAMP, TIMESTAMPTZ or DATE column."
+    )
     columns: list[str] | None = Field(None, title="Columns", description="Default: all columns.")
     batch_rows: int = Field(65_536, title="Rows per batch", description="Bounds memory per batch.")
 

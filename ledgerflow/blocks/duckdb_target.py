@@ -16,16 +16,32 @@ from ledgerflow.windows import Window
 
 
 class DuckDBTarget(Block):
-    """Loads staged Parquet into a DuckDB table; the table is created from the first files."""
+    """Loads staged Parquet into a DuckDB table; the table is created from the first files.
+
+    Example:
+        Load a saved target:
+        ```python
+        from ledgerflow.blocks.duckdb_target import DuckDBTarget
+
+        target = DuckDBTarget.load("BLOCK_NAME")
+        ```
+    """
 
     _block_type_name = "Ledgerflow DuckDB Target"
     _block_type_slug = "ledgerflow-duckdb-target"
+    _documentation_url = "https://github.com/ledgerflow/ledgerflow#configure-the-blocks"
     _description = "Embedded target: a DuckDB table, each window replaced atomically."
 
-    path: str = Field(".ledgerflow/warehouse.duckdb", title="Database file")
-    table: str = Field("events", title="Table")
-    timestamp_column: str = Field("ts", title="Timestamp column")
-    create_table: bool = Field(True, title="Create the table from the first staged files")
+    path: str = Field(
+        ".ledgerflow/warehouse.duckdb", title="Database file", description="DuckDB file to load."
+    )
+    table: str = Field("events", title="Table", description="Table the windows are loaded into.")
+    timestamp_column: str = Field(
+        "ts", title="Timestamp column", description="Column that places a row in a window."
+    )
+    create_table: bool = Field(
+        True, title="Create table", description="Create the table from the first staged files."
+    )
 
     _handle: DuckDBHandle | None = PrivateAttr(None)
 

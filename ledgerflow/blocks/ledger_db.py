@@ -22,16 +22,26 @@ _LEDGERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, Ledger]
 
 
 class LedgerDatabase(Block):
-    """The ledger's database URL (a secret: it may hold a password)."""
+    """The ledger's database URL (a secret: it may hold a password).
+
+    Example:
+        Open the ledger:
+        ```python
+        from ledgerflow.blocks.ledger_db import LedgerDatabase
+
+        ledger_db = LedgerDatabase.load("BLOCK_NAME")
+        ```
+    """
 
     _block_type_name = "Ledgerflow Ledger Database"
     _block_type_slug = "ledgerflow-ledger-database"
+    _documentation_url = "https://github.com/ledgerflow/ledgerflow#configure-the-blocks"
     _description = "Postgres (postgresql+asyncpg://) or SQLite (sqlite+aiosqlite:///) ledger."
 
     url: SecretStr = Field(
         default=SecretStr(DEFAULT_URL),
         title="URL",
-        description="postgresql+asyncpg://user:password@host:5432/db or sqlite+aiosqlite:///path",
+        description="postgresql+asyncpg://user:password@host:5432/db or sqlite+aiosqlite:///path.",
     )
     auto_create_schema: bool = Field(
         default=True,

