@@ -52,7 +52,7 @@ class PipelineConfig(Block):
     _description = (
         "Windows, lag, retries, audit tolerance and the blocks of one ledgerflow pipeline."
     )
-    _documentation_url = "https://github.com/ledgerflow/ledgerflow#configure-the-blocks"
+    _documentation_url = "https://github.com/ledgerflow/ledgerflow#configure-the-blocks"  # type: ignore[assignment]
 
     pipeline_id: str = Field(
         ..., title="Pipeline ID", description="Unique name of the pipeline in the ledger."
