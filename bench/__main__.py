@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench import orchestration
+from bench import ledger, orchestration
 
-SUITES = {"orchestration": orchestration.main}
+SUITES = {"ledger": ledger.main, "orchestration": orchestration.main}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,6 +26,7 @@ from ledgerflow.ledger.models import (
     PipelineRecord,
     SchemaVersion,
     Status,
+    UTCDateTime,
 )
 from ledgerflow.windows import Window
 
@@ -85,7 +86,9 @@ class LedgerSummary:
 
 
 def _row_to_record(row: sa.Row[Any]) -> PipelineRecord:
-    return PipelineRecord.model_validate(dict(row._mapping))
+    # The driver and column types already produced typed values; validating again costs more
+    # than the claim's round trip.
+    return PipelineRecord.model_construct(**row._mapping)
 
 
 def _insert_ignoring_duplicates(dialect: str, table: sa.Table) -> Any:
@@ -110,11 +113,16 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def make_engine(url: str, *, pool_size: int = 5) -> AsyncEngine:
-    """An async engine for a `postgresql+asyncpg://` or `sqlite+aiosqlite://` URL."""
+def make_engine(url: str, *, pool_size: int = 5, autocommit: bool = False) -> AsyncEngine:
+    """An async engine for a `postgresql+asyncpg://` or `sqlite+aiosqlite://` URL.
+
+    `autocommit` engines run each statement as its own transaction: for the single-statement
+    operations, which then need no BEGIN/COMMIT round trips.
+    """
     parsed = sa.engine.make_url(url)
+    options: dict[str, Any] = {"isolation_level": "AUTOCOMMIT"} if autocommit else {}
     if parsed.get_backend_name() == "sqlite":
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        engine = create_async_engine(url, connect_args={"timeout": 30}, **options)
         sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
     if parsed.get_backend_name() == "postgresql":
@@ -123,7 +131,9 @@ def make_engine(url: str, *, pool_size: int = 5) -> AsyncEngine:
                 f"ledger URL driver {parsed.get_driver_name()!r} is not async; "
                 "use postgresql+asyncpg://user@host/db"
             )
-        return create_async_engine(url, pool_size=pool_size, pool_pre_ping=True)
+        # No pre-ping: it costs a round trip per checkout. A dropped connection fails one
+        # statement, which is transient and retried; recycling keeps idle ones fresh.
+        return create_async_engine(url, pool_size=pool_size, pool_recycle=1800, **options)
     raise LedgerSchemaError(
         f"ledger URL backend {parsed.get_backend_name()!r} is not supported; "
         "allowed: postgresql+asyncpg://... or sqlite+aiosqlite:///path"
@@ -133,16 +143,22 @@ def make_engine(url: str, *, pool_size: int = 5) -> AsyncEngine:
 class Ledger:
     """Operations on the ledger. Construct with an engine, or `Ledger.from_url(url)`."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, autocommit: AsyncEngine | None = None) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
+        self._autocommit = autocommit or engine.execution_options(isolation_level="AUTOCOMMIT")
 
     @classmethod
-    def from_url(cls, url: str) -> Ledger:
-        return cls(make_engine(url))
+    def from_url(cls, url: str, *, pool_size: int = 5) -> Ledger:
+        # Two pools: switching one connection's isolation level per checkout costs round trips.
+        return cls(
+            make_engine(url, pool_size=pool_size),
+            make_engine(url, pool_size=pool_size, autocommit=True),
+        )
 
     async def close(self) -> None:
         await self.engine.dispose()
+        await self._autocommit.dispose()
 
     async def __aenter__(self) -> Ledger:
         return self
@@ -252,36 +268,15 @@ class Ledger:
         """
         stamp = now or utcnow()
         token = str(uuid.uuid4())
-        order = RECORDS.c.window_start_time.desc() if newest_first else RECORDS.c.window_start_time
-        pick = (
-            sa.select(RECORDS.c.id)
-            .where(
-                RECORDS.c.pipeline_id == pipeline_id,
-                RECORDS.c.pipeline_status == Status.PENDING.value,
-                RECORDS.c.window_end_time <= cutoff,
-            )
-            .order_by(RECORDS.c.priority.desc(), order)
-            .limit(1)
-            .with_for_update(skip_locked=True)
-            .scalar_subquery()
-        )
-        stmt = (
-            sa.update(RECORDS)
-            .where(RECORDS.c.id == pick)
-            .values(
-                pipeline_status=Status.IN_PROGRESS.value,
-                dag_run_id=run_id[:100],
-                pipeline_locked_at=stamp,
-                lease_token=token,
-                pipeline_start_time=stamp,
-                pipeline_end_time=None,
-                error_message=None,
-                record_last_updated_time=stamp,
-            )
-            .returning(*RECORDS.columns)
-        )
-        async with self._begin() as conn:
-            row = (await conn.execute(stmt)).first()
+        params = {
+            "p_pipeline": pipeline_id,
+            "p_cutoff": cutoff,
+            "p_run": run_id[:100],
+            "p_stamp": stamp,
+            "p_token": token,
+        }
+        async with self._single() as conn:
+            row = (await conn.execute(_CLAIM[newest_first], params)).first()
         return None if row is None else Lease(_row_to_record(row), token)
 
     # --- fenced writes ------------------------------------------------------------------------
@@ -307,7 +302,7 @@ class Ledger:
             .values(**{"pipeline_locked_at": stamp, "record_last_updated_time": stamp, **values})
             .returning(*RECORDS.columns)
         )
-        async with self._begin() as conn:
+        async with self._single() as conn:
             row = (await conn.execute(stmt)).first()
         if row is None:
             raise LeaseLost(lease.id, action)
@@ -393,7 +388,7 @@ class Ledger:
             )
             .returning(*RECORDS.columns)
         )
-        async with self._begin() as conn:
+        async with self._single() as conn:
             rows = (await conn.execute(stmt)).all()
         return [_row_to_record(r) for r in rows]
 
@@ -457,7 +452,7 @@ class Ledger:
             )
             .returning(*RECORDS.columns)
         )
-        async with self._begin() as conn:
+        async with self._single() as conn:
             rows = (await conn.execute(stmt)).all()
         return [_row_to_record(r) for r in rows]
 
@@ -531,6 +526,11 @@ class Ledger:
     def _connect(self) -> _Guarded:
         return _Guarded(self.engine, begin=False)
 
+    def _single(self) -> _Guarded:
+        """A connection in autocommit mode, for one statement (atomic on its own): no
+        BEGIN/COMMIT round trips on the hot path."""
+        return _Guarded(self._autocommit, begin=False)
+
 
 class _Guarded:
     """A connection (optionally inside a transaction) whose connect errors are translated."""
@@ -551,6 +551,44 @@ class _Guarded:
 
     async def __aexit__(self, *exc: Any) -> None:
         await self._cm.__aexit__(*exc)
+
+
+def _claim_statement(newest_first: bool) -> sa.Update:
+    """The claim, built once per order with bound parameters (its cache key is computed once)."""
+    order = RECORDS.c.window_start_time.desc() if newest_first else RECORDS.c.window_start_time
+    pick = (
+        sa.select(RECORDS.c.id)
+        .where(
+            RECORDS.c.pipeline_id == sa.bindparam("p_pipeline"),
+            # A literal, not a parameter: a prepared (generic) plan can then prove the partial
+            # claim index's predicate and use it.
+            RECORDS.c.pipeline_status == sa.literal_column("'PENDING'"),
+            RECORDS.c.window_end_time <= sa.bindparam("p_cutoff", type_=UTCDateTime()),
+        )
+        .order_by(RECORDS.c.priority.desc(), order)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    stamp = sa.bindparam("p_stamp", type_=UTCDateTime())
+    return (
+        sa.update(RECORDS)
+        .where(RECORDS.c.id == pick)
+        .values(
+            pipeline_status=Status.IN_PROGRESS.value,
+            dag_run_id=sa.bindparam("p_run"),
+            pipeline_locked_at=stamp,
+            lease_token=sa.bindparam("p_token"),
+            pipeline_start_time=stamp,
+            pipeline_end_time=None,
+            error_message=None,
+            record_last_updated_time=stamp,
+        )
+        .returning(*RECORDS.columns)
+    )
+
+
+_CLAIM = {False: _claim_statement(False), True: _claim_statement(True)}
 
 
 def _insert_ignoring_version(dialect: str, table: sa.Table) -> Any:

@@ -78,19 +78,28 @@ async def test_two_claims_racing_for_one_window_get_it_once(ledger: Ledger) -> N
     assert (r1 is None) != (r2 is None)
 
 
-async def test_many_claimers_take_every_window_exactly_once(ledger: Ledger) -> None:
-    registered = await register_hours(ledger, 2 * 40)
-    taken: list[int] = []
+async def test_16_claimers_racing_over_1000_windows_take_each_exactly_once(ledger: Ledger) -> None:
+    ws = windows_between(T0, T0 + timedelta(hours=1000), "UTC", "1h")
+    assert await ledger.register([build_record(PIPE, w, "UTC") for w in ws]) == 1000
+    taken: dict[int, str] = {}
+    doubles: list[int] = []
+    busy: set[int] = set()
 
     async def worker(name: str) -> None:
         while (lease := await ledger.claim(PIPE, name, cutoff=FAR)) is not None:
-            taken.append(lease.id)
+            if lease.id in taken or lease.id in busy:
+                doubles.append(lease.id)
+            busy.add(lease.id)
+            taken[lease.id] = name
+            await asyncio.sleep(0)  # let the others race while this one holds the lease
             await ledger.complete(lease)
+            busy.discard(lease.id)
 
-    await asyncio.gather(*(worker(f"w{i}") for i in range(8)))
-    assert sorted(taken) == sorted(set(taken))
-    assert len(taken) == registered > 40
-    assert (await ledger.summary(PIPE)).counts[Status.COMPLETED] == registered
+    await asyncio.gather(*(worker(f"w{i}") for i in range(16)))
+    assert doubles == []
+    assert len(taken) == 1000
+    assert len(set(taken.values())) > 1, "the race needs more than one winner to mean anything"
+    assert (await ledger.summary(PIPE)).counts[Status.COMPLETED] == 1000
 
 
 async def test_claim_respects_cutoff_priority_and_order(ledger: Ledger) -> None:
