@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -15,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ledgerflow.errors import LedgerflowError
+from ledgerflow.ledger import Ledger
 from ledgerflow.windows import as_utc, windows_between
 
 app = typer.Typer(
@@ -96,14 +98,16 @@ ConfigOption = Annotated[str, typer.Option("--config", "-c", help="PipelineConfi
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables")]
 
 
-async def open_pipeline(config_name: str) -> tuple[Any, Any]:
-    """The validated config block and the Ledger it points at."""
+@contextlib.asynccontextmanager
+async def open_pipeline(config_name: str) -> AsyncIterator[tuple[Any, Ledger]]:
+    """The validated config block and an open Ledger it points at."""
     from ledgerflow.blocks.config import load_final_config
     from ledgerflow.flows.pipeline import load_block
 
     config = await load_final_config(config_name)
     ledger_block = await load_block(config.ledger_block, "ledger_block")
-    return config, await ledger_block.get_ledger()
+    async with ledger_block.open() as ledger:
+        yield config, ledger
 
 
 @app.command()
@@ -111,15 +115,9 @@ def init(config: ConfigOption = "default") -> None:
     """Create (or check) the ledger schema for a pipeline. Safe to run again."""
 
     async def go() -> str:
-        from ledgerflow.blocks.config import load_final_config
-        from ledgerflow.flows.pipeline import load_block
-
-        cfg = await load_final_config(config)
-        block = await load_block(cfg.ledger_block, "ledger_block")
-        ledger = await block.get_ledger()
-        await ledger.create_schema()
-        await ledger.close()
-        return str(block.display_url())
+        async with open_pipeline(config) as (_, ledger):
+            await ledger.create_schema()
+            return ledger.engine.url.render_as_string(hide_password=True)
 
     console.print(f"ledger schema ready at {run_async(go())}")
 
@@ -130,11 +128,8 @@ def status(config: ConfigOption = "default", as_json: JsonOption = False) -> Non
     from ledgerflow.report import human, summary_dict, windows_table
 
     async def go() -> tuple[Any, Any]:
-        cfg, ledger = await open_pipeline(config)
-        try:
+        async with open_pipeline(config) as (cfg, ledger):
             return cfg, await ledger.summary(cfg.pipeline_id)
-        finally:
-            await ledger.close()
 
     cfg, summary = run_async(go())
     data = summary_dict(summary, cfg.timezone)

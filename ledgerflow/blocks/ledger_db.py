@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-import weakref
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -13,12 +13,6 @@ from pydantic.v1 import Field, SecretStr, validator
 from ledgerflow.ledger import Ledger
 
 DEFAULT_URL = "sqlite+aiosqlite:///.ledgerflow/ledger.db"
-
-# Async engines belong to the event loop that made them. Prefect runs a flow and its tasks on
-# different loops, so each loop gets its own Ledger for the same URL.
-_LEDGERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, Ledger]] = (
-    weakref.WeakKeyDictionary()
-)
 
 
 class LedgerDatabase(Block):
@@ -69,31 +63,24 @@ class LedgerDatabase(Block):
         """The URL with any password masked, safe for logs."""
         return sa.engine.make_url(self.url.get_secret_value()).render_as_string(hide_password=True)
 
-    async def get_ledger(self) -> Ledger:
-        """The Ledger for this URL on the running event loop, created (and its schema) once."""
-        loop = asyncio.get_running_loop()
+    @contextlib.asynccontextmanager
+    async def open(self) -> AsyncIterator[Ledger]:
+        """A Ledger for the duration of one task or command, disposed afterwards.
+
+        Prefect may run each async task on its own thread and event loop, and async engines
+        belong to one loop; so each user opens its own, unpooled: nothing idles in between.
+        """
         url = self.url.get_secret_value()
-        per_loop = _LEDGERS.setdefault(loop, {})
-        if url not in per_loop:
-            parsed = sa.engine.make_url(url)
-            if parsed.get_backend_name() == "sqlite" and parsed.database not in (
-                None,
-                "",
-                ":memory:",
-            ):
-                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-            ledger = Ledger.from_url(url)
-            try:
-                await (ledger.create_schema() if self.auto_create_schema else ledger.check_schema())
-            except BaseException:
-                await ledger.close()
-                raise
-            per_loop[url] = ledger
-        return per_loop[url]
+        parsed = sa.engine.make_url(url)
+        if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        ledger = Ledger.from_url(url, pooled=False)
+        try:
+            yield ledger
+        finally:
+            await ledger.close()
 
-
-async def close_ledgers() -> None:
-    """Dispose of the running loop's ledgers (engines are per loop)."""
-    per_loop = _LEDGERS.pop(asyncio.get_running_loop(), {})
-    for ledger in per_loop.values():
-        await ledger.close()
+    async def prepare(self) -> None:
+        """Create the schema (if allowed) or check it; once per flow run, before any task."""
+        async with self.open() as ledger:
+            await (ledger.create_schema() if self.auto_create_schema else ledger.check_schema())

@@ -24,7 +24,7 @@ from prefect.states import Completed, Failed, State
 from prefect.utilities.annotations import quote
 
 from ledgerflow.blocks.config import PipelineConfig, load_final_config
-from ledgerflow.blocks.ledger_db import LedgerDatabase, close_ledgers
+from ledgerflow.blocks.ledger_db import LedgerDatabase
 from ledgerflow.errors import ConfigError, LeaseLost, LedgerflowError
 from ledgerflow.ledger import Lease, PipelineRecord, Status
 from ledgerflow.ports import Source, Stage, Target
@@ -125,14 +125,13 @@ def as_is(value: T) -> T:
 
 
 async def close_parts(parts: Parts) -> None:
-    """Release what the run's blocks hold open (DuckDB files, engines on this loop)."""
+    """Release what the run's blocks hold open (DuckDB files, clients)."""
     for part in (parts.source, parts.stage, parts.target):
         close = getattr(part, "close", None)
         if callable(close):
             result = close()
             if asyncio.iscoroutine(result):
                 await result
-    await close_ledgers()
 
 
 class Budget:
@@ -195,12 +194,12 @@ async def process_window(
             message = f"loaded {manifest.rows} row(s) in {len(manifest.files)} file(s)"
     except _PhaseFailed as failure:
         message = str(failure)
-        ledger = await parts.ledger.get_ledger()
-        # LeaseLost: the audit already failed it, or another worker owns it now.
-        with contextlib.suppress(LeaseLost):
-            await ledger.fail(lease, message)
-    ledger = await parts.ledger.get_ledger()
-    record = await ledger.get(lease.id)
+        async with parts.ledger.open() as ledger:
+            # LeaseLost: the audit already failed it, or another worker owns it now.
+            with contextlib.suppress(LeaseLost):
+                await ledger.fail(lease, message)
+    async with parts.ledger.open() as ledger:
+        record = await ledger.get(lease.id)
     assert record is not None
     return WindowOutcome.of(record, settings.timezone, time.perf_counter() - started, message)
 

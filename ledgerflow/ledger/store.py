@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
 
 from ledgerflow.errors import LeaseLost, LedgerSchemaError, TransientError
 from ledgerflow.ledger.models import (
@@ -113,7 +114,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def make_engine(url: str, *, pool_size: int = 5, autocommit: bool = False) -> AsyncEngine:
+def make_engine(
+    url: str, *, pool_size: int = 5, autocommit: bool = False, pooled: bool = True
+) -> AsyncEngine:
     """An async engine for a `postgresql+asyncpg://` or `sqlite+aiosqlite://` URL.
 
     `autocommit` engines run each statement as its own transaction: for the single-statement
@@ -121,6 +124,8 @@ def make_engine(url: str, *, pool_size: int = 5, autocommit: bool = False) -> As
     """
     parsed = sa.engine.make_url(url)
     options: dict[str, Any] = {"isolation_level": "AUTOCOMMIT"} if autocommit else {}
+    if not pooled:
+        options["poolclass"] = NullPool
     if parsed.get_backend_name() == "sqlite":
         engine = create_async_engine(url, connect_args={"timeout": 30}, **options)
         sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
@@ -133,7 +138,9 @@ def make_engine(url: str, *, pool_size: int = 5, autocommit: bool = False) -> As
             )
         # No pre-ping: it costs a round trip per checkout. A dropped connection fails one
         # statement, which is transient and retried; recycling keeps idle ones fresh.
-        return create_async_engine(url, pool_size=pool_size, pool_recycle=1800, **options)
+        if pooled:
+            options.update(pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800)
+        return create_async_engine(url, **options)
     raise LedgerSchemaError(
         f"ledger URL backend {parsed.get_backend_name()!r} is not supported; "
         "allowed: postgresql+asyncpg://... or sqlite+aiosqlite:///path"
@@ -149,11 +156,12 @@ class Ledger:
         self._autocommit = autocommit or engine.execution_options(isolation_level="AUTOCOMMIT")
 
     @classmethod
-    def from_url(cls, url: str, *, pool_size: int = 5) -> Ledger:
-        # Two pools: switching one connection's isolation level per checkout costs round trips.
+    def from_url(cls, url: str, *, pool_size: int = 5, pooled: bool = True) -> Ledger:
+        """`pooled=False` opens a connection per operation and keeps none idle."""
+        # Two engines: switching one connection's isolation level per checkout costs round trips.
         return cls(
-            make_engine(url, pool_size=pool_size),
-            make_engine(url, pool_size=pool_size, autocommit=True),
+            make_engine(url, pool_size=pool_size, pooled=pooled),
+            make_engine(url, pool_size=pool_size, autocommit=True, pooled=pooled),
         )
 
     async def close(self) -> None:
@@ -401,8 +409,12 @@ class Ledger:
         end: datetime | None = None,
         now: datetime | None = None,
     ) -> list[PipelineRecord]:
-        """FAILED windows (all, chosen ids, or those starting in `[start, end)`) back to PENDING."""
-        return await self._reopen(pipeline_id, [Status.FAILED], ids, start, end, None, now)
+        """FAILED windows (all, chosen ids, or those starting in `[start, end)`) back to PENDING.
+
+        The stage record is kept: a window that failed while loading resumes at the load."""
+        return await self._reopen(
+            pipeline_id, [Status.FAILED], ids, start, end, None, now, keep_stage=True
+        )
 
     async def reopen(
         self,
@@ -412,9 +424,12 @@ class Ledger:
         *,
         now: datetime | None = None,
     ) -> list[PipelineRecord]:
-        """COMPLETED or FAILED windows back to PENDING (late data, an operator's reload)."""
+        """COMPLETED or FAILED windows back to PENDING (late data, an operator's reload). The
+        stage record is dropped: the window is extracted again."""
         statuses = [Status.COMPLETED, Status.FAILED]
-        return await self._reopen(pipeline_id, statuses, list(ids), None, None, reason, now)
+        return await self._reopen(
+            pipeline_id, statuses, list(ids), None, None, reason, now, keep_stage=False
+        )
 
     async def _reopen(
         self,
@@ -425,8 +440,13 @@ class Ledger:
         end: datetime | None,
         reason: str | None,
         now: datetime | None,
+        *,
+        keep_stage: bool,
     ) -> list[PipelineRecord]:
         stamp = now or utcnow()
+        stage: dict[str, Any] = (
+            {} if keep_stage else {"phase_completed": None, "stage_manifest": None}
+        )
         conditions = [
             RECORDS.c.pipeline_id == pipeline_id,
             RECORDS.c.pipeline_status.in_([s.value for s in statuses]),
@@ -445,9 +465,8 @@ class Ledger:
                 retry_attempt=0,
                 lease_token=None,
                 pipeline_locked_at=None,
-                phase_completed=None,
-                stage_manifest=None,
                 error_message=reason,
+                **stage,
                 record_last_updated_time=stamp,
             )
             .returning(*RECORDS.columns)

@@ -28,8 +28,7 @@ def percentage_difference(source: int, target: int) -> Decimal:
 @task(name="audit", persist_result=False)
 async def audit(parts: Parts, settings: RunSettings, lease: Lease) -> dict[str, object]:
     """Recount, record the audit columns, and complete or fail the window."""
-    ledger = await parts.ledger.get_ledger()
-    async with timed("audit", lease):
+    async with timed("audit", lease), parts.ledger.open() as ledger:
         started = now()
         source, target = await asyncio.gather(
             parts.source.count(lease.window), parts.target.count(lease.window)

@@ -11,8 +11,7 @@ from ledgerflow.tasks.common import Parts, RunSettings, logger, timed
 @task(name="cleanup_stale_locks", persist_result=False)
 async def cleanup_stale_locks(parts: Parts, settings: RunSettings) -> list[PipelineRecord]:
     """Release IN_PROGRESS windows with no heartbeat for the stale threshold."""
-    async with timed("cleanup stale locks"):
-        ledger = await parts.ledger.get_ledger()
+    async with timed("cleanup stale locks"), parts.ledger.open() as ledger:
         released = await ledger.release_stale(
             settings.pipeline_id,
             older_than=settings.stale_after,

@@ -21,9 +21,15 @@ from ledgerflow.windows import KeyHook
 
 
 class LedgerProvider(Protocol):
-    """Anything that hands out the Ledger for the running event loop (the LedgerDatabase block)."""
+    """Where tasks get a Ledger (the LedgerDatabase block)."""
 
-    async def get_ledger(self) -> Ledger: ...
+    def open(self) -> contextlib.AbstractAsyncContextManager[Ledger]:
+        """A Ledger for one task run, closed when the block exits."""
+        ...
+
+    async def prepare(self) -> None:
+        """Create or check the ledger schema."""
+        ...
 
 
 @dataclass(frozen=True)

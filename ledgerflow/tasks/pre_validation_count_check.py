@@ -29,11 +29,10 @@ async def pre_validation_count_check(
     parts: Parts, settings: RunSettings, lease: Lease
 ) -> State[Any]:
     """Count both sides. Equal counts complete the window here and skip the transfer."""
-    async with timed("pre-validation count check", lease):
+    async with timed("pre-validation count check", lease), parts.ledger.open() as ledger:
         source, target = await asyncio.gather(
             parts.source.count(lease.window), parts.target.count(lease.window)
         )
-        ledger = await parts.ledger.get_ledger()
         counts = {"source_count": source, "target_count": target}
         if source != target:
             await ledger.update(

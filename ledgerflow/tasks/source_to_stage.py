@@ -31,8 +31,7 @@ async def source_to_stage(
 ) -> Manifest:
     """Stage the window as Parquet files and record the manifest; return it."""
     location = stage_location(settings.pipeline_id, lease.window)
-    ledger = await parts.ledger.get_ledger()
-    async with timed("source to stage", lease):
+    async with timed("source to stage", lease), parts.ledger.open() as ledger:
         resumed = await resumable_manifest(parts, lease, location)
         if resumed is not None:
             logger().info("window id=%s: staged files intact, resuming at load", lease.id)

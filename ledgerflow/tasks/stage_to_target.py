@@ -14,8 +14,7 @@ async def stage_to_target(
     parts: Parts, settings: RunSettings, lease: Lease, manifest: Manifest
 ) -> int:
     """Delete the window's rows and load the staged files in one target transaction."""
-    ledger = await parts.ledger.get_ledger()
-    async with timed("stage to target", lease):
+    async with timed("stage to target", lease), parts.ledger.open() as ledger:
         await ledger.update(
             lease,
             "stage-to-target start",

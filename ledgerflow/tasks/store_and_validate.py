@@ -26,8 +26,8 @@ async def register_windows(
     """Register the windows that became eligible since the last run; return how many were new."""
     moment = at or now()
     cutoff = settings.cutoff(moment)
-    async with timed("register windows"):
-        ledger = await parts.ledger.get_ledger()
+    await parts.ledger.prepare()
+    async with timed("register windows"), parts.ledger.open() as ledger:
         begin = await ledger.last_window_end(settings.pipeline_id) or settings.start
         if begin is None:  # no history and no start: begin with the latest eligible window
             begin = cutoff - timedelta(microseconds=1)
@@ -54,11 +54,11 @@ async def register_windows(
 @task(name="store_and_validate.claim", persist_result=False)
 async def claim_window(parts: Parts, settings: RunSettings, run_id: str) -> State[Any]:
     """Claim the next eligible PENDING window (row lock, fresh lease), or say why there is none."""
-    ledger = await parts.ledger.get_ledger()
     cutoff = settings.cutoff()
-    lease: Lease | None = await ledger.claim(
-        settings.pipeline_id, run_id, cutoff=cutoff, newest_first=settings.newest_first
-    )
+    async with parts.ledger.open() as ledger:
+        lease: Lease | None = await ledger.claim(
+            settings.pipeline_id, run_id, cutoff=cutoff, newest_first=settings.newest_first
+        )
     if lease is None:
         return Completed(
             message=(

@@ -12,7 +12,7 @@ from ledgerflow.cli import app
 from ledgerflow.demo import DEMO_START
 from typer.testing import CliRunner
 
-from .test_flow_embedded import DriftingTarget, Pipeline
+from .kit import DriftingTarget, Pipeline
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 runner = CliRunner()

@@ -2,163 +2,52 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
-import duckdb
-import pyarrow as pa
 import pytest
-from ledgerflow.blocks.config import validate_config
-from ledgerflow.blocks.duckdb_source import DuckDBSource
-from ledgerflow.blocks.duckdb_target import DuckDBTarget
-from ledgerflow.blocks.ledger_db import LedgerDatabase
-from ledgerflow.blocks.local_stage import LocalStage
-from ledgerflow.demo import DEMO_END, DEMO_START, generate_events
-from ledgerflow.flows.pipeline import windowed_pipeline
+from ledgerflow.blocks.config import load_final_config
+from ledgerflow.demo import DEMO_END, DEMO_START
+from ledgerflow.flows.pipeline import load_parts, settings_from, windowed_pipeline
 from ledgerflow.ledger import Ledger, Status
-from ledgerflow.ports import Manifest
-from ledgerflow.windows import Window
+from ledgerflow.tasks.source_to_stage import source_to_stage
+from ledgerflow.tasks.store_and_validate import claim_window, register_windows
+from ledgerflow.windows import build_record, windows_between
+
+from .kit import BrokenLoadTarget, CountingSource, DriftingTarget, FlakyCountTarget, Pipeline
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
-
-
-class CountingSource(DuckDBSource):
-    """The real DuckDB source, counting extractions (to prove resume skips them)."""
-
-    _block_type_name = "Test Counting Source"
-    _block_type_slug = "test-counting-source"
-    marker: str = "counting"
-
-    async def extract(self, window: Window) -> AsyncIterator[pa.RecordBatch]:
-        path = Path(self.path).with_suffix(".extracts")
-        with path.open("a") as log:
-            log.write(window.key + "\n")
-        async for batch in super().extract(window):
-            yield batch
-
-
-class DriftingTarget(DuckDBTarget):
-    """The real DuckDB target plus a rogue writer that adds a row right after each load."""
-
-    _block_type_name = "Test Drifting Target"
-    _block_type_slug = "test-drifting-target"
-    marker: str = "drifting"
-
-    async def replace(self, window: Window, manifest: Manifest) -> int:
-        loaded = await super().replace(window, manifest)
-        table = self.table
-
-        def rogue(cur: duckdb.DuckDBPyConnection) -> None:
-            cur.execute(
-                f'INSERT INTO "{table}" SELECT * FROM "{table}" WHERE ts >= ? AND ts < ? LIMIT 1',
-                [window.start, window.end],
-            )
-
-        await self.handle.run(rogue)
-        return loaded
-
-
-class FlakyCountTarget(DuckDBTarget):
-    """The real DuckDB target whose count fails after the load (an audit process failure)."""
-
-    _block_type_name = "Test Flaky Count Target"
-    _block_type_slug = "test-flaky-count-target"
-    marker: str = "flaky"
-
-    async def count(self, window: Window) -> int:
-        if Path(self.path).with_suffix(".loaded").exists():
-            raise ConnectionError("warehouse went away during the audit")
-        return await super().count(window)
-
-    async def replace(self, window: Window, manifest: Manifest) -> int:
-        loaded = await super().replace(window, manifest)
-        Path(self.path).with_suffix(".loaded").touch()
-        return loaded
-
-
-class Pipeline:
-    """One pipeline's blocks and files in a temp folder, saved under a unique name."""
-
-    def __init__(self, root: Path, rows: int = 3000) -> None:
-        self.root = root
-        self.name = f"t{uuid.uuid4().hex[:10]}"
-        self.source_path = root / "source.duckdb"
-        self.warehouse = root / "warehouse.duckdb"
-        self.ledger_url = f"sqlite+aiosqlite:///{root / 'ledger.db'}"
-        self.rows = generate_events(self.source_path, rows)
-
-    async def save(
-        self,
-        source: type[DuckDBSource] = DuckDBSource,
-        target: type[DuckDBTarget] = DuckDBTarget,
-        **config: Any,
-    ) -> str:
-        await LedgerDatabase.parse_obj({"url": self.ledger_url}).save(self.name)
-        await source.parse_obj({"path": str(self.source_path), "table": "web_events"}).save(
-            self.name
-        )
-        await LocalStage.parse_obj({"root": str(self.root / "stage")}).save(self.name)
-        await target.parse_obj({"path": str(self.warehouse), "table": "web_events"}).save(self.name)
-        fields = {
-            "pipeline_id": self.name,
-            "start": DEMO_START,
-            "end": DEMO_END,
-            "windows_per_run": 100,
-            "concurrency": 4,
-            "max_retry_task": 1,
-            "retry_backoff_seconds": 0,
-            "ledger_block": f"ledgerflow-ledger-database/{self.name}",
-            "source_block": f"{source.get_block_type_slug()}/{self.name}",
-            "stage_block": f"ledgerflow-local-stage/{self.name}",
-            "target_block": f"{target.get_block_type_slug()}/{self.name}",
-            **config,
-        }
-        await validate_config(fields).save(self.name)
-        return self.name
-
-    def warehouse_rows(self) -> tuple[int, int]:
-        con = duckdb.connect(str(self.warehouse))
-        try:
-            total, distinct = con.execute(
-                "SELECT count(*), count(DISTINCT event_id) FROM web_events"
-            ).fetchone()  # type: ignore[misc]
-        finally:
-            con.close()
-        return int(total), int(distinct)
-
-    def source_rows_with_ts(self) -> int:
-        con = duckdb.connect(str(self.source_path))
-        try:
-            return int(con.execute("SELECT count(ts) FROM web_events").fetchone()[0])  # type: ignore[index]
-        finally:
-            con.close()
-
-    async def records(self) -> list[Any]:
-        async with Ledger.from_url(self.ledger_url) as ledger:
-            return await ledger.windows(self.name)
+LA = "America/Los_Angeles"
+FIRST_WINDOW_END = DEMO_START + timedelta(hours=2)
 
 
 @pytest.fixture
 def pipeline(tmp_path: Path) -> Pipeline:
+    """A pipeline with an SQLite ledger."""
     return Pipeline(tmp_path)
 
 
-async def test_every_window_loads_once_and_a_rerun_reloads_nothing(pipeline: Pipeline) -> None:
+@pytest.fixture
+def pipeline_any(tmp_path: Path, ledger_url: str) -> Pipeline:
+    """A pipeline whose ledger is SQLite, then Postgres."""
+    return Pipeline(tmp_path, ledger_url=ledger_url)
+
+
+async def test_every_window_loads_once_and_a_rerun_reloads_nothing(pipeline_any: Pipeline) -> None:
+    pipeline = pipeline_any
     name = await pipeline.save()
     state = await windowed_pipeline(config_block=name, return_state=True)
     assert state.is_completed(), state.message
     records = await pipeline.records()
     assert len(records) == 24  # 12 windows on 03-08, 12 on the 23-hour 03-09
+    assert sum(r.window_end_time - r.window_start_time == timedelta(hours=1) for r in records) == 1
     assert {r.pipeline_status for r in records} == {Status.COMPLETED}
     assert {r.audit_result for r in records} <= {"PASS", "MATCH"}
     expected = pipeline.source_rows_with_ts()
     assert pipeline.warehouse_rows() == (expected, expected)
-    assert sum(r.target_count for r in records) == expected
+    assert sum(r.target_count or 0 for r in records) == expected
     loaded = [r for r in records if r.phase_completed == "AUDIT"]
-    assert all(r.extracted_count == r.source_count == r.loaded_count for r in loaded)
+    assert loaded and all(r.extracted_count == r.source_count == r.loaded_count for r in loaded)
 
     again = await windowed_pipeline(config_block=name, return_state=True)
     assert again.is_completed()
@@ -190,75 +79,103 @@ async def test_empty_windows_complete_with_transfer_skipped(pipeline: Pipeline) 
 
 
 async def test_an_emptied_source_window_empties_the_target(pipeline: Pipeline) -> None:
-    name = await pipeline.save()
+    name = await pipeline.save(end=FIRST_WINDOW_END)
     await windowed_pipeline(config_block=name, return_state=True)
-    first = (await pipeline.records())[0]
-    con = duckdb.connect(str(pipeline.source_path))
-    con.execute("SET TimeZone='UTC'")
-    con.execute(
-        "DELETE FROM web_events WHERE ts >= ? AND ts < ?",
-        [first.window_start_time, first.window_end_time],
-    )
-    con.close()
+    [first] = await pipeline.records()
+    pipeline.delete_source_window(first.window_start_time, first.window_end_time)
     async with Ledger.from_url(pipeline.ledger_url) as ledger:
         await ledger.reopen(name, [first.id], "source window deleted")
     state = await windowed_pipeline(config_block=name, return_state=True)
     assert state.is_completed(), state.message
-    row = (await pipeline.records())[0]
+    [row] = await pipeline.records()
     assert (row.source_count, row.target_count, row.audit_result) == (0, 0, "PASS")
     assert row.stage_to_target_ingestion_status == "COMPLETED"
+    assert pipeline.warehouse_rows() == (0, 0)
 
 
 async def test_audit_mismatch_fails_the_window_and_the_run_without_retry(
-    pipeline: Pipeline,
+    pipeline_any: Pipeline,
 ) -> None:
-    name = await pipeline.save(
-        target=DriftingTarget, end=DEMO_START + timedelta(hours=2), max_retry_task=3
-    )
+    pipeline = pipeline_any
+    name = await pipeline.save(target=DriftingTarget, end=FIRST_WINDOW_END, max_retry_task=3)
     state = await windowed_pipeline(config_block=name, return_state=True)
     assert state.is_failed()
     assert "audit failed" in state.message
     [row] = await pipeline.records()
     assert row.pipeline_status == Status.FAILED
     assert row.audit_result == "FAIL"
-    assert row.target_count == row.source_count + 1
-    assert row.count_difference == -1
-    assert row.error_message.startswith("audit failed: source has")
-    # No retry hid it: one load, one rogue row.
-    assert pipeline.warehouse_rows()[0] == row.source_count + 1
+    assert row.source_count is not None
+    assert row.target_count == row.source_count - 1
+    assert row.count_difference == 1
+    assert (row.error_message or "").startswith("audit failed: source has")
+    # No retry hid it: a retried load would have put the deleted row back.
+    assert pipeline.warehouse_rows()[0] == row.source_count - 1
 
 
 async def test_audit_process_failure_retries_then_fails_the_window(pipeline: Pipeline) -> None:
-    name = await pipeline.save(target=FlakyCountTarget, end=DEMO_START + timedelta(hours=2))
+    name = await pipeline.save(target=FlakyCountTarget, end=FIRST_WINDOW_END)
     state = await windowed_pipeline(config_block=name, return_state=True)
     assert state.is_failed()
     [row] = await pipeline.records()
     assert row.pipeline_status == Status.FAILED
     assert row.audit_result is None
-    assert "[audit] ConnectionError: warehouse went away" in row.error_message
-    assert row.lease_token is not None and row.pipeline_locked_at is None
+    assert "[audit] ConnectionError: warehouse went away" in (row.error_message or "")
+    assert row.pipeline_locked_at is None
+
+
+async def test_a_failed_load_leaves_the_target_unchanged_and_a_rerun_resumes_at_load(
+    pipeline_any: Pipeline,
+) -> None:
+    pipeline = pipeline_any
+    name = await pipeline.save(source=CountingSource, target=BrokenLoadTarget, end=FIRST_WINDOW_END)
+    assert (await windowed_pipeline(config_block=name, return_state=True)).is_completed()
+    [first] = await pipeline.records()
+    before = pipeline.warehouse_rows()
+    # Late rows make the window differ; the warehouse's next load fails mid-transaction.
+    pipeline.add_late_rows(first.window_start_time, 5)
+    async with Ledger.from_url(pipeline.ledger_url) as ledger:
+        await ledger.reopen(name, [first.id], "late data")
+    broken = pipeline.warehouse.with_suffix(".broken")
+    broken.write_text("this is not parquet")
+
+    state = await windowed_pipeline(config_block=name, return_state=True)
+    assert state.is_failed()
+    [row] = await pipeline.records()
+    assert row.pipeline_status == Status.FAILED
+    assert (row.error_message or "").startswith("[stage to target]")
+    assert row.phase_completed == "SOURCE_TO_STAGE"
+    assert row.extracted_count == before[0] + 5
+    assert pipeline.warehouse_rows() == before, "a failed load changed the target"
+
+    broken.unlink()
+    async with Ledger.from_url(pipeline.ledger_url) as ledger:
+        await ledger.reset_failed(name)
+    state = await windowed_pipeline(config_block=name, return_state=True)
+    assert state.is_completed(), state.message
+    [row] = await pipeline.records()
+    assert (row.pipeline_status, row.audit_result) == (Status.COMPLETED, "PASS")
+    assert pipeline.warehouse_rows() == (before[0] + 5, before[0] + 5)
+    extracts = pipeline.source_path.with_suffix(".extracts").read_text().split()
+    assert len(extracts) == 2, "the rerun extracted again instead of resuming at the load"
 
 
 async def test_a_reclaimed_window_with_an_intact_stage_resumes_at_load(pipeline: Pipeline) -> None:
-    from ledgerflow.blocks.config import load_final_config
-    from ledgerflow.flows.pipeline import load_parts, settings_from
-    from ledgerflow.tasks.source_to_stage import source_to_stage
-
-    name = await pipeline.save(source=CountingSource, end=DEMO_START + timedelta(hours=2))
+    name = await pipeline.save(source=CountingSource, end=FIRST_WINDOW_END)
     config = await load_final_config(name)
     parts = await load_parts(config)
     settings = settings_from(config)
-    ledger = await parts.ledger.get_ledger()
-    from ledgerflow.tasks.store_and_validate import claim_window, register_windows
-
     await register_windows.fn(parts, settings)
     lease = (await claim_window.fn(parts, settings, "crashed-run")).data
     count = await parts.source.count(lease.window)
     await source_to_stage.fn(parts, settings, lease, count)
     # The worker dies here; cleanup finds the stale lock and gives the window back.
-    released = await ledger.release_stale(
-        name, older_than=timedelta(0), max_attempts=3, now=datetime.now(UTC) + timedelta(seconds=1)
-    )
+    async with parts.ledger.open() as ledger:
+        released = await ledger.release_stale(
+            name,
+            older_than=timedelta(0),
+            max_attempts=3,
+            now=datetime.now(UTC) + timedelta(seconds=1),
+        )
     assert [r.phase_completed for r in released] == ["SOURCE_TO_STAGE"]
     state = await windowed_pipeline(config_block=name, return_state=True)
     assert state.is_completed(), state.message
@@ -268,13 +185,33 @@ async def test_a_reclaimed_window_with_an_intact_stage_resumes_at_load(pipeline:
     assert extracts == [lease.window.key], "the resumed window was extracted again"
 
 
+async def test_cleanup_runs_after_a_failure(pipeline: Pipeline) -> None:
+    name = await pipeline.save(target=DriftingTarget, end=DEMO_START + timedelta(hours=4))
+    async with Ledger.from_url(pipeline.ledger_url) as ledger:
+        await ledger.create_schema()
+        first = windows_between(DEMO_START, FIRST_WINDOW_END, LA, "2h")
+        await ledger.register([build_record(name, w, LA) for w in first])
+        crashed = await ledger.claim(
+            name,
+            "crashed-worker",
+            cutoff=datetime.now(UTC),
+            now=datetime.now(UTC) - timedelta(hours=3),
+        )
+    assert crashed is not None
+    state = await windowed_pipeline(config_block=name, return_state=True)
+    assert state.is_failed()  # the other window's audit fails
+    rows = {r.id: r for r in await pipeline.records()}
+    released = rows.pop(crashed.id)
+    assert released.pipeline_status == Status.PENDING and released.retry_attempt == 1
+    assert "stale lock released" in (released.error_message or "")
+    assert [r.pipeline_status for r in rows.values()] == [Status.FAILED]
+
+
 async def test_a_missing_block_is_a_clear_error(pipeline: Pipeline) -> None:
     name = await pipeline.save(target_block="ledgerflow-duckdb-target/nope")
     state = await windowed_pipeline(config_block=name, return_state=True)
     assert state.is_failed()
-    with pytest.raises(
-        Exception, match=r"target_block='ledgerflow-duckdb-target/nope' names no saved block"
-    ):
+    with pytest.raises(Exception, match=r"target_block='ledgerflow-duckdb-target/nope' names no"):
         await state.result(fetch=True)
 
 
