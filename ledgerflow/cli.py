@@ -25,7 +25,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
-console = Console()
+_probe = Console()
+# Tables are wide; when piped (no terminal to measure), do not squeeze them into 80 columns.
+console = _probe if _probe.is_terminal else Console(width=120)
 T = TypeVar("T")
 
 
@@ -161,6 +163,44 @@ def status(config: ConfigOption = "default", as_json: JsonOption = False) -> Non
 
 
 @app.command()
+def windows(
+    config: ConfigOption = "default",
+    status: Annotated[
+        list[str] | None,
+        typer.Option("--status", "-s", help="PENDING, IN_PROGRESS, COMPLETED or FAILED"),
+    ] = None,
+    start: Annotated[str | None, typer.Option(help="Windows starting at or after (ISO)")] = None,
+    end: Annotated[str | None, typer.Option(help="Windows starting before (ISO)")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many")] = 200,
+    newest: Annotated[bool, typer.Option("--newest", help="Newest first")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """List windows with their status, phase, counts, attempts and durations."""
+    from ledgerflow.ledger import Status
+    from ledgerflow.report import record_dict, windows_table
+
+    allowed = {s.value for s in Status}
+    wanted = [s.upper() for s in status or []]
+    if bad := [s for s in wanted if s not in allowed]:
+        raise fail(f"--status {bad[0]!r} is not a status; allowed: {sorted(allowed)}")
+    lo = parse_instant(start, "--start") if start else None
+    hi = parse_instant(end, "--end") if end else None
+
+    async def go() -> tuple[Any, list[Any]]:
+        async with open_pipeline(config) as (cfg, ledger):
+            rows = await ledger.windows(
+                cfg.pipeline_id, statuses=wanted, start=lo, end=hi, limit=limit, newest_first=newest
+            )
+            return cfg, rows
+
+    cfg, rows = run_async(go())
+    if as_json:
+        typer.echo(json.dumps([record_dict(r, cfg.timezone) for r in rows], indent=2, default=str))
+        return
+    console.print(windows_table(rows, cfg.timezone, f"{len(rows)} window(s) of {cfg.pipeline_id}"))
+
+
+@app.command()
 def run(
     config: ConfigOption = "default",
     max_windows: Annotated[
@@ -199,8 +239,7 @@ def demo(
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # the demo prints its own story
     from ledgerflow.demo import run_demo
 
-    wide = Console(width=max(console.width, 110))
-    run_async(run_demo(Path(root).absolute(), rows, wide))
+    run_async(run_demo(Path(root).absolute(), rows, console))
 
 
 if __name__ == "__main__":  # pragma: no cover

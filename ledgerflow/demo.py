@@ -197,7 +197,8 @@ async def run_demo(root: Path, rows: int, console: Console) -> None:
         f"{written - no_ts:,} source rows with a timestamp; ledger rows loaded: {loaded:,}"
     )
     console.print(
-        f"next: `ledgerflow status -c demo`, `ledgerflow windows -c demo`, files under {paths.root}"
+        "next: `.venv/bin/ledgerflow status -c demo`, `.venv/bin/ledgerflow windows -c demo`; "
+        f"files under {paths.root}"
     )
     if not ok or not first.is_completed():
         raise LedgerflowError("the demo's audit did not come out clean; see the table above")

@@ -7,6 +7,7 @@ from prefect.blocks.core import Block
 from ledgerflow.blocks.config import PipelineConfig
 from ledgerflow.blocks.duckdb_source import DuckDBSource
 from ledgerflow.blocks.duckdb_target import DuckDBTarget
+from ledgerflow.blocks.elasticsearch import ElasticsearchSource
 from ledgerflow.blocks.ledger_db import LedgerDatabase
 from ledgerflow.blocks.local_stage import LocalStage
 
@@ -14,6 +15,7 @@ ALL_BLOCKS: list[type[Block]] = [
     PipelineConfig,
     LedgerDatabase,
     DuckDBSource,
+    ElasticsearchSource,
     LocalStage,
     DuckDBTarget,
 ]
@@ -22,6 +24,7 @@ __all__ = [
     "ALL_BLOCKS",
     "DuckDBSource",
     "DuckDBTarget",
+    "ElasticsearchSource",
     "LedgerDatabase",
     "LocalStage",
     "PipelineConfig",

@@ -235,6 +235,7 @@ async def windowed_pipeline(config_block: str = "default", max_windows: int | No
     run_id = str(context.flow_run.id) if getattr(context, "flow_run", None) else "adhoc"  # type: ignore[union-attr]
     outcomes: list[WindowOutcome] = []
     budget = Budget(max_windows or config.windows_per_run)
+    idle: list[str] = []
     p, s = as_is(parts), as_is(settings)
 
     async def worker() -> None:
@@ -243,6 +244,7 @@ async def windowed_pipeline(config_block: str = "default", max_windows: int | No
             lease = await state.result(fetch=True)  # type: ignore[call-overload]
             if lease is None:
                 log.info(state.message)
+                idle.append(state.message or "nothing to claim")
                 budget.stop()
                 return
             outcomes.append(await process_window(parts, settings, lease, options))
@@ -265,6 +267,8 @@ async def windowed_pipeline(config_block: str = "default", max_windows: int | No
     summary = (
         f"{len(outcomes)} window(s): {counts[Status.COMPLETED]} completed, {len(failed)} failed"
     )
+    if not outcomes and idle:
+        summary += f"; {idle[0]}"
     rows = [asdict(o) for o in outcomes]
     if failed:
         first = failed[0]

@@ -1,0 +1,478 @@
+"""`ElasticsearchSource`: exact counts and bounded-memory, parallel window extraction.
+
+Extraction pages with point-in-time + `search_after` + `_shard_doc` where the server has ES PIT,
+and with a sliced scroll (cleared at the end) where it does not (OpenSearch-compatible servers).
+Both sort on a per-document tiebreaker, so documents that share a timestamp are never skipped or
+repeated (the mistake of tapping `search_after` on the timestamp alone).
+
+Each batch holds `_id`, `_index`, the timestamp as a UTC timestamp, the document as JSON text
+(for a Snowflake VARIANT) and any mapped columns as text. Documents without the timestamp field
+belong to no window: `count` does not count them and `extract` never returns them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, Literal
+
+import orjson
+import pyarrow as pa
+from elastic_transport import AiohttpHttpNode, ConnectionTimeout
+from elastic_transport import ConnectionError as TransportConnectionError
+from elasticsearch import (
+    ApiError,
+    AsyncElasticsearch,
+    AuthenticationException,
+    AuthorizationException,
+    BadRequestError,
+    NotFoundError,
+)
+from prefect.blocks.core import Block
+from pydantic.v1 import Field, PrivateAttr, SecretStr, root_validator, validator
+
+from ledgerflow.errors import SourceError, SourceTerminalError
+from ledgerflow.windows import Window
+
+DATE_TYPES = ("date", "date_nanos")
+_END = object()
+
+
+class PlainJsonNode(AiohttpHttpNode):
+    """An HTTP node that sends plain `application/json` instead of Elasticsearch 9's
+    compatibility media type, for servers that refuse it (OpenSearch-compatible ones).
+
+    Used only when the block's `compatibility_headers` is off; production Elasticsearch keeps
+    the client's default headers.
+    """
+
+    async def perform_request(  # type: ignore[override]
+        self,
+        method: str,
+        target: str,
+        body: bytes | None = None,
+        headers: Any = None,
+        request_timeout: Any = None,
+    ) -> Any:
+        if headers:
+            headers = headers.copy()
+            for name in ("accept", "content-type"):
+                value = headers.get(name)
+                if value and "vnd.elasticsearch+" in value:
+                    headers[name] = value.split(";")[0].replace("vnd.elasticsearch+", "")
+        return await super().perform_request(
+            method, target, body=body, headers=headers, request_timeout=request_timeout
+        )
+
+
+def iso_millis(value: Any) -> str:
+    return str(value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z")
+
+
+class ElasticsearchSource(Block):
+    """Reads windows from an Elasticsearch index (or pattern) by a date field.
+
+    Example:
+        Count a window:
+        ```python
+        from ledgerflow.blocks.elasticsearch import ElasticsearchSource
+
+        source = ElasticsearchSource.load("BLOCK_NAME")
+        ```
+    """
+
+    _block_type_name = "Ledgerflow Elasticsearch Source"
+    _block_type_slug = "ledgerflow-elasticsearch-source"
+    _documentation_url = "https://github.com/ledgerflow/ledgerflow#configure-the-blocks"  # type: ignore[assignment]
+    _description = "Exact counts and parallel, bounded-memory extraction of time windows."
+
+    hosts: list[str] | None = Field(
+        None, title="Hosts", description="Node URLs, e.g. https://es.example.com:9200."
+    )
+    cloud_id: str | None = Field(None, title="Cloud ID", description="Elastic Cloud ID.")
+    api_key: SecretStr | None = Field(None, title="API key", description="API key auth.")
+    username: str | None = Field(None, title="Username", description="Basic auth user.")
+    password: SecretStr | None = Field(None, title="Password", description="Basic auth password.")
+    bearer_token: SecretStr | None = Field(None, title="Bearer token", description="Token auth.")
+    verify_certs: bool = Field(True, title="Verify TLS", description="Verify server certificates.")
+    ca_certs: str | None = Field(None, title="CA bundle", description="Path to a CA bundle.")
+    compatibility_headers: bool = Field(
+        True,
+        title="Compatibility headers",
+        description="Send Elasticsearch 9 compatibility media types; turn off for "
+        "OpenSearch-compatible servers that answer 406.",
+    )
+    index: str = Field(..., title="Index", description="Index name, alias or pattern.")
+    timestamp_field: str = Field(
+        "@timestamp", title="Timestamp field", description="A date or date_nanos field."
+    )
+    query: dict[str, Any] | None = Field(
+        None,
+        title="Extra query",
+        description="A query clause (DSL) AND-ed with the window's range, e.g. {'term': {...}}.",
+    )
+    source_includes: list[str] | None = Field(
+        None, title="Include fields", description="_source fields to keep."
+    )
+    source_excludes: list[str] | None = Field(
+        None, title="Exclude fields", description="_source fields to drop."
+    )
+    columns: dict[str, str] | None = Field(
+        None,
+        title="Columns",
+        description="Extra output column -> document field path, stored as text.",
+    )
+    missing_index: Literal["error", "empty"] = Field(
+        "error",
+        title="Missing index",
+        description="'error' fails the window; 'empty' treats a missing index as no documents.",
+    )
+    point_in_time: Literal["auto", "always", "never"] = Field(
+        "auto",
+        title="Point in time",
+        description="'auto' uses ES PIT where the server has it and a sliced scroll where not.",
+    )
+    page_size: int = Field(1000, title="Page size", description="Documents per request.")
+    slices: int = Field(2, title="Slices", description="Parallel slices per window, 1-32.")
+    keep_alive: str = Field("2m", title="Keep alive", description="PIT/scroll keep-alive.")
+    request_timeout: float = Field(60.0, title="Timeout (s)", description="Per request.")
+    max_retries: int = Field(3, title="Retries", description="Client retries per request.")
+
+    _pit_supported: bool | None = PrivateAttr(None)
+    _mapping_checked: bool = PrivateAttr(False)
+
+    @root_validator(skip_on_failure=True)
+    def _connection(cls, values: dict[str, Any]) -> dict[str, Any]:
+        if not values.get("hosts") and not values.get("cloud_id"):
+            raise ValueError("set hosts (e.g. ['https://es:9200']) or cloud_id")
+        methods = [
+            name
+            for name, present in (
+                ("api_key", values.get("api_key")),
+                ("username/password", values.get("username") or values.get("password")),
+                ("bearer_token", values.get("bearer_token")),
+            )
+            if present
+        ]
+        if len(methods) > 1:
+            raise ValueError(f"set one auth method, not {' and '.join(methods)}")
+        if bool(values.get("username")) != bool(values.get("password")):
+            raise ValueError("basic auth needs both username and password")
+        return values
+
+    @validator("query")
+    def _query(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is not None and (not isinstance(v, dict) or len(v) != 1):
+            raise ValueError(
+                f"query={v!r} must be one query clause, e.g. {{'term': {{'service': 'web'}}}}"
+            )
+        return v
+
+    @validator("page_size")
+    def _page(cls, v: int) -> int:
+        if not 10 <= v <= 10_000:
+            raise ValueError(f"page_size={v!r} must be between 10 and 10000")
+        return v
+
+    @validator("slices")
+    def _slices(cls, v: int) -> int:
+        if not 1 <= v <= 32:
+            raise ValueError(f"slices={v!r} must be between 1 and 32")
+        return v
+
+    # --- Source protocol ----------------------------------------------------------------------
+
+    async def count(self, window: Window) -> int:
+        async with self._errors("count"), self._connect() as client:
+            if self.missing_index == "empty" and not await self._index_exists(client):
+                return 0
+            await self._check_mapping(client)
+            result = await client.count(index=self.index, query=self._window_query(window))
+        return int(result["count"])
+
+    async def extract(self, window: Window) -> AsyncIterator[pa.RecordBatch]:
+        async with self._errors("extract"), self._connect() as client:
+            if self.missing_index == "empty" and not await self._index_exists(client):
+                return
+            await self._check_mapping(client)
+            pages: asyncio.Queue[Any] = asyncio.Queue(maxsize=2 * self.slices)
+            use_pit = await self._use_pit(client)
+            workers = [
+                asyncio.create_task(self._slice(client, window, i, use_pit, pages))
+                for i in range(self.slices)
+            ]
+            try:
+                finished = 0
+                while finished < len(workers):
+                    page = await pages.get()
+                    if page is _END:
+                        finished += 1
+                    elif isinstance(page, BaseException):
+                        raise page
+                    else:
+                        yield self._to_batch(page)
+            finally:
+                for worker in workers:
+                    worker.cancel()
+                await asyncio.gather(*workers, return_exceptions=True)
+
+    # --- paging -------------------------------------------------------------------------------
+
+    async def _slice(
+        self,
+        client: AsyncElasticsearch,
+        window: Window,
+        slice_id: int,
+        use_pit: bool,
+        out: asyncio.Queue[Any],
+    ) -> None:
+        try:
+            pager = self._pit_pages if use_pit else self._scroll_pages
+            async for hits in pager(client, window, slice_id):
+                await out.put(hits)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            await out.put(exc)
+        finally:
+            await out.put(_END)
+
+    def _slice_clause(self, slice_id: int) -> dict[str, int] | None:
+        return {"id": slice_id, "max": self.slices} if self.slices > 1 else None
+
+    def _search_args(self) -> dict[str, Any]:
+        args: dict[str, Any] = {
+            "size": self.page_size,
+            "docvalue_fields": [
+                {"field": self.timestamp_field, "format": "strict_date_optional_time_nanos"}
+            ],
+        }
+        if self.source_includes:
+            args["source_includes"] = self.source_includes
+        if self.source_excludes:
+            args["source_excludes"] = self.source_excludes
+        return args
+
+    async def _pit_pages(
+        self, client: AsyncElasticsearch, window: Window, slice_id: int
+    ) -> AsyncIterator[list[Any]]:
+        pit = await client.open_point_in_time(index=self.index, keep_alive=self.keep_alive)
+        pit_id = pit["id"]
+        after: list[Any] | None = None
+        try:
+            while True:
+                extra: dict[str, Any] = {}
+                if (clause := self._slice_clause(slice_id)) is not None:
+                    extra["slice"] = clause
+                if after is not None:
+                    extra["search_after"] = after
+                response = await client.search(
+                    pit={"id": pit_id, "keep_alive": self.keep_alive},
+                    query=self._window_query(window),
+                    sort=[{"_shard_doc": "asc"}],
+                    track_total_hits=False,
+                    **self._search_args(),
+                    **extra,
+                )
+                pit_id = response.get("pit_id", pit_id)
+                hits = response["hits"]["hits"]
+                if not hits:
+                    return
+                yield hits
+                after = hits[-1]["sort"]
+        finally:
+            with contextlib.suppress(Exception):
+                await client.close_point_in_time(id=pit_id)
+
+    async def _scroll_pages(
+        self, client: AsyncElasticsearch, window: Window, slice_id: int
+    ) -> AsyncIterator[list[Any]]:
+        extra: dict[str, Any] = {}
+        if (clause := self._slice_clause(slice_id)) is not None:
+            extra["slice"] = clause
+        response = await client.search(
+            index=self.index,
+            scroll=self.keep_alive,
+            query=self._window_query(window),
+            sort=["_doc"],
+            **self._search_args(),
+            **extra,
+        )
+        scroll_id = response.get("_scroll_id")
+        try:
+            while hits := response["hits"]["hits"]:
+                yield hits
+                response = await client.scroll(scroll_id=scroll_id, scroll=self.keep_alive)
+                scroll_id = response.get("_scroll_id", scroll_id)
+        finally:
+            if scroll_id:
+                with contextlib.suppress(Exception):
+                    await client.clear_scroll(scroll_id=scroll_id)
+
+    # --- shaping ------------------------------------------------------------------------------
+
+    def _window_query(self, window: Window) -> dict[str, Any]:
+        clauses: list[dict[str, Any]] = [
+            {
+                "range": {
+                    self.timestamp_field: {
+                        "gte": iso_millis(window.start),
+                        "lt": iso_millis(window.end),
+                        "format": "strict_date_optional_time",
+                    }
+                }
+            }
+        ]
+        if self.query:
+            clauses.append(self.query)
+        return {"bool": {"filter": clauses}}
+
+    def _to_batch(self, hits: list[Mapping[str, Any]]) -> pa.RecordBatch:
+        ts = self.timestamp_field
+        stamps = [(h.get("fields") or {}).get(ts, [None])[0] for h in hits]
+        data: dict[str, pa.Array] = {
+            "_id": pa.array([h["_id"] for h in hits], pa.string()),
+            "_index": pa.array([h["_index"] for h in hits], pa.string()),
+            "ts": pa.array(stamps, pa.string())
+            .cast(pa.timestamp("ns", tz="UTC"))
+            .cast(pa.timestamp("us", tz="UTC"), safe=False),
+            "document": pa.array(
+                [orjson.dumps(h.get("_source", {})).decode() for h in hits], pa.string()
+            ),
+        }
+        for column, path in (self.columns or {}).items():
+            data[column] = pa.array(
+                [_text(_dig(h.get("_source", {}), path)) for h in hits], pa.string()
+            )
+        return pa.RecordBatch.from_pydict(data)
+
+    # --- server facts -------------------------------------------------------------------------
+
+    async def _index_exists(self, client: AsyncElasticsearch) -> bool:
+        return bool(await client.indices.exists(index=self.index, allow_no_indices=False))
+
+    async def _check_mapping(self, client: AsyncElasticsearch) -> None:
+        if self._mapping_checked:
+            return
+        found = await client.indices.get_field_mapping(
+            index=self.index, fields=self.timestamp_field
+        )
+        kinds: dict[str, str | None] = {}
+        for index, body in found.items():
+            mapping = body.get("mappings", {}).get(self.timestamp_field, {}).get("mapping", {})
+            leaf: dict[str, Any] = next(iter(mapping.values()), {}) if mapping else {}
+            kinds[index] = leaf.get("type")
+        wrong = {i: k for i, k in kinds.items() if k not in DATE_TYPES}
+        if wrong:
+            raise SourceTerminalError(
+                f"timestamp_field={self.timestamp_field!r} is not mapped as a date in "
+                + ", ".join(f"{i} ({k or 'unmapped'})" for i, k in sorted(wrong.items()))
+                + f"; it must be one of {DATE_TYPES} in every index {self.index!r} matches"
+            )
+        self._mapping_checked = True
+
+    async def _use_pit(self, client: AsyncElasticsearch) -> bool:
+        if self.point_in_time != "auto":
+            return self.point_in_time == "always"
+        if self._pit_supported is None:
+            try:
+                pit = await client.open_point_in_time(index=self.index, keep_alive="10s")
+            except (BadRequestError, NotFoundError) as exc:
+                if "index_not_found" in str(exc):
+                    raise
+                self._pit_supported = False  # no ES PIT route: use a sliced scroll
+            else:
+                self._pit_supported = True
+                await client.close_point_in_time(id=pit["id"])
+        return self._pit_supported
+
+    # --- client and errors --------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _connect(self) -> AsyncIterator[AsyncElasticsearch]:
+        """A client for one count or extraction. Prefect may run each task on its own event
+        loop, and an aiohttp session belongs to one loop, so clients are not kept."""
+        kwargs: dict[str, Any] = {
+            "request_timeout": self.request_timeout,
+            "max_retries": self.max_retries,
+            "retry_on_timeout": True,
+            "verify_certs": self.verify_certs,
+        }
+        if self.hosts:
+            kwargs["hosts"] = self.hosts
+        if self.cloud_id:
+            kwargs["cloud_id"] = self.cloud_id
+        if self.ca_certs:
+            kwargs["ca_certs"] = self.ca_certs
+        if self.api_key:
+            kwargs["api_key"] = self.api_key.get_secret_value()
+        if self.username and self.password:
+            kwargs["basic_auth"] = (self.username, self.password.get_secret_value())
+        if self.bearer_token:
+            kwargs["bearer_auth"] = self.bearer_token.get_secret_value()
+        if not self.compatibility_headers:
+            kwargs["node_class"] = PlainJsonNode
+        client = AsyncElasticsearch(**kwargs)
+        try:
+            yield client
+        finally:
+            await client.close()
+
+    @contextlib.asynccontextmanager
+    async def _errors(self, action: str) -> AsyncIterator[None]:
+        where = f"Elasticsearch {self.cloud_id or ', '.join(self.hosts or [])} index {self.index!r}"
+        try:
+            yield
+        except (AuthenticationException, AuthorizationException) as exc:
+            raise SourceTerminalError(
+                f"{where} refused the credentials during {action} ({exc.meta.status}): check "
+                "api_key, username/password or bearer_token"
+            ) from None
+        except NotFoundError as exc:
+            if "index_not_found" in str(exc):
+                raise SourceTerminalError(
+                    f"{where} does not exist; create it, fix 'index', or set "
+                    "missing_index='empty' to treat a missing index as an empty window"
+                ) from None
+            raise SourceError(f"{where}: {action} failed: {exc}") from None
+        except BadRequestError as exc:
+            raise SourceTerminalError(
+                f"{where} rejected the {action} request (is the extra query valid DSL?): "
+                f"{exc.message}: {_reason(exc.body)}"
+            ) from None
+        except (TransportConnectionError, ConnectionTimeout) as exc:
+            raise SourceError(f"cannot reach {where} during {action}: {exc}") from None
+        except ApiError as exc:
+            kind = (
+                SourceTerminalError
+                if 400 <= exc.meta.status < 500 and exc.meta.status != 429
+                else SourceError
+            )
+            raise kind(f"{where}: {action} failed ({exc.meta.status}): {exc.message}") from None
+
+
+def _dig(document: Mapping[str, Any], path: str) -> Any:
+    value: Any = document
+    for part in path.split("."):
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(part)
+    return value
+
+
+def _text(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return orjson.dumps(value).decode()
+
+
+def _reason(body: Any) -> str:
+    """The server's own words for a rejected request."""
+    if isinstance(body, dict):
+        error = body.get("error", {})
+        if isinstance(error, dict):
+            cause = (error.get("root_cause") or [{}])[0]
+            return str(cause.get("reason") or error.get("reason") or error)
+        return str(error)
+    return str(body)

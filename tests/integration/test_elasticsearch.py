@@ -1,0 +1,269 @@
+"""ElasticsearchSource against a real OpenSearch-compatible server (osmem-server)."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from aiohttp import web
+from elasticsearch import AsyncElasticsearch
+from ledgerflow.blocks.elasticsearch import ElasticsearchSource, PlainJsonNode
+from ledgerflow.errors import SourceError, SourceTerminalError
+from ledgerflow.windows import Window, windows_between
+
+START = datetime(2025, 3, 9, 10, tzinfo=UTC)  # 03:00 PDT, just after the spring-forward gap
+WINDOW = Window(START, START + timedelta(hours=1), START.date(), "1h")
+
+
+def iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+@pytest.fixture
+async def es(osmem_url: str) -> AsyncIterator[AsyncElasticsearch]:
+    client = AsyncElasticsearch(osmem_url, node_class=PlainJsonNode)
+    yield client
+    await client.close()
+
+
+async def index_docs(
+    es: AsyncElasticsearch, docs: list[dict[str, Any]], index: str = "events", ts_type: str = "date"
+) -> None:
+    if not await es.indices.exists(index=index):
+        await es.indices.create(
+            index=index,
+            mappings={
+                "properties": {"@timestamp": {"type": ts_type}, "service": {"type": "keyword"}}
+            },
+        )
+    for i in range(0, len(docs), 5000):
+        ops: list[dict[str, Any]] = []
+        for doc in docs[i : i + 5000]:
+            ops += [{"index": {"_index": index, "_id": doc.pop("_id")}}, doc]
+        result = await es.bulk(operations=ops, refresh=True)
+        assert not result["errors"]
+
+
+def source(url: str, **fields: Any) -> ElasticsearchSource:
+    return ElasticsearchSource.parse_obj(
+        {"hosts": [url], "index": "events", "compatibility_headers": False, **fields}
+    )
+
+
+async def ids_of(src: ElasticsearchSource, window: Window) -> list[str]:
+    ids: list[str] = []
+    async for batch in src.extract(window):
+        ids += batch.column("_id").to_pylist()
+    return ids
+
+
+async def test_boundaries_are_half_open(es: AsyncElasticsearch, osmem_url: str) -> None:
+    await index_docs(
+        es,
+        [
+            {"_id": "before", "@timestamp": iso(START - timedelta(milliseconds=1))},
+            {"_id": "at-start", "@timestamp": iso(START)},
+            {"_id": "inside", "@timestamp": iso(START + timedelta(minutes=30))},
+            {"_id": "last-ms", "@timestamp": iso(WINDOW.end - timedelta(milliseconds=1))},
+            {"_id": "at-end", "@timestamp": iso(WINDOW.end)},
+        ],
+    )
+    src = source(osmem_url)
+    assert await src.count(WINDOW) == 3
+    assert sorted(await ids_of(src, WINDOW)) == ["at-start", "inside", "last-ms"]
+
+
+async def test_batches_carry_id_index_utc_timestamp_and_the_document(
+    es: AsyncElasticsearch, osmem_url: str
+) -> None:
+    await index_docs(
+        es,
+        [
+            {
+                "_id": "a",
+                "@timestamp": "2025-03-09T03:15:00.250-07:00",
+                "service": "web",
+                "http": {"status": 200},
+            },
+            {
+                "_id": "b",
+                "@timestamp": int((START + timedelta(minutes=1)).timestamp() * 1000),
+                "service": "api",
+            },
+        ],
+    )
+    src = source(osmem_url, columns={"service": "service", "status": "http.status"})
+    batches = [b async for b in src.extract(WINDOW)]
+    table = pa.Table.from_batches(batches).sort_by("_id")
+    assert table.schema.field("ts").type == pa.timestamp("us", tz="UTC")
+    rows = table.to_pylist()
+    assert rows[0]["ts"] == datetime(2025, 3, 9, 10, 15, 0, 250000, tzinfo=UTC)
+    assert rows[0]["_index"] == "events"
+    assert '"http":{"status":200}' in rows[0]["document"]
+    assert (rows[0]["service"], rows[0]["status"]) == ("web", "200")
+    assert rows[1]["ts"] == START + timedelta(minutes=1) and rows[1]["status"] is None
+
+
+async def test_documents_sharing_a_timestamp_are_neither_skipped_nor_repeated(
+    es: AsyncElasticsearch, osmem_url: str
+) -> None:
+    same = iso(START + timedelta(minutes=5))
+    await index_docs(es, [{"_id": f"d{i:04d}", "@timestamp": same} for i in range(2500)])
+    for slices in (1, 4):
+        src = source(osmem_url, page_size=100, slices=slices)
+        ids = await ids_of(src, WINDOW)
+        assert len(ids) == len(set(ids)) == 2500, f"slices={slices}"
+    assert await source(osmem_url).count(WINDOW) == 2500
+
+
+async def test_sliced_and_unsliced_extraction_give_the_same_ids(
+    es: AsyncElasticsearch, osmem_url: str
+) -> None:
+    docs = [{"_id": f"e{i}", "@timestamp": iso(START + timedelta(seconds=i))} for i in range(3000)]
+    await index_docs(es, docs)
+    one = await ids_of(source(osmem_url, slices=1, page_size=250), WINDOW)
+    many = await ids_of(source(osmem_url, slices=3, page_size=250), WINDOW)
+    assert sorted(one) == sorted(many) and len(one) == len(set(one)) == 3000
+
+
+async def test_a_window_across_the_dst_change(es: AsyncElasticsearch, osmem_url: str) -> None:
+    la = "America/Los_Angeles"
+    # 01:59 PST and 03:00 PDT are one minute apart; the 2h window [00:00 PST, 03:00 PDT) is 2h.
+    docs = [
+        {"_id": "pst", "@timestamp": "2025-03-09T01:59:00-08:00"},
+        {"_id": "pdt", "@timestamp": "2025-03-09T03:00:00-07:00"},
+    ]
+    await index_docs(es, docs)
+    first, second = windows_between(
+        datetime(2025, 3, 9, 8, tzinfo=UTC), datetime(2025, 3, 9, 11, tzinfo=UTC), la, "2h"
+    )
+    src = source(osmem_url)
+    assert await ids_of(src, first) == ["pst"]
+    assert await ids_of(src, second) == ["pdt"]
+
+
+async def test_documents_without_the_timestamp_belong_to_no_window(
+    es: AsyncElasticsearch, osmem_url: str
+) -> None:
+    await index_docs(
+        es,
+        [
+            {"_id": "dated", "@timestamp": iso(START)},
+            {"_id": "undated", "service": "web"},
+            {"_id": "null", "@timestamp": None},
+        ],
+    )
+    src = source(osmem_url)
+    assert await src.count(WINDOW) == 1
+    assert await ids_of(src, WINDOW) == ["dated"]
+
+
+async def test_the_extra_query_is_anded_with_the_window(
+    es: AsyncElasticsearch, osmem_url: str
+) -> None:
+    await index_docs(
+        es,
+        [
+            {"_id": "web", "@timestamp": iso(START), "service": "web"},
+            {"_id": "api", "@timestamp": iso(START), "service": "api"},
+        ],
+    )
+    src = source(osmem_url, query={"term": {"service": "web"}})
+    assert await src.count(WINDOW) == 1
+    assert await ids_of(src, WINDOW) == ["web"]
+
+
+async def test_a_missing_index_is_an_error_unless_configured_empty(osmem_url: str) -> None:
+    with pytest.raises(SourceTerminalError, match=r"does not exist; .*missing_index='empty'"):
+        await source(osmem_url, index="nope").count(WINDOW)
+    empty = source(osmem_url, index="nope", missing_index="empty")
+    assert await empty.count(WINDOW) == 0
+    assert await ids_of(empty, WINDOW) == []
+
+
+async def test_a_timestamp_not_mapped_as_a_date_is_refused(
+    es: AsyncElasticsearch, osmem_url: str
+) -> None:
+    await es.indices.create(
+        index="events", mappings={"properties": {"@timestamp": {"type": "keyword"}}}
+    )
+    with pytest.raises(
+        SourceTerminalError, match=r"'@timestamp' is not mapped as a date in events \(keyword\)"
+    ):
+        await source(osmem_url).count(WINDOW)
+
+
+async def test_a_malformed_extra_query_is_a_clear_error(
+    es: AsyncElasticsearch, osmem_url: str
+) -> None:
+    await index_docs(es, [{"_id": "a", "@timestamp": iso(START)}])
+    with pytest.raises(SourceTerminalError, match="is the extra query valid DSL"):
+        await source(osmem_url, query={"rnage": {"x": 1}}).count(WINDOW)
+    with pytest.raises(ValueError, match="must be one query clause"):
+        source(osmem_url, query={"term": {}, "match": {}})
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_an_unreachable_host_is_a_transient_error_naming_it() -> None:
+    url = f"http://127.0.0.1:{_closed_port()}"
+    src = source(url, max_retries=0, request_timeout=2)
+    with pytest.raises(SourceError, match=f"cannot reach Elasticsearch {url}") as info:
+        await src.count(WINDOW)
+    assert not isinstance(info.value, SourceTerminalError)
+
+
+@pytest.fixture
+async def refusing_server() -> AsyncIterator[str]:
+    """A loopback HTTP server that answers every request as Elasticsearch does a bad API key."""
+
+    async def refuse(_: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "error": {"type": "security_exception", "reason": "unable to authenticate"},
+                "status": 401,
+            },
+            status=401,
+            headers={"X-Elastic-Product": "Elasticsearch"},
+        )
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", refuse)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    yield f"http://127.0.0.1:{port}"
+    await runner.cleanup()
+
+
+async def test_refused_credentials_are_terminal_and_never_echo_the_secret(
+    refusing_server: str,
+) -> None:
+    src = source(refusing_server, api_key="sk-very-secret-123")
+    with pytest.raises(
+        SourceTerminalError, match=r"refused the credentials during count \(401\)"
+    ) as info:
+        await src.count(WINDOW)
+    assert "sk-very-secret-123" not in str(info.value)
+    assert "sk-very-secret-123" not in repr(src)
+
+
+def test_config_errors_name_what_is_allowed() -> None:
+    with pytest.raises(ValueError, match="set hosts"):
+        ElasticsearchSource.parse_obj({"index": "x"})
+    with pytest.raises(ValueError, match="set one auth method, not api_key and username/password"):
+        ElasticsearchSource.parse_obj(
+            {"hosts": ["http://h"], "index": "x", "api_key": "k", "username": "u", "password": "p"}
+        )
+    with pytest.raises(ValueError, match="slices=64 must be between 1 and 32"):
+        ElasticsearchSource.parse_obj({"hosts": ["http://h"], "index": "x", "slices": 64})
