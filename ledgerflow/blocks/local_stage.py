@@ -70,19 +70,28 @@ class LocalStage(Block):
         except OSError as exc:
             raise StageError(f"cannot create stage folder {folder}: {exc}") from exc
 
+        published: list[Path] = []
+
         async def publish(part: Part) -> StagedFile:
             final = folder / part.name
             # A rename is atomic: a reader sees a whole part or none.
             await asyncio.to_thread(shutil.move, part.path, final)
+            published.append(final)
             return StagedFile(str(final), part.rows, part.bytes)
 
-        files = await write_parts(
-            batches,
-            name_prefix=name_prefix,
-            target_bytes=int(self.target_file_mb * 1024 * 1024),
-            publish=publish,
-            workdir=str(folder),
-        )
+        try:
+            files = await write_parts(
+                batches,
+                name_prefix=name_prefix,
+                target_bytes=int(self.target_file_mb * 1024 * 1024),
+                publish=publish,
+                workdir=str(folder),
+            )
+        except BaseException:
+            # A failed write leaves nothing behind: no half window in the stage.
+            for path in published:
+                path.unlink(missing_ok=True)
+            raise
         return Manifest(location, tuple(files))
 
     async def files(self, location: str) -> list[StagedFile]:

@@ -148,10 +148,10 @@ class Pipeline:
         assert row is not None
         return tuple(row)
 
-    def warehouse_rows(self) -> tuple[int, int]:
-        """(rows, distinct event ids) in the warehouse."""
+    def warehouse_rows(self, id_column: str = "event_id") -> tuple[int, int]:
+        """(rows, distinct ids) in the warehouse."""
         total, distinct = self._scalar_row(
-            self.warehouse, "SELECT count(*), count(DISTINCT event_id) FROM web_events"
+            self.warehouse, f'SELECT count(*), count(DISTINCT "{id_column}") FROM web_events'
         )
         return int(total), int(distinct)
 

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from aiohttp import web
 from elasticsearch import AsyncElasticsearch
@@ -267,3 +268,112 @@ def test_config_errors_name_what_is_allowed() -> None:
         )
     with pytest.raises(ValueError, match="slices=64 must be between 1 and 32"):
         ElasticsearchSource.parse_obj({"hosts": ["http://h"], "index": "x", "slices": 64})
+
+
+@pytest.mark.usefixtures("prefect_harness")
+async def test_the_whole_flow_from_elasticsearch_to_the_embedded_stage_and_target(
+    es: AsyncElasticsearch, osmem_url: str, tmp_path: Any
+) -> None:
+    from ledgerflow.demo import DEMO_END, DEMO_START
+    from ledgerflow.flows.pipeline import windowed_pipeline
+
+    from .kit import Pipeline
+
+    span = (DEMO_END - DEMO_START).total_seconds()
+    first = DEMO_START.astimezone(UTC)
+    docs = [
+        {
+            "_id": f"ev{i}",
+            "@timestamp": iso(first + timedelta(seconds=(i * 37.3) % span)),
+            "service": ["web", "api"][i % 2],
+        }
+        for i in range(4000)
+    ]
+    docs += [{"_id": f"dup{i}", "@timestamp": iso(first + timedelta(hours=5))} for i in range(300)]
+    await index_docs(es, docs)
+    pipeline = Pipeline(tmp_path, rows=1000)
+    await source(osmem_url, slices=2, page_size=200).save(pipeline.name)
+    name = await pipeline.save(
+        source_block=f"ledgerflow-elasticsearch-source/{pipeline.name}", concurrency=4
+    )
+    state = await windowed_pipeline(config_block=name, return_state=True)
+    assert state.is_completed(), state.message
+    records = await pipeline.records()
+    assert len(records) == 24 and {r.pipeline_status for r in records} == {"COMPLETED"}
+    assert sum(r.source_count or 0 for r in records) == 4300
+    assert pipeline.warehouse_rows("_id") == (4300, 4300)
+    assert all(r.extracted_count == r.source_count for r in records if r.phase_completed == "AUDIT")
+
+
+@pytest.fixture
+async def stalling_proxy(osmem_url: str) -> AsyncIterator[tuple[str, dict[str, int]]]:
+    """A loopback HTTP proxy to osmem that stalls the 3rd scroll page once, like a hung node."""
+    import aiohttp
+
+    state = {"scrolls": 0, "stalls": 0}
+    session = aiohttp.ClientSession()
+
+    async def forward(request: web.Request) -> web.StreamResponse:
+        if request.path.startswith("/_search/scroll") and request.method != "DELETE":
+            state["scrolls"] += 1
+            if state["scrolls"] == 3 and not state["stalls"]:
+                state["stalls"] += 1
+                await asyncio.sleep(3)  # longer than the client's request_timeout
+        async with session.request(
+            request.method,
+            osmem_url + request.path_qs,
+            data=await request.read(),
+            headers={k: v for k, v in request.headers.items() if k.lower() != "host"},
+        ) as upstream:
+            body = await upstream.read()
+            headers = {
+                k: v
+                for k, v in upstream.headers.items()
+                if k.lower() not in ("content-length", "transfer-encoding", "content-encoding")
+            }
+            return web.Response(status=upstream.status, body=body, headers=headers)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", forward)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    yield f"http://127.0.0.1:{port}", state
+    await runner.cleanup()
+    await session.close()
+
+
+@pytest.mark.usefixtures("prefect_harness")
+async def test_a_node_timing_out_mid_extraction_is_retried_and_never_partly_staged(
+    es: AsyncElasticsearch, stalling_proxy: tuple[str, dict[str, int]], tmp_path: Any
+) -> None:
+    from ledgerflow.demo import DEMO_START
+    from ledgerflow.flows.pipeline import windowed_pipeline
+
+    from .kit import Pipeline
+
+    proxy, state = stalling_proxy
+    first = DEMO_START.astimezone(UTC)
+    await index_docs(
+        es, [{"_id": f"d{i}", "@timestamp": iso(first + timedelta(seconds=i))} for i in range(1000)]
+    )
+    pipeline = Pipeline(tmp_path, rows=10)
+    await source(proxy, slices=1, page_size=100, request_timeout=1, max_retries=0).save(
+        pipeline.name
+    )
+    name = await pipeline.save(
+        source_block=f"ledgerflow-elasticsearch-source/{pipeline.name}",
+        end=DEMO_START + timedelta(hours=2),
+        max_retry_task=2,
+        retry_backoff_seconds=0.1,
+    )
+    state_ = await windowed_pipeline(config_block=name, return_state=True)
+    assert state_.is_completed(), state_.message
+    assert state["stalls"] == 1, "the proxy never stalled: the test proved nothing"
+    [row] = await pipeline.records()
+    assert (row.source_count, row.extracted_count, row.target_count) == (1000, 1000, 1000)
+    assert pipeline.warehouse_rows("_id") == (1000, 1000)
+    staged = list((tmp_path / "stage").rglob("*.parquet"))
+    assert sum(pq.ParquetFile(p).metadata.num_rows for p in staged) == 1000
