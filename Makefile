@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: install demo test test-fast lint format bench chaos clean
+.PHONY: install demo test test-fast lint format bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,8 +32,16 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-bench: $(STAMP)
-	$(BIN)/python -m bench
+ELASTICDUMP := .bench/node_modules/.bin/elasticdump
+
+# elasticdump is the peer the Elasticsearch benchmark runs side by side (from the npm registry).
+$(ELASTICDUMP):
+	@command -v npm >/dev/null 2>&1 \
+	  && npm install --prefix .bench --no-audit --no-fund --silent elasticdump@6 \
+	  || echo "npm is not installed: the benchmark will skip elasticdump"
+
+bench: $(STAMP) $(ELASTICDUMP)
+	$(BIN)/python -m bench $(SUITES)
 
 clean:
 	rm -rf $(VENV) .ledgerflow .pytest_cache .mypy_cache .ruff_cache

@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench import ledger, orchestration
+from bench import es_extract, ledger, orchestration
 
-SUITES = {"ledger": ledger.main, "orchestration": orchestration.main}
+SUITES = {
+    "ledger": ledger.main,
+    "orchestration": orchestration.main,
+    "elasticsearch": es_extract.main,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

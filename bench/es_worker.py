@@ -1,0 +1,79 @@
+"""One contender of the Elasticsearch benchmark, run in its own process so its peak RSS is its own.
+
+`python -m bench.es_worker raw|ledgerflow URL INDEX START END PAGE SLICES OUTDIR` prints
+`{"docs": N, "seconds": S}`: seconds from the first request to the last document handled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from datetime import datetime
+from typing import Any
+
+
+async def raw(url: str, index: str, start: str, end: str, page: int, slices: int) -> int:
+    """The ceiling: the same client and paging (sliced scroll), documents discarded."""
+    from elasticsearch import AsyncElasticsearch
+    from ledgerflow.blocks.elasticsearch import PlainJsonNode
+
+    es = AsyncElasticsearch(url, node_class=PlainJsonNode, request_timeout=120)
+    query = {"range": {"@timestamp": {"gte": start, "lt": end}}}
+
+    async def one(slice_id: int) -> int:
+        extra: dict[str, Any] = {"slice": {"id": slice_id, "max": slices}} if slices > 1 else {}
+        r = await es.search(
+            index=index, scroll="2m", size=page, query=query, sort=["_doc"], **extra
+        )
+        seen = 0
+        while hits := r["hits"]["hits"]:
+            seen += len(hits)
+            r = await es.scroll(scroll_id=r["_scroll_id"], scroll="2m")
+        await es.clear_scroll(scroll_id=r["_scroll_id"])
+        return seen
+
+    try:
+        return sum(await asyncio.gather(*(one(i) for i in range(slices))))
+    finally:
+        await es.close()
+
+
+async def ledgerflow(
+    url: str, index: str, start: str, end: str, page: int, slices: int, out: str
+) -> int:
+    """ledgerflow's source-to-stage: documents to staged Parquet files."""
+    from ledgerflow.blocks.elasticsearch import ElasticsearchSource
+    from ledgerflow.blocks.local_stage import LocalStage
+    from ledgerflow.windows import Window
+
+    lo, hi = datetime.fromisoformat(start), datetime.fromisoformat(end)
+    window = Window(lo, hi, lo.date(), "2h")
+    src = ElasticsearchSource.parse_obj(
+        {
+            "hosts": [url],
+            "index": index,
+            "compatibility_headers": False,
+            "page_size": page,
+            "slices": slices,
+            "request_timeout": 120,
+        }
+    )
+    stage = LocalStage.parse_obj({"root": out})
+    manifest = await stage.write("bench", src.extract(window), name_prefix="part")
+    return manifest.rows
+
+
+def main() -> None:
+    mode, url, index, start, end, page, slices, out = sys.argv[1:9]
+    started = time.perf_counter()
+    if mode == "raw":
+        docs = asyncio.run(raw(url, index, start, end, int(page), int(slices)))
+    else:
+        docs = asyncio.run(ledgerflow(url, index, start, end, int(page), int(slices), out))
+    print(json.dumps({"docs": docs, "seconds": time.perf_counter() - started}))
+
+
+if __name__ == "__main__":
+    main()
