@@ -15,11 +15,18 @@ from typing import Any
 
 
 async def raw(url: str, index: str, start: str, end: str, page: int, slices: int) -> int:
-    """The ceiling: the same client and paging (sliced scroll), documents discarded."""
-    from elasticsearch import AsyncElasticsearch
-    from ledgerflow.blocks.elasticsearch import PlainJsonNode
+    """The ceiling: the same client (built as the block builds it) and paging (sliced
+    scroll), documents discarded."""
+    from ledgerflow.blocks.elasticsearch import ElasticsearchSource
 
-    es = AsyncElasticsearch(url, node_class=PlainJsonNode, request_timeout=120)
+    block = ElasticsearchSource.parse_obj(
+        {"hosts": [url], "index": index, "compatibility_headers": False, "request_timeout": 120}
+    )
+    async with block._connect() as es:
+        return await _pages(es, index, start, end, page, slices)
+
+
+async def _pages(es: Any, index: str, start: str, end: str, page: int, slices: int) -> int:
     query = {"range": {"@timestamp": {"gte": start, "lt": end}}}
 
     async def one(slice_id: int) -> int:
@@ -34,10 +41,7 @@ async def raw(url: str, index: str, start: str, end: str, page: int, slices: int
         await es.clear_scroll(scroll_id=r["_scroll_id"])
         return seen
 
-    try:
-        return sum(await asyncio.gather(*(one(i) for i in range(slices))))
-    finally:
-        await es.close()
+    return sum(await asyncio.gather(*(one(i) for i in range(slices))))
 
 
 async def ledgerflow(

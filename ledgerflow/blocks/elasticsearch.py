@@ -21,6 +21,7 @@ import orjson
 import pyarrow as pa
 from elastic_transport import AiohttpHttpNode, ConnectionTimeout
 from elastic_transport import ConnectionError as TransportConnectionError
+from elastic_transport._serializer import OrjsonSerializer
 from elasticsearch import (
     ApiError,
     AsyncElasticsearch,
@@ -196,7 +197,7 @@ class ElasticsearchSource(Block):
             if self.missing_index == "empty" and not await self._index_exists(client):
                 return
             await self._check_mapping(client)
-            pages: asyncio.Queue[Any] = asyncio.Queue(maxsize=2 * self.slices)
+            pages: asyncio.Queue[Any] = asyncio.Queue(maxsize=4 * self.slices)
             use_pit = await self._use_pit(client)
             workers = [
                 asyncio.create_task(self._slice(client, window, i, use_pit, pages))
@@ -398,6 +399,9 @@ class ElasticsearchSource(Block):
             "max_retries": self.max_retries,
             "retry_on_timeout": True,
             "verify_certs": self.verify_certs,
+            # orjson parses responses about 3x faster than the stdlib; decoding pages is most of
+            # an extraction's CPU.
+            "serializer": OrjsonSerializer(),
         }
         if self.hosts:
             kwargs["hosts"] = self.hosts
