@@ -10,6 +10,8 @@ from ledgerflow.blocks.duckdb_target import DuckDBTarget
 from ledgerflow.blocks.elasticsearch import ElasticsearchSource
 from ledgerflow.blocks.ledger_db import LedgerDatabase
 from ledgerflow.blocks.local_stage import LocalStage
+from ledgerflow.blocks.s3_stage import S3Stage
+from ledgerflow.blocks.snowflake_target import SnowflakeTarget
 
 ALL_BLOCKS: list[type[Block]] = [
     PipelineConfig,
@@ -17,7 +19,9 @@ ALL_BLOCKS: list[type[Block]] = [
     DuckDBSource,
     ElasticsearchSource,
     LocalStage,
+    S3Stage,
     DuckDBTarget,
+    SnowflakeTarget,
 ]
 
 __all__ = [
@@ -28,4 +32,6 @@ __all__ = [
     "LedgerDatabase",
     "LocalStage",
     "PipelineConfig",
+    "S3Stage",
+    "SnowflakeTarget",
 ]

@@ -23,6 +23,7 @@ from prefect.blocks.core import Block
 from prefect_aws.s3 import S3Bucket
 from pydantic.v1 import Field, PrivateAttr, validator
 
+from ledgerflow.blocks.nested import revalidated
 from ledgerflow.blocks.parquet_parts import Part, write_parts
 from ledgerflow.errors import StageError, StageTerminalError
 from ledgerflow.ports import Manifest, StagedFile
@@ -174,7 +175,7 @@ class S3Stage(Block):
     def client(self) -> Any:
         # boto3 clients are thread-safe and not bound to an event loop, so one is kept.
         if self._client is None:
-            self._client = self.bucket.credentials.get_s3_client()
+            self._client = revalidated(self.bucket.credentials).get_s3_client()
         return self._client
 
     def _delete(self, keys: list[str]) -> None:

@@ -1,0 +1,20 @@
+"""Nested blocks as loaded by Prefect 2, put right.
+
+With prefect 2.20 and prefect-aws 0.4, a nested block's `SecretStr` fields come back from
+`Block.load` as plain `str` (an `S3Bucket.load(...)` gives `credentials.aws_secret_access_key`
+as `str`), and the collections' own `get_secret_value()` calls then fail. Validating the nested
+block again restores the declared types.
+"""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+from prefect.blocks.core import Block
+
+B = TypeVar("B", bound=Block)
+
+
+def revalidated(block: B) -> B:
+    """A copy of `block` with every field validated (and secrets wrapped) again."""
+    return type(block).parse_obj(block.dict())

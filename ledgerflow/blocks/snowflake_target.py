@@ -1,0 +1,233 @@
+"""`SnowflakeTarget`: a window replaced atomically with COPY INTO from an external S3 stage.
+
+It composes prefect-snowflake's `SnowflakeConnector` (and through it `SnowflakeCredentials`).
+`replace` runs, on one connection with autocommit off: DELETE the window's rows; COPY INTO the
+window's staged files (FORCE-d); check that the rows loaded equal the manifest; stamp the window
+start and load time; COMMIT. Any error rolls back explicitly: in Snowflake a failed statement does
+not roll back its transaction by itself (the way airbytehq/airbyte#46936 lost data). All
+connector calls run in a worker thread, off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from prefect.blocks.core import Block
+from prefect_snowflake.database import SnowflakeConnector
+from pydantic.v1 import Field, validator
+from snowflake.connector import errors as sf_errors
+
+from ledgerflow.blocks import snowflake_sql as sql
+from ledgerflow.blocks.nested import revalidated
+from ledgerflow.errors import LoadCountMismatch, TargetError, TargetTerminalError
+from ledgerflow.ports import Manifest
+from ledgerflow.sqlident import quote_identifier
+from ledgerflow.windows import Window
+
+T = TypeVar("T")
+# Snowflake error numbers that no retry will fix.
+_TERMINAL = {
+    2003: "an object does not exist or is not authorized",
+    1003: "the SQL does not compile",
+    390100: "the user name or password is wrong",
+    390144: "the private key or JWT is invalid",
+    250001: "the account could not be reached or refused the login",
+}
+
+
+class SnowflakeTarget(Block):
+    """Loads staged Parquet windows into a Snowflake table through an external S3 stage.
+
+    Example:
+        Load a saved target:
+        ```python
+        from ledgerflow.blocks.snowflake_target import SnowflakeTarget
+
+        target = SnowflakeTarget.load("BLOCK_NAME")
+        ```
+    """
+
+    _block_type_name = "Ledgerflow Snowflake Target"
+    _block_type_slug = "ledgerflow-snowflake-target"
+    _documentation_url = "https://github.com/ledgerflow/ledgerflow#configure-the-blocks"  # type: ignore[assignment]
+    _description = (
+        "Replace each window in a Snowflake table atomically (composes SnowflakeConnector)."
+    )
+
+    connector: SnowflakeConnector = Field(
+        ..., title="Connector", description="A prefect-snowflake SnowflakeConnector block."
+    )
+    table: str = Field(..., title="Table", description="Target table (optionally SCHEMA.TABLE).")
+    timestamp_column: str = Field("TS", title="Timestamp column", description="Places a row.")
+    stage: str = Field(
+        ..., title="Stage", description="External stage over the S3 stage, e.g. LEDGERFLOW_STAGE."
+    )
+    stage_url: str = Field(
+        ...,
+        title="Stage URL",
+        description="The S3 URL the stage points at, e.g. s3://bucket/ledgerflow/.",
+    )
+    create_table: bool = Field(
+        False, title="Create table", description="Create the documented default table if missing."
+    )
+    load_columns: list[str] | None = Field(
+        list(sql.DEFAULT_COLUMNS),
+        title="Load columns",
+        description="Columns loaded by name from the Parquet files; unset matches all by name.",
+    )
+    json_columns: list[str] = Field(
+        ["DOCUMENT"], title="JSON columns", description="Loaded with PARSE_JSON into VARIANT."
+    )
+    window_start_column: str | None = Field(
+        "WINDOW_START", title="Window start column", description="Stamped on load; unset: none."
+    )
+    loaded_at_column: str | None = Field(
+        "LOADED_AT", title="Loaded at column", description="Stamped on load; unset: none."
+    )
+    connect_args: dict[str, Any] = Field(
+        default_factory=dict,
+        title="Connect args",
+        description="Extra snowflake.connector.connect arguments (e.g. login_timeout).",
+    )
+
+    @validator("table", "timestamp_column", "window_start_column", "loaded_at_column")
+    def _identifier(cls, v: str | None, field: Any) -> str | None:
+        if v is not None:
+            quote_identifier(v, field=field.name)
+        return v
+
+    @validator("stage")
+    def _stage(cls, v: str) -> str:
+        quote_identifier(v.lstrip("@"), field="stage")
+        return v.lstrip("@")
+
+    @validator("stage_url")
+    def _stage_url(cls, v: str) -> str:
+        if not v.startswith("s3://"):
+            raise ValueError(f"stage_url={v!r} must be the stage's s3:// URL")
+        return v if v.endswith("/") else v + "/"
+
+    # --- Target protocol ----------------------------------------------------------------------
+
+    async def count(self, window: Window) -> int:
+        def run(cur: Any) -> int:
+            try:
+                cur.execute(sql.count_sql(self.table, self.timestamp_column), _bounds(window))
+            except sf_errors.ProgrammingError as exc:
+                if exc.errno == 2003 and not self._table_exists(cur):
+                    return 0  # nothing loaded yet
+                raise
+            return int(cur.fetchone()[0])
+
+        return await self._session(run, "count", transactional=False)
+
+    async def replace(self, window: Window, manifest: Manifest) -> int:
+        files = [self._relative(f.uri) for f in manifest.files]
+
+        def run(cur: Any) -> int:
+            cur.execute(sql.delete_sql(self.table, self.timestamp_column), _bounds(window))
+            loaded = self._copy(cur, files) if files else 0
+            if loaded != manifest.rows:
+                raise LoadCountMismatch(loaded, manifest.rows)
+            stamp = sql.stamp_sql(
+                self.table, self.timestamp_column, self.window_start_column, self.loaded_at_column
+            )
+            if stamp and loaded:
+                values = [
+                    v
+                    for v, c in (
+                        (window.start, self.window_start_column),
+                        (datetime.now(UTC), self.loaded_at_column),
+                    )
+                    if c
+                ]
+                cur.execute(stamp, (*values, *_bounds(window)))
+            return loaded
+
+        if self.create_table:
+            await self._session(self._create, "create table", transactional=False)
+        return await self._session(run, "replace", transactional=True)
+
+    # --- steps (separate so a test can fail one between DELETE and COMMIT) -------------------
+
+    def _copy(self, cur: Any, files: list[str]) -> int:
+        cur.execute(
+            sql.copy_sql(self.table, self.stage, files, self.load_columns, self.json_columns)
+        )
+        names = [d[0].lower() for d in cur.description]
+        results = [dict(zip(names, row, strict=False)) for row in cur.fetchall()]
+        bad = [r for r in results if str(r.get("status", "")).upper() not in ("LOADED",)]
+        if bad:
+            raise TargetTerminalError(
+                f"COPY INTO {self.table} did not load {len(bad)} file(s): "
+                + "; ".join(
+                    f"{r.get('file')}: {r.get('status')} {r.get('first_error') or ''}"
+                    for r in bad[:3]
+                )
+            )
+        return sum(int(r.get("rows_loaded") or 0) for r in results)
+
+    def _create(self, cur: Any) -> None:
+        cur.execute(
+            sql.create_table_sql(
+                self.table, self.timestamp_column, self.window_start_column, self.loaded_at_column
+            )
+        )
+
+    def _table_exists(self, cur: Any) -> bool:
+        try:
+            cur.execute(f"SELECT 1 FROM {quote_identifier(self.table)} LIMIT 0")
+        except sf_errors.ProgrammingError:
+            return False
+        return True
+
+    def _relative(self, uri: str) -> str:
+        if not uri.startswith(self.stage_url):
+            raise TargetTerminalError(
+                f"staged file {uri} is not under stage_url {self.stage_url}; point the Snowflake "
+                "stage and stage_url at the S3 stage's bucket and prefix"
+            )
+        return uri[len(self.stage_url) :]
+
+    # --- connection and errors ----------------------------------------------------------------
+
+    async def _session(self, work: Callable[[Any], T], action: str, *, transactional: bool) -> T:
+        def run() -> T:
+            connection = revalidated(self.connector.credentials).get_client(
+                database=self.connector.database,
+                warehouse=self.connector.warehouse,
+                schema=self.connector.schema_,
+                autocommit=not transactional,
+                **self.connect_args,
+            )
+            try:
+                cursor = connection.cursor()
+                try:
+                    result = work(cursor)
+                    if transactional:
+                        connection.commit()
+                    return result
+                except BaseException:
+                    if transactional:
+                        connection.rollback()  # a failed statement does not roll back by itself
+                    raise
+            finally:
+                connection.close()
+
+        try:
+            return await asyncio.to_thread(run)
+        except sf_errors.DatabaseError as exc:
+            where = f"Snowflake table {self.table!r}"
+            reason = _TERMINAL.get(exc.errno or 0)
+            if reason:
+                raise TargetTerminalError(
+                    f"{where}: {action} failed because {reason} ({exc.errno}): {exc.msg}"
+                ) from None
+            raise TargetError(f"{where}: {action} failed ({exc.errno}): {exc.msg}") from None
+
+
+def _bounds(window: Window) -> tuple[datetime, datetime]:
+    return window.start, window.end

@@ -1,0 +1,253 @@
+"""S3Stage on moto's S3 server and SnowflakeTarget on fakesnow's server: the production path."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from ledgerflow.errors import LoadCountMismatch, StageTerminalError, TargetTerminalError
+from ledgerflow.windows import Window
+
+from .warehouse_kit import Peers, local_peers
+
+START = datetime(2025, 3, 9, 10, tzinfo=UTC)
+WINDOW = Window(START, START + timedelta(hours=2), START.date(), "2h")
+
+
+@pytest.fixture(scope="session")
+def peers() -> Iterator[Peers]:
+    with local_peers() as running:
+        yield running
+
+
+@pytest.fixture
+def bucket(peers: Peers) -> str:
+    return peers.new_bucket()
+
+
+@pytest.fixture
+def database() -> str:
+    return f"LF_{uuid.uuid4().hex[:8].upper()}"
+
+
+def events(n: int, start: datetime = START, prefix: str = "e") -> pa.RecordBatch:
+    return pa.RecordBatch.from_pydict(
+        {
+            "_id": [f"{prefix}{i}" for i in range(n)],
+            "_index": ["logs"] * n,
+            "ts": pa.array(
+                [start + timedelta(seconds=i) for i in range(n)], pa.timestamp("us", tz="UTC")
+            ),
+            "document": [f'{{"n": {i}, "tags": ["a", "b"]}}' for i in range(n)],
+        }
+    )
+
+
+async def stream(*batches: pa.RecordBatch) -> AsyncIterator[pa.RecordBatch]:
+    for b in batches:
+        yield b
+
+
+# --- S3Stage ------------------------------------------------------------------------------------
+
+
+async def test_stage_writes_parts_lists_them_and_clears(peers: Peers, bucket: str) -> None:
+    stage = peers.stage(bucket, target_file_mb=1)
+    big = [events(60_000, prefix=f"b{k}-") for k in range(4)]
+    manifest = await stage.write("p/2025-03-09/w", stream(*big), name_prefix="part-abc")
+    assert manifest.rows == 240_000 and len(manifest.files) > 1
+    assert all(
+        f.uri.startswith(f"s3://{bucket}/ledgerflow/p/2025-03-09/w/part-abc-")
+        for f in manifest.files
+    )
+    assert manifest.matches(await stage.files("p/2025-03-09/w"))
+    await stage.clear("p/2025-03-09/w")
+    assert await stage.files("p/2025-03-09/w") == []
+
+
+async def test_stage_clear_handles_more_than_1000_keys(peers: Peers, bucket: str) -> None:
+    client = peers.credentials().get_s3_client()
+    for i in range(1_205):
+        client.put_object(Bucket=bucket, Key=f"ledgerflow/p/d/w/part-{i:05d}.parquet", Body=b"x")
+    client.put_object(Bucket=bucket, Key="ledgerflow/p/d/other/keep.parquet", Body=b"x")
+    stage = peers.stage(bucket)
+    assert len(await stage.files("p/d/w")) == 1_205
+    await stage.clear("p/d/w")
+    assert await stage.files("p/d/w") == []
+    assert len(await stage.files("p/d/other")) == 1
+
+
+async def test_a_failed_write_leaves_no_parts_behind(peers: Peers, bucket: str) -> None:
+    stage = peers.stage(bucket, target_file_mb=1)
+
+    async def broken() -> AsyncIterator[pa.RecordBatch]:
+        yield events(60_000)
+        yield events(60_000, prefix="f")
+        raise ConnectionError("source went away")
+
+    with pytest.raises(ConnectionError):
+        await stage.write("p/d/w", broken(), name_prefix="part-x")
+    assert await stage.files("p/d/w") == []
+
+
+async def test_a_missing_bucket_is_a_clear_error(peers: Peers) -> None:
+    with pytest.raises(
+        StageTerminalError, match=r"bucket does not exist \(NoSuchBucket\).*'no-such-bucket'"
+    ):
+        await peers.stage("no-such-bucket").files("p/d/w")
+
+
+# --- SnowflakeTarget ----------------------------------------------------------------------------
+
+
+async def staged(
+    peers: Peers, bucket: str, *batches: pa.RecordBatch, prefix: str = "part-a"
+) -> Any:
+    return await peers.stage(bucket).write("p/2025-03-09/w", stream(*batches), name_prefix=prefix)
+
+
+async def test_replace_loads_the_window_with_a_variant_document(
+    peers: Peers, bucket: str, database: str
+) -> None:
+    target = peers.target(bucket, database)
+    assert await target.count(WINDOW) == 0
+    manifest = await staged(peers, bucket, events(500))
+    assert await target.replace(WINDOW, manifest) == 500
+    assert await target.count(WINDOW) == 500
+    with peers.sql_connection(database) as conn:
+        cur = conn.cursor()
+        cur.execute("SELECT DOCUMENT:n, WINDOW_START, LOADED_AT FROM EVENTS WHERE _ID = 'e7'")
+        n, window_start, loaded_at = cur.fetchone()
+    assert int(n) == 7
+    assert window_start is not None and loaded_at is not None
+
+
+async def test_a_rerun_replaces_instead_of_duplicating_even_with_the_same_files(
+    peers: Peers, bucket: str, database: str
+) -> None:
+    target = peers.target(bucket, database)
+    manifest = await staged(peers, bucket, events(300))
+    assert await target.replace(WINDOW, manifest) == 300
+    # Same file names again (a resumed window): FORCE loads them, the DELETE keeps it exact.
+    assert await target.replace(WINDOW, manifest) == 300
+    assert await target.count(WINDOW) == 300
+
+
+async def test_rows_deleted_behind_our_back_load_again_not_load_skipped(
+    peers: Peers, bucket: str, database: str
+) -> None:
+    target = peers.target(bucket, database)
+    manifest = await staged(peers, bucket, events(200))
+    await target.replace(WINDOW, manifest)
+    with peers.sql_connection(database) as conn:
+        conn.cursor().execute("DELETE FROM EVENTS")
+    assert await target.count(WINDOW) == 0
+    assert await target.replace(WINDOW, manifest) == 200
+    assert await target.count(WINDOW) == 200
+
+
+async def test_a_failure_between_delete_and_copy_leaves_the_target_exactly_as_before(
+    peers: Peers, bucket: str, database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = peers.target(bucket, database)
+    await target.replace(WINDOW, await staged(peers, bucket, events(250)))
+    newer = await staged(peers, bucket, events(400, prefix="n"), prefix="part-b")
+
+    def explode(self: Any, cur: Any, files: list[str]) -> int:
+        raise ConnectionResetError("network dropped after the DELETE")
+
+    monkeypatch.setattr(type(target), "_copy", explode)
+    with pytest.raises(ConnectionResetError):
+        await target.replace(WINDOW, newer)
+    monkeypatch.undo()
+    assert await target.count(WINDOW) == 250
+    with peers.sql_connection(database) as conn:
+        cur = conn.cursor()
+        cur.execute("SELECT COUNT(*) FROM EVENTS WHERE _ID LIKE 'e%'")
+        assert cur.fetchone()[0] == 250
+
+
+async def test_a_load_short_of_the_manifest_rolls_back(
+    peers: Peers, bucket: str, database: str
+) -> None:
+    target = peers.target(bucket, database)
+    await target.replace(WINDOW, await staged(peers, bucket, events(100)))
+    manifest = await staged(peers, bucket, events(150, prefix="m"), prefix="part-c")
+    lying = type(manifest)(
+        manifest.location, tuple(type(f)(f.uri, f.rows + 1, f.bytes) for f in manifest.files)
+    )
+    with pytest.raises(LoadCountMismatch, match="rolled back"):
+        await target.replace(WINDOW, lying)
+    assert await target.count(WINDOW) == 100
+
+
+async def test_a_missing_stage_is_a_clear_error(peers: Peers, bucket: str, database: str) -> None:
+    target = peers.target(bucket, database)
+    broken = target.copy(update={"stage": "NO_SUCH_STAGE"})
+    with pytest.raises(TargetTerminalError, match="EVENTS"):
+        await broken.replace(WINDOW, await staged(peers, bucket, events(10)))
+    assert await target.count(WINDOW) == 0
+
+
+@pytest.mark.usefixtures("prefect_harness")
+async def test_the_whole_flow_elasticsearch_to_s3_to_snowflake(
+    peers: Peers, bucket: str, database: str, osmem_url: str, tmp_path: Any
+) -> None:
+    from elasticsearch import AsyncElasticsearch
+    from ledgerflow.blocks.elasticsearch import ElasticsearchSource, PlainJsonNode
+    from ledgerflow.demo import DEMO_START
+    from ledgerflow.flows.pipeline import windowed_pipeline
+
+    from .kit import Pipeline
+
+    first = DEMO_START.astimezone(UTC)
+    es = AsyncElasticsearch(osmem_url, node_class=PlainJsonNode)
+    await es.indices.create(
+        index="events", mappings={"properties": {"@timestamp": {"type": "date"}}}
+    )
+    ops: list[dict[str, Any]] = []
+    for i in range(3000):
+        stamp = (first + timedelta(seconds=i * 5)).isoformat().replace("+00:00", "Z")
+        ops += [{"index": {"_index": "events", "_id": f"d{i}"}}, {"@timestamp": stamp, "n": i}]
+    await es.bulk(operations=ops, refresh=True)
+    await es.close()
+
+    pipeline = Pipeline(tmp_path, rows=10)
+    name = pipeline.name
+    await ElasticsearchSource.parse_obj(
+        {"hosts": [osmem_url], "index": "events", "compatibility_headers": False}
+    ).save(name)
+    await peers.stage(bucket).save(name)
+    await peers.target(bucket, database).save(name)
+    await pipeline.save(
+        source_block=f"ledgerflow-elasticsearch-source/{name}",
+        stage_block=f"ledgerflow-s3-stage/{name}",
+        target_block=f"ledgerflow-snowflake-target/{name}",
+        end=DEMO_START + timedelta(hours=6),
+        concurrency=2,
+    )
+    state = await windowed_pipeline(config_block=name, return_state=True)
+    assert state.is_completed(), state.message
+    records = await pipeline.records()
+    assert len(records) == 3 and {r.pipeline_status for r in records} == {"COMPLETED"}
+    assert sum(r.target_count or 0 for r in records) == 3000
+    with peers.sql_connection(database) as conn:
+        cur = conn.cursor()
+        cur.execute("SELECT COUNT(*), COUNT(DISTINCT _ID) FROM EVENTS")
+        assert cur.fetchone() == (3000, 3000)
+
+    # A rerun of a completed window: reopen it, and it is replaced, not duplicated.
+    from ledgerflow.ledger import Ledger
+
+    async with Ledger.from_url(pipeline.ledger_url) as ledger:
+        await ledger.reopen(name, [records[0].id], "operator reload")
+    state = await windowed_pipeline(config_block=name, return_state=True)
+    assert state.is_completed(), state.message
+    with peers.sql_connection(database) as conn:
+        cur = conn.cursor()
+        cur.execute("SELECT COUNT(*), COUNT(DISTINCT _ID) FROM EVENTS")
+        assert cur.fetchone() == (3000, 3000)
