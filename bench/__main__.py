@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench import es_extract, ledger, orchestration
+from bench import es_extract, ledger, orchestration, stage_s3
 
 SUITES = {
     "ledger": ledger.main,
     "orchestration": orchestration.main,
     "elasticsearch": es_extract.main,
+    "s3": stage_s3.main,
 }
 
 

@@ -1,0 +1,109 @@
+"""One contender of the S3 stage benchmark, in its own process (own peak RSS).
+
+`python -m bench.stage_worker ledgerflow|boto3 ENDPOINT BUCKET ROWS FILES_DIR` prints
+`{"rows": N, "bytes": B, "seconds": S}`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+BATCH = 50_000
+
+
+def _documents() -> pa.Array:
+    return pa.array(
+        [
+            f'{{"service":"web","status":{200 + j % 5},"latency_ms":{j % 997},'
+            f'"path":"/api/v2/items/{j * 7919 % 1000003}","user":"u{j % 4999:05d}"}}'
+            for j in range(BATCH)
+        ],
+        pa.string(),
+    )
+
+
+async def batches(rows: int) -> AsyncIterator[pa.RecordBatch]:
+    """Source-shaped batches (~200 bytes a row), built with Arrow compute so that making them
+    costs next to nothing: the benchmark measures the stage, not the generator."""
+    documents = _documents()
+    index = pa.array(["logs-web"] * BATCH, pa.string())
+    start = int(datetime(2025, 3, 9, 10, tzinfo=UTC).timestamp() * 1_000_000)
+    for i in range(rows // BATCH):
+        ids = pc.add(pa.array(range(BATCH), pa.int64()), i * BATCH)
+        ts = pc.add(ids, start).cast(pa.timestamp("us", tz="UTC"))
+        yield pa.RecordBatch.from_arrays(
+            [pc.binary_join_element_wise("doc-", ids.cast(pa.string()), ""), index, ts, documents],
+            names=["_id", "_index", "ts", "document"],
+        )
+
+
+def credentials(endpoint: str):  # type: ignore[no-untyped-def]
+    from prefect_aws import AwsCredentials
+    from prefect_aws.client_parameters import AwsClientParameters
+
+    return AwsCredentials(
+        aws_access_key_id="bench",
+        aws_secret_access_key="bench",
+        region_name="us-east-1",
+        aws_client_parameters=AwsClientParameters(endpoint_url=endpoint),
+    )
+
+
+async def ledgerflow(
+    endpoint: str, bucket: str, rows: int, files_dir: str
+) -> tuple[int, int, float]:
+    """S3Stage.write: Arrow batches to Parquet parts to S3 (what the pipeline does)."""
+    from ledgerflow.blocks.s3_stage import S3Stage
+    from prefect_aws import S3Bucket
+
+    stage = S3Stage(
+        bucket=S3Bucket(bucket_name=bucket, credentials=credentials(endpoint)), target_file_mb=32
+    )
+    started = time.perf_counter()
+    manifest = await stage.write("bench/w", batches(rows), name_prefix="part")
+    seconds = time.perf_counter() - started
+    # Keep the same Parquet bytes locally for the bare upload to send (not timed).
+    client = stage.client
+    Path(files_dir).mkdir(parents=True, exist_ok=True)
+    for f in manifest.files:
+        key = f.uri.split(f"s3://{bucket}/", 1)[1]
+        client.download_file(bucket, key, str(Path(files_dir) / Path(key).name))
+    return manifest.rows, manifest.bytes, seconds
+
+
+def bare(endpoint: str, bucket: str, files_dir: str) -> tuple[int, int, float]:
+    """The baseline: boto3 uploading the very same Parquet files, one after another."""
+    from boto3.s3.transfer import TransferConfig
+
+    client = credentials(endpoint).get_s3_client()
+    config = TransferConfig(
+        multipart_threshold=16 * 1024 * 1024, multipart_chunksize=16 * 1024 * 1024
+    )
+    total = 0
+    started = time.perf_counter()
+    for path in sorted(Path(files_dir).glob("*.parquet")):
+        client.upload_file(str(path), bucket, f"bare/{path.name}", Config=config)
+        total += path.stat().st_size
+    return 0, total, time.perf_counter() - started
+
+
+def main() -> None:
+    mode, endpoint, bucket, rows, files_dir = sys.argv[1:6]
+    if mode == "ledgerflow":
+        count, size, seconds = asyncio.run(ledgerflow(endpoint, bucket, int(rows), files_dir))
+    else:
+        count, size, seconds = bare(endpoint, bucket, files_dir)
+    print(json.dumps({"rows": count, "bytes": size, "seconds": seconds}))
+
+
+if __name__ == "__main__":
+    main()
