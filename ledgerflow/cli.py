@@ -231,6 +231,154 @@ def run(
 
 
 @app.command()
+def retry(
+    config: ConfigOption = "default",
+    ids: Annotated[
+        list[int] | None, typer.Option("--id", help="Window ids (default: all FAILED)")
+    ] = None,
+    start: Annotated[
+        str | None, typer.Option(help="Only windows starting at or after (ISO)")
+    ] = None,
+    end: Annotated[str | None, typer.Option(help="Only windows starting before (ISO)")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Put FAILED windows back to PENDING (a window that failed while loading resumes at load)."""
+    lo = parse_instant(start, "--start") if start else None
+    hi = parse_instant(end, "--end") if end else None
+
+    async def go() -> list[Any]:
+        async with open_pipeline(config) as (cfg, ledger):
+            return await ledger.reset_failed(cfg.pipeline_id, ids=ids, start=lo, end=hi)
+
+    rows = run_async(go())
+    if as_json:
+        typer.echo(json.dumps({"reset": [r.id for r in rows]}))
+        return
+    console.print(f"{len(rows)} FAILED window(s) back to PENDING: {[r.id for r in rows]}")
+
+
+@app.command()
+def release(
+    config: ConfigOption = "default",
+    older_than: Annotated[
+        str | None, typer.Option(help="Lock age, e.g. 30m (default: the stale threshold)")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Release stale locks now: IN_PROGRESS windows with no heartbeat go back to PENDING."""
+    from ledgerflow.errors import ConfigError
+    from ledgerflow.operate import parse_age
+
+    try:
+        age = parse_age(older_than) if older_than else None
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
+
+    async def go() -> list[Any]:
+        async with open_pipeline(config) as (cfg, ledger):
+            return await ledger.release_stale(
+                cfg.pipeline_id,
+                older_than=age if age is not None else cfg.stale_after,
+                max_attempts=cfg.max_window_attempts,
+            )
+
+    rows = run_async(go())
+    if as_json:
+        typer.echo(
+            json.dumps({"released": [{"id": r.id, "status": r.pipeline_status} for r in rows]})
+        )
+        return
+    console.print(
+        f"released {len(rows)} stale lock(s): "
+        + ", ".join(f"id={r.id} -> {r.pipeline_status}" for r in rows)
+    )
+
+
+@app.command()
+def backfill(
+    start: Annotated[str, typer.Option(help="ISO instant with offset")],
+    end: Annotated[str, typer.Option(help="ISO instant with offset")],
+    config: ConfigOption = "default",
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show what would be registered")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Register the eligible windows of [start, end) behind the fresh ones (lower priority)."""
+    from rich.progress import Progress
+
+    from ledgerflow.operate import backfill as plan_backfill
+
+    lo, hi = parse_instant(start, "--start"), parse_instant(end, "--end")
+    if hi <= lo:
+        raise fail(f"--end={end!r} must be after --start={start!r}")
+
+    async def go() -> Any:
+        async with open_pipeline(config) as (cfg, ledger):
+            await ledger.create_schema()
+            with Progress(console=console, transient=True, disable=as_json) as bar:
+                task = bar.add_task("registering windows", total=None)
+                return await plan_backfill(
+                    ledger,
+                    cfg,
+                    lo,
+                    hi,
+                    dry_run=dry_run,
+                    progress=lambda done, total: bar.update(task, completed=done, total=total),
+                )
+
+    plan = run_async(go())
+    if as_json:
+        typer.echo(json.dumps(plan.as_dict()))
+        return
+    verb = "would register" if dry_run else "registered"
+    console.print(
+        f"{plan.windows} eligible window(s) from {plan.first} to {plan.last}; {verb} "
+        f"{plan.new if dry_run else plan.registered} new at backfill priority"
+        + (
+            f"; {plan.skipped_not_eligible} not yet eligible (x_time_back)"
+            if plan.skipped_not_eligible
+            else ""
+        )
+    )
+
+
+@app.command()
+def rescan(
+    last: Annotated[int, typer.Option(help="How many of the newest COMPLETED windows to recount")],
+    config: ConfigOption = "default",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Report without reopening")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Late-data detection: recount the source and reopen windows whose count changed."""
+    from ledgerflow.flows.pipeline import close_parts, load_parts
+    from ledgerflow.operate import rescan as do_rescan
+
+    if last < 1:
+        raise fail(f"--last={last} must be at least 1")
+
+    async def go() -> Any:
+        async with open_pipeline(config) as (cfg, ledger):
+            parts = await load_parts(cfg)
+            try:
+                return await do_rescan(ledger, parts.source, cfg.pipeline_id, last, dry_run=dry_run)
+            finally:
+                await close_parts(parts)
+
+    result = run_async(go())
+    if as_json:
+        typer.echo(json.dumps(result.as_dict()))
+        return
+    console.print(f"checked {result.checked} window(s); {len(result.changed)} changed")
+    for item in result.changed:
+        action = "reopened" if item.reopened else "would reopen"
+        console.print(
+            f"  id={item.record_id} {item.window_start}: loaded {item.loaded}, source now "
+            f"{item.source_now} -> {action}"
+        )
+
+
+@app.command()
 def demo(
     root: Annotated[str, typer.Option(help="Folder for the demo's files")] = ".ledgerflow/demo",
     rows: Annotated[int, typer.Option(help="Events to generate")] = 40_000,

@@ -117,10 +117,14 @@ class Pipeline:
         **config: Any,
     ) -> str:
         name = self.name
-        await LedgerDatabase.parse_obj({"url": self.ledger_url}).save(name)
-        await source.parse_obj({"path": str(self.source_path), "table": "web_events"}).save(name)
-        await LocalStage.parse_obj({"root": str(self.root / "stage")}).save(name)
-        await target.parse_obj({"path": str(self.warehouse), "table": "web_events"}).save(name)
+        await LedgerDatabase.parse_obj({"url": self.ledger_url}).save(name, overwrite=True)
+        await source.parse_obj({"path": str(self.source_path), "table": "web_events"}).save(
+            name, overwrite=True
+        )
+        await LocalStage.parse_obj({"root": str(self.root / "stage")}).save(name, overwrite=True)
+        await target.parse_obj({"path": str(self.warehouse), "table": "web_events"}).save(
+            name, overwrite=True
+        )
         fields = {
             "pipeline_id": name,
             "start": DEMO_START,
@@ -135,7 +139,7 @@ class Pipeline:
             "target_block": f"{target.get_block_type_slug()}/{name}",
             **config,
         }
-        await validate_config(fields).save(name)
+        await validate_config(fields).save(name, overwrite=True)
         return name
 
     def _scalar_row(self, path: Path, sql: str, params: list[Any] | None = None) -> tuple[Any, ...]:

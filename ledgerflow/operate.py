@@ -1,0 +1,136 @@
+"""Operator actions behind the CLI: retry, release, backfill and late-data rescan.
+
+Each returns plain data (for `--json`) and changes the ledger only through `Ledger`'s methods.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from ledgerflow.ledger import Lease, Ledger, PipelineRecord, Status
+from ledgerflow.ports import Source
+from ledgerflow.windows import build_record, windows_between
+
+BACKFILL_PRIORITY = -1
+"""Backfilled windows are claimed after fresh ones (Airflow#29479: a big backfill must not delay
+the scheduled windows)."""
+
+
+@dataclass(frozen=True)
+class BackfillPlan:
+    windows: int
+    new: int
+    first: str | None
+    last: str | None
+    skipped_not_eligible: int
+    registered: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+async def backfill(
+    ledger: Ledger,
+    config: Any,
+    start: datetime,
+    end: datetime,
+    *,
+    dry_run: bool,
+    progress: Callable[[int, int], None] | None = None,
+    now: datetime | None = None,
+) -> BackfillPlan:
+    """Register every eligible window overlapping [start, end) at backfill priority."""
+    cutoff = (now or datetime.now(UTC)) - config.lag
+    all_windows = windows_between(start, end, config.timezone, config.granularity)
+    eligible = [w for w in all_windows if w.end <= cutoff]
+    known = (
+        {
+            r.window_start_time
+            for r in await ledger.windows(config.pipeline_id, start=all_windows[0].start, end=end)
+        }
+        if all_windows
+        else set()
+    )
+    fresh = [w for w in eligible if w.start not in known]
+    plan = BackfillPlan(
+        windows=len(eligible),
+        new=len(fresh),
+        first=eligible[0].to_dict()["start"] if eligible else None,
+        last=eligible[-1].to_dict()["start"] if eligible else None,
+        skipped_not_eligible=len(all_windows) - len(eligible),
+    )
+    if dry_run or not fresh:
+        return plan
+    hooks, checks = config.key_hooks(), tuple(config.check_fields)
+    registered = 0
+    for i in range(0, len(fresh), 500):
+        chunk = fresh[i : i + 500]
+        records = [
+            build_record(config.pipeline_id, w, config.timezone, hooks, checks) for w in chunk
+        ]
+        registered += await ledger.register(records, priority=BACKFILL_PRIORITY)
+        if progress:
+            progress(min(i + 500, len(fresh)), len(fresh))
+    return BackfillPlan(**{**plan.as_dict(), "registered": registered})
+
+
+@dataclass(frozen=True)
+class RescanResult:
+    window_start: str
+    record_id: int
+    loaded: int | None
+    source_now: int
+    reopened: bool
+
+
+@dataclass
+class Rescan:
+    checked: int = 0
+    changed: list[RescanResult] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"checked": self.checked, "changed": [r.__dict__ for r in self.changed]}
+
+
+async def rescan(
+    ledger: Ledger, source: Source, pipeline_id: str, last: int, *, dry_run: bool
+) -> Rescan:
+    """Recount the source for the newest `last` COMPLETED windows; reopen those that changed,
+    so late documents get loaded on the next run."""
+    done = await ledger.windows(
+        pipeline_id, statuses=[Status.COMPLETED.value], limit=last, newest_first=True
+    )
+    counts = await asyncio.gather(*(source.count(Lease(r, "").window) for r in done))
+    result = Rescan(checked=len(done))
+    changed: list[PipelineRecord] = []
+    for record, now_count in zip(done, counts, strict=True):
+        loaded = record.target_count
+        if now_count != loaded:
+            changed.append(record)
+            result.changed.append(
+                RescanResult(
+                    window_start=Lease(record, "").window.to_dict()["start"],
+                    record_id=record.id or 0,
+                    loaded=loaded,
+                    source_now=now_count,
+                    reopened=not dry_run,
+                )
+            )
+    if changed and not dry_run:
+        for record, item in zip(changed, result.changed, strict=True):
+            await ledger.reopen(
+                pipeline_id,
+                [record.id or 0],
+                f"late data: source count {item.loaded} -> {item.source_now} on rescan",
+            )
+    return result
+
+
+def parse_age(text: str) -> timedelta:
+    from ledgerflow.durations import parse_duration
+
+    return parse_duration(text, field="--older-than", allow_zero=True)

@@ -1,0 +1,141 @@
+"""Operator commands on a real pipeline: backfill, retry, release, rescan (late data)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from ledgerflow.cli import app
+from ledgerflow.demo import DEMO_END, DEMO_START
+from ledgerflow.flows.pipeline import windowed_pipeline
+from ledgerflow.ledger import Ledger, Status
+from typer.testing import CliRunner
+
+from .kit import DriftingTarget, Pipeline
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+runner = CliRunner()
+
+
+def cli(*args: str) -> dict:  # type: ignore[type-arg]
+    result = runner.invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)  # type: ignore[no-any-return]
+
+
+def test_backfill_registers_behind_fresh_windows_and_rescan_reloads_late_data(
+    tmp_path: Path,
+) -> None:
+    pipeline = Pipeline(tmp_path, rows=2000)
+    # The schedule starts on day two; day one is a backfill.
+    name = asyncio.run(
+        pipeline.save(start=DEMO_START + timedelta(days=1), concurrency=1, windows_per_run=1)
+    )
+    first = asyncio.run(windowed_pipeline(config_block=name, return_state=True))
+    assert first.is_completed()
+
+    plan = cli(
+        "backfill",
+        "-c",
+        name,
+        "--start",
+        DEMO_START.isoformat(),
+        "--end",
+        (DEMO_START + timedelta(days=1)).isoformat(),
+        "--dry-run",
+    )
+    assert (plan["windows"], plan["new"], plan["registered"]) == (12, 12, 0)
+    plan = cli(
+        "backfill",
+        "-c",
+        name,
+        "--start",
+        DEMO_START.isoformat(),
+        "--end",
+        (DEMO_START + timedelta(days=1)).isoformat(),
+    )
+    assert plan["registered"] == 12
+    assert (
+        cli(
+            "backfill",
+            "-c",
+            name,
+            "--start",
+            DEMO_START.isoformat(),
+            "--end",
+            (DEMO_START + timedelta(days=1)).isoformat(),
+        )["registered"]
+        == 0
+    )
+
+    # The next run takes a fresh (day two) window before any backfilled one.
+    state = asyncio.run(windowed_pipeline(config_block=name, return_state=True))
+    [row] = state.result(fetch=True)
+    assert row["window_start"] >= (DEMO_START + timedelta(days=1)).astimezone(UTC).isoformat()[:19]
+
+    # Load everything, then a late document arrives in an already loaded window.
+    asyncio.run(
+        pipeline.save(start=DEMO_START + timedelta(days=1), concurrency=4, windows_per_run=100)
+    )
+    assert asyncio.run(windowed_pipeline(config_block=name, return_state=True)).is_completed()
+    records = asyncio.run(pipeline.records())
+    assert {r.pipeline_status for r in records} == {Status.COMPLETED} and len(records) == 24
+    late_window = records[5]
+    pipeline.add_late_rows(late_window.window_start_time + timedelta(minutes=1), 3)
+
+    report = cli("rescan", "-c", name, "--last", "24", "--dry-run")
+    assert report["checked"] == 24
+    assert [
+        (c["record_id"], c["source_now"] - c["loaded"], c["reopened"]) for c in report["changed"]
+    ] == [(late_window.id, 3, False)]
+    report = cli("rescan", "-c", name, "--last", "24")
+    assert report["changed"][0]["reopened"] is True
+    assert asyncio.run(windowed_pipeline(config_block=name, return_state=True)).is_completed()
+    expected = pipeline.source_rows_with_ts()
+    assert pipeline.warehouse_rows() == (expected, expected)
+
+
+def test_retry_and_release_bring_windows_back(tmp_path: Path) -> None:
+    pipeline = Pipeline(tmp_path, rows=500)
+    name = asyncio.run(pipeline.save(target=DriftingTarget, end=DEMO_START + timedelta(hours=2)))
+    assert asyncio.run(windowed_pipeline(config_block=name, return_state=True)).is_failed()
+    [failed] = asyncio.run(pipeline.records())
+    assert failed.pipeline_status == Status.FAILED
+
+    assert cli("retry", "-c", name, "--id", str(failed.id)) == {"reset": [failed.id]}
+
+    async def stuck() -> int:
+        async with Ledger.from_url(pipeline.ledger_url) as ledger:
+            lease = await ledger.claim(name, "dead-worker", cutoff=datetime.now(UTC))
+            assert lease is not None
+            return lease.id
+
+    stuck_id = asyncio.run(stuck())
+    assert cli("release", "-c", name)["released"] == []  # younger than the 2h threshold
+    released = cli("release", "-c", name, "--older-than", "0m")["released"]
+    assert released == [{"id": stuck_id, "status": "PENDING"}]
+
+
+def test_operator_commands_refuse_bad_input(tmp_path: Path) -> None:
+    pipeline = Pipeline(tmp_path, rows=10)
+    name = asyncio.run(pipeline.save(end=DEMO_END))
+    bad = runner.invoke(app, ["release", "-c", name, "--older-than", "2 hours"])
+    assert bad.exit_code == 2 and "not a duration" in bad.output
+    bad = runner.invoke(
+        app,
+        [
+            "backfill",
+            "-c",
+            name,
+            "--start",
+            "2025-03-09T00:00:00Z",
+            "--end",
+            "2025-03-08T00:00:00Z",
+        ],
+    )
+    assert bad.exit_code == 2 and "must be after" in bad.output
+    bad = runner.invoke(app, ["rescan", "-c", name, "--last", "0"])
+    assert bad.exit_code == 2 and "at least 1" in bad.output
