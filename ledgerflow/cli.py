@@ -378,6 +378,21 @@ def rescan(
         )
 
 
+blocks_app = typer.Typer(help="Create the pipeline's blocks.", no_args_is_help=True)
+app.add_typer(blocks_app, name="blocks")
+
+
+@blocks_app.command("register")
+def blocks_register(
+    file: Annotated[Path, typer.Option("--file", "-f", help="TOML file describing the blocks")],
+) -> None:
+    """Validate and save every block in the file (`${VAR}` reads the environment)."""
+    from ledgerflow.deployments.register import register_file
+
+    for slug in run_async(register_file(file)):
+        console.print(f"saved {slug}")
+
+
 @app.command()
 def demo(
     root: Annotated[str, typer.Option(help="Folder for the demo's files")] = ".ledgerflow/demo",

@@ -1,0 +1,98 @@
+"""Create and save a pipeline's blocks from a TOML file, with secrets taken from the environment.
+
+Each table is one block: its `type` names the block class, `name` the saved name, the other keys
+its fields. `${VAR}` anywhere in a string is replaced by the environment variable VAR (so CI and
+secret managers inject credentials; a missing variable is an error, never an empty secret).
+
+    [ledger]
+    type = "ledgerflow-ledger-database"
+    name = "prod"
+    url = "postgresql+asyncpg://etl:${LEDGER_PASSWORD}@db:5432/etl"
+
+    [pipeline]
+    type = "ledgerflow-pipeline-config"
+    name = "web-events"
+    pipeline_id = "web_events"
+    ledger_block = "ledgerflow-ledger-database/prod"
+    ...
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from prefect.blocks.core import Block
+from pydantic.v1 import ValidationError
+
+from ledgerflow.blocks import ALL_BLOCKS
+from ledgerflow.blocks.config import explain
+from ledgerflow.errors import ConfigError
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def slug_of(block: type[Block] | Block) -> str:
+    return str(block.get_block_type_slug())  # type: ignore[no-untyped-call]
+
+
+BLOCKS: dict[str, type[Block]] = {slug_of(b): b for b in ALL_BLOCKS}
+
+
+def _expand(value: Any, where: str, env: Mapping[str, str]) -> Any:
+    if isinstance(value, str):
+
+        def swap(match: re.Match[str]) -> str:
+            var = match.group(1)
+            if var not in env:
+                raise ConfigError(f"{where} needs environment variable {var}, which is not set")
+            return env[var]
+
+        return _VAR.sub(swap, value)
+    if isinstance(value, dict):
+        return {k: _expand(v, f"{where}.{k}", env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand(v, f"{where}[{i}]", env) for i, v in enumerate(value)]
+    return value
+
+
+def build_blocks(
+    document: Mapping[str, Any], env: Mapping[str, str] | None = None
+) -> list[tuple[str, Block]]:
+    """Validate every table of `document` into a (name, block), or raise one ConfigError."""
+    env = os.environ if env is None else env
+    built: list[tuple[str, Block]] = []
+    for section, table in document.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"[{section}] must be a table with type, name and fields")
+        fields = dict(table)
+        kind, name = fields.pop("type", None), fields.pop("name", None)
+        if kind not in BLOCKS:
+            raise ConfigError(f"[{section}] type={kind!r} is unknown; allowed: {sorted(BLOCKS)}")
+        if not name:
+            raise ConfigError(f"[{section}] needs a name to save the block under")
+        try:
+            block = BLOCKS[kind].parse_obj(_expand(fields, section, env))
+        except ValidationError as exc:
+            raise explain(exc, f"[{section}]") from None
+        built.append((str(name), block))
+    return built
+
+
+async def register_file(path: Path, env: Mapping[str, str] | None = None) -> list[str]:
+    """Save every block the file describes; return their slugs. Nothing is saved on any error."""
+    try:
+        document = tomllib.loads(await asyncio.to_thread(path.read_text))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read block file {path}: {exc}") from None
+    built = build_blocks(document, env)
+    saved = []
+    for name, block in built:
+        await block.save(name, overwrite=True)
+        saved.append(f"{slug_of(block)}/{name}")
+    return saved
