@@ -26,6 +26,7 @@ from prefect.utilities.annotations import quote
 from ledgerflow.blocks.config import PipelineConfig, load_final_config
 from ledgerflow.blocks.ledger_db import LedgerDatabase
 from ledgerflow.errors import ConfigError, LeaseLost, LedgerflowError
+from ledgerflow.flows.notify import on_flow_failure
 from ledgerflow.ledger import Lease, PipelineRecord, Status
 from ledgerflow.ports import Source, Stage, Target
 from ledgerflow.tasks.audit import audit
@@ -223,7 +224,12 @@ def artifact_key(pipeline_id: str) -> str:
     return "ledgerflow-" + re.sub(r"[^a-z0-9-]+", "-", pipeline_id.lower()).strip("-")
 
 
-@flow(name="ledgerflow-windowed-pipeline", persist_result=False, validate_parameters=True)
+@flow(
+    name="ledgerflow-windowed-pipeline",
+    persist_result=False,
+    validate_parameters=True,
+    on_failure=[on_flow_failure],
+)
 async def windowed_pipeline(config_block: str = "default", max_windows: int | None = None) -> Any:
     """Load the eligible windows of the pipeline whose PipelineConfig block is `config_block`."""
     log = get_run_logger()

@@ -1,0 +1,91 @@
+"""Failure notifications (the seed's email_on_failure and email_list), through Prefect blocks.
+
+`notification_block` in the pipeline config names either a prefect-email
+`EmailServerCredentials` block (mail goes to `email_list`, the seed's default) or any Prefect
+`NotificationBlock` (Slack, Teams, Opsgenie, a webhook...). The message names the pipeline, the
+failed window, the phase, the error and the flow run; it never holds a secret: errors that
+ledgerflow raises name fields and values, never credentials.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+from prefect.blocks.abstract import NotificationBlock
+from prefect.blocks.core import Block
+from prefect.client.schemas.objects import FlowRun
+from prefect.states import State
+
+from ledgerflow.blocks.config import PipelineConfig, load_final_config
+from ledgerflow.tasks.common import logger
+
+
+def failure_message(
+    config: PipelineConfig, flow_run: FlowRun, state: State[Any]
+) -> tuple[str, str]:
+    """(subject, body) for a failed run. The state's message already says which window failed,
+    in which phase and why ("first failure <window>: [phase] error")."""
+    subject = f"[ledgerflow] {config.pipeline_id}: flow run {flow_run.name} failed"
+    body = "\n".join(
+        [
+            f"pipeline: {config.pipeline_id}",
+            f"flow run: {flow_run.name} ({flow_run.id})",
+            f"deployment: {flow_run.deployment_id or 'ad hoc'}",
+            f"state: {state.type.value}",
+            f"what failed: {state.message or 'no message'}",
+            "",
+            f"see `ledgerflow status -c <config>` and the run's artifact "
+            f"ledgerflow-{config.pipeline_id}",
+        ]
+    )
+    return subject, body
+
+
+async def send(config: PipelineConfig, subject: str, body: str) -> bool:
+    """Send through the configured block; return whether anything was sent."""
+    if not config.notification_block:
+        return False
+    block = await Block.load(config.notification_block)
+    try:
+        from prefect_email import EmailServerCredentials, email_send_message
+    except ImportError:  # prefect-email is optional
+        EmailServerCredentials = None
+    if EmailServerCredentials is not None and isinstance(block, EmailServerCredentials):
+        if not config.email_list:
+            logger().warning("notification_block is an email server but email_list is empty")
+            return False
+        await email_send_message.fn(
+            subject=subject,
+            msg=f"<pre>{html.escape(body)}</pre>",
+            msg_plain=body,
+            email_server_credentials=block,
+            email_to=config.email_list,
+        )
+        return True
+    if isinstance(block, NotificationBlock):
+        await block.notify(body, subject)  # type: ignore[misc]
+        return True
+    logger().warning(
+        "notification_block=%r is a %s, not an email server or notification block",
+        config.notification_block,
+        type(block).__name__,
+    )
+    return False
+
+
+async def on_flow_failure(flow: Any, flow_run: FlowRun, state: State[Any]) -> None:
+    """Flow hook: tell the people in email_list (or the notification block) that a run failed."""
+    name = (flow_run.parameters or {}).get("config_block", "default")
+    try:
+        config = await load_final_config(name)
+    except Exception as exc:  # a run that failed on its config cannot say whom to tell
+        logger().warning("no failure notification: config %r did not load: %s", name, exc)
+        return
+    if not config.email_on_failure:
+        return
+    subject, body = failure_message(config, flow_run, state)
+    try:
+        await send(config, subject, body)
+    except Exception as exc:  # a broken mail server must not hide the run's own failure
+        logger().warning("failure notification for %s was not sent: %s", flow_run.name, exc)

@@ -1,0 +1,115 @@
+"""Failure notifications through a real SMTP server on loopback (aiosmtpd)."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import socket
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult
+from ledgerflow.demo import DEMO_START
+from ledgerflow.flows.pipeline import windowed_pipeline
+from prefect_email import EmailServerCredentials
+
+from .kit import DriftingTarget, Pipeline
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.messages: list[email.message.Message] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.messages.append(email.message_from_bytes(envelope.content))
+        return "250 OK"
+
+
+@pytest.fixture
+def smtp() -> Iterator[tuple[int, Inbox]]:
+    with socket.socket() as probe:  # aiosmtpd checks readiness on the port it was given
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    inbox = Inbox()
+    controller = Controller(
+        inbox,
+        hostname="127.0.0.1",
+        port=port,
+        auth_require_tls=False,
+        authenticator=lambda *args: AuthResult(success=True),
+    )
+    controller.start()
+    yield port, inbox
+    controller.stop()
+
+
+SMTP_PASSWORD = "smtp-Pa55-do-not-leak"
+
+
+def server(port: int) -> EmailServerCredentials:
+    # prefect-email 0.3 cannot load a saved block without username and password.
+    return EmailServerCredentials(
+        smtp_server="127.0.0.1",
+        smtp_port=port,
+        smtp_type="INSECURE",
+        username="ledgerflow",
+        password=SMTP_PASSWORD,
+    )
+
+
+def body_of(message: email.message.Message) -> str:
+    for part in message.walk():
+        if part.get_content_type() == "text/plain":
+            return str(part.get_payload(decode=True).decode())
+    return ""
+
+
+def test_a_failed_run_mails_the_email_list_without_secrets(
+    tmp_path: Path, smtp: tuple[int, Inbox]
+) -> None:
+    port, inbox = smtp
+    pipeline = Pipeline(tmp_path, rows=300)
+    server(port).save(pipeline.name, overwrite=True)
+    name = asyncio.run(
+        pipeline.save(
+            target=DriftingTarget,
+            end=DEMO_START + timedelta(hours=2),
+            notification_block=f"email-server-credentials/{pipeline.name}",
+            email_list=["oncall@example.com"],
+        )
+    )
+    state = asyncio.run(windowed_pipeline(config_block=name, return_state=True))
+    assert state.is_failed()
+    [message] = inbox.messages
+    assert message["To"] == "oncall@example.com"
+    assert name in message["Subject"] and "failed" in message["Subject"]
+    text = body_of(message)
+    assert f"pipeline: {name}" in text
+    assert "first failure 2025-03-08T08:00:00Z" in text  # the window
+    assert "[audit]" in text and "audit failed: source has" in text  # the phase and the error
+    assert "flow run:" in text
+    assert "sqlite+aiosqlite" not in text  # the ledger URL (a secret) never appears
+    assert SMTP_PASSWORD not in message.as_string()
+
+
+def test_no_mail_when_email_on_failure_is_off(tmp_path: Path, smtp: tuple[int, Inbox]) -> None:
+    port, inbox = smtp
+    pipeline = Pipeline(tmp_path, rows=300)
+    server(port).save(pipeline.name, overwrite=True)
+    name = asyncio.run(
+        pipeline.save(
+            target=DriftingTarget,
+            end=DEMO_START + timedelta(hours=2),
+            notification_block=f"email-server-credentials/{pipeline.name}",
+            email_list=["oncall@example.com"],
+            email_on_failure=False,
+        )
+    )
+    assert asyncio.run(windowed_pipeline(config_block=name, return_state=True)).is_failed()
+    assert inbox.messages == []
