@@ -12,6 +12,7 @@ import asyncio
 from decimal import Decimal
 
 from prefect import task
+from prefect.artifacts import create_markdown_artifact
 
 from ledgerflow.errors import AuditMismatch
 from ledgerflow.ledger import Lease, Phase, PhaseStatus
@@ -49,6 +50,41 @@ async def audit(parts: Parts, settings: RunSettings, lease: Lease) -> dict[str, 
         if not passed:
             error = AuditMismatch(source, target, float(pct), settings.audit_tolerance_percent)
             await ledger.fail(lease, str(error), values)
+            await explain_mismatch(settings, lease, error)
             raise error
         await ledger.complete(lease, values)
     return values
+
+
+async def explain_mismatch(settings: RunSettings, lease: Lease, error: AuditMismatch) -> None:
+    """A markdown artifact that tells the person on call what the mismatch means and what to do."""
+    window = lease.window
+    lo, hi = window.local(settings.timezone)
+    more = "more" if error.target_count > error.source_count else "fewer"
+    await create_markdown_artifact(  # type: ignore[misc]
+        key=f"ledgerflow-audit-{settings.pipeline_id.lower().replace('_', '-')}"[:100],
+        description=f"audit mismatch in {settings.pipeline_id}",
+        markdown="\n".join(
+            [
+                f"# Audit mismatch: `{settings.pipeline_id}`",
+                "",
+                "| | |",
+                "|---|---|",
+                f"| window (UTC) | {window.to_dict()['start']} - {window.to_dict()['end']} |",
+                f"| window ({settings.timezone}) | {lo:%Y-%m-%d %H:%M %Z} - {hi:%H:%M %Z} |",
+                f"| ledger id | {lease.id} |",
+                f"| source rows | {error.source_count:,} |",
+                f"| target rows | {error.target_count:,} |",
+                f"| difference | {error.source_count - error.target_count:+,} "
+                f"({error.percentage_difference:.2f}%, tolerance {error.tolerance:.2f}%) |",
+                "",
+                f"The target holds {more} rows than the source for this window after the load, "
+                "so the window is FAILED and was not retried. Usual causes: a concurrent writer "
+                "or delete on the target table, documents changing in the source during the "
+                "load (raise x_time_back), or a filter that differs between count and extract.",
+                "",
+                "Reload it once the cause is fixed: "
+                f"`ledgerflow retry -c <config> --id {lease.id}`.",
+            ]
+        ),
+    )

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from ledgerflow.blocks.config import load_final_config
@@ -13,12 +15,21 @@ from ledgerflow.ledger import Ledger, Status
 from ledgerflow.tasks.source_to_stage import source_to_stage
 from ledgerflow.tasks.store_and_validate import claim_window, register_windows
 from ledgerflow.windows import build_record, windows_between
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
 from .kit import BrokenLoadTarget, CountingSource, DriftingTarget, FlakyCountTarget, Pipeline
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 LA = "America/Los_Angeles"
 FIRST_WINDOW_END = DEMO_START + timedelta(hours=2)
+
+
+async def artifacts(key: str) -> list[Any]:
+    async with get_client() as client:
+        return await client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]))
+        )
 
 
 @pytest.fixture
@@ -110,6 +121,11 @@ async def test_audit_mismatch_fails_the_window_and_the_run_without_retry(
     assert (row.error_message or "").startswith("audit failed: source has")
     # No retry hid it: a retried load would have put the deleted row back.
     assert pipeline.warehouse_rows()[0] == row.source_count - 1
+    # The run left a table of its windows and a note explaining the mismatch.
+    table, note = await artifacts(f"ledgerflow-{name}"), await artifacts(f"ledgerflow-audit-{name}")
+    assert json.loads(table[0].data)[0]["status"] == "FAILED"
+    assert f"ledgerflow retry -c <config> --id {row.id}" in str(note[0].data)
+    assert "| target rows | " in str(note[0].data)
 
 
 async def test_audit_process_failure_retries_then_fails_the_window(pipeline: Pipeline) -> None:
