@@ -258,6 +258,41 @@ def retry(
 
 
 @app.command()
+def reload(
+    start: Annotated[str, typer.Option(help="Windows starting at or after (ISO)")],
+    end: Annotated[str, typer.Option(help="Windows starting before (ISO)")],
+    config: ConfigOption = "default",
+    as_json: JsonOption = False,
+) -> None:
+    """Reopen COMPLETED or FAILED windows starting in [start, end): the next run reloads them."""
+    from ledgerflow.ledger import Status
+
+    lo, hi = parse_instant(start, "--start"), parse_instant(end, "--end")
+    if hi <= lo:
+        raise fail(f"--end={end!r} must be after --start={start!r}")
+
+    async def go() -> list[Any]:
+        async with open_pipeline(config) as (cfg, ledger):
+            done = await ledger.windows(
+                cfg.pipeline_id,
+                statuses=[Status.COMPLETED.value, Status.FAILED.value],
+                start=lo,
+                end=hi,
+            )
+            return await ledger.reopen(
+                cfg.pipeline_id,
+                [r.id for r in done if r.id is not None],
+                f"operator reload of {start} - {end}",
+            )
+
+    rows = run_async(go())
+    if as_json:
+        typer.echo(json.dumps({"reopened": [r.id for r in rows]}))
+        return
+    console.print(f"{len(rows)} window(s) reopened; the next run reloads them")
+
+
+@app.command()
 def release(
     config: ConfigOption = "default",
     older_than: Annotated[

@@ -94,6 +94,18 @@ def test_backfill_registers_behind_fresh_windows_and_rescan_reloads_late_data(
     report = cli("rescan", "-c", name, "--last", "24")
     assert report["changed"][0]["reopened"] is True
     assert asyncio.run(windowed_pipeline(config_block=name, return_state=True)).is_completed()
+    # An operator reloads the first day: every window of it goes back and loads again.
+    reopened = cli(
+        "reload",
+        "-c",
+        name,
+        "--start",
+        DEMO_START.isoformat(),
+        "--end",
+        (DEMO_START + timedelta(days=1)).isoformat(),
+    )
+    assert len(reopened["reopened"]) == 12
+    assert asyncio.run(windowed_pipeline(config_block=name, return_state=True)).is_completed()
     expected = pipeline.source_rows_with_ts()
     assert pipeline.warehouse_rows() == (expected, expected)
 
@@ -106,6 +118,16 @@ def test_retry_and_release_bring_windows_back(tmp_path: Path) -> None:
     assert failed.pipeline_status == Status.FAILED
 
     assert cli("retry", "-c", name, "--id", str(failed.id)) == {"reset": [failed.id]}
+    reopened = cli(
+        "reload",
+        "-c",
+        name,
+        "--start",
+        DEMO_START.isoformat(),
+        "--end",
+        (DEMO_START + timedelta(hours=2)).isoformat(),
+    )
+    assert reopened == {"reopened": []}  # it is PENDING now, nothing to reopen
 
     async def stuck() -> int:
         async with Ledger.from_url(pipeline.ledger_url) as ledger:
