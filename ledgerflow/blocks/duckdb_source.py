@@ -114,7 +114,7 @@ class DuckDBSource(Block):
         sql = f"SELECT {cols} FROM {relation} WHERE {ts} >= ? AND {ts} < ?"
 
         def open_reader() -> tuple[duckdb.DuckDBPyConnection, pa.RecordBatchReader]:
-            cur = self.handle.cursor()
+            cur = self.handle.connect()
             try:
                 self._check_timestamp(cur, relation, params)
                 cur.execute(sql, [*params, window.start, window.end])

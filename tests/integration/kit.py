@@ -110,6 +110,15 @@ class Pipeline:
         self.ledger_url = ledger_url or f"sqlite+aiosqlite:///{root / 'ledger.db'}"
         self.rows = generate_events(self.source_path, rows)
 
+    @classmethod
+    def attach(cls, root: Path, name: str, ledger_url: str) -> Pipeline:
+        """The pipeline another process generated under `root` (no new data)."""
+        pipeline = cls.__new__(cls)
+        pipeline.root, pipeline.name, pipeline.ledger_url = root, name, ledger_url
+        pipeline.source_path, pipeline.warehouse = root / "source.duckdb", root / "warehouse.duckdb"
+        pipeline.rows = 0
+        return pipeline
+
     async def save(
         self,
         source: type[DuckDBSource] = DuckDBSource,
