@@ -10,6 +10,7 @@ ledgerflow raises name fields and values, never credentials.
 from __future__ import annotations
 
 import html
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from prefect.blocks.abstract import NotificationBlock
@@ -89,3 +90,21 @@ async def on_flow_failure(flow: Any, flow_run: FlowRun, state: State[Any]) -> No
         await send(config, subject, body)
     except Exception as exc:  # a broken mail server must not hide the run's own failure
         logger().warning("failure notification for %s was not sent: %s", flow_run.name, exc)
+
+
+def retry_notifier(config: PipelineConfig) -> Callable[[str, int, str, str], Awaitable[None]]:
+    """The hook `retry_options` calls before each task retry (when email_on_retry is on)."""
+
+    async def on_retry(task: str, attempt: int, error: str, flow_run_id: str) -> None:
+        subject = f"[ledgerflow] {config.pipeline_id}: {task} failed, retrying"
+        body = "\n".join(
+            [
+                f"pipeline: {config.pipeline_id}",
+                f"task: {task} (attempt {attempt} failed, retrying)",
+                f"error: {error}",
+                f"flow run: {flow_run_id}",
+            ]
+        )
+        await send(config, subject, body)
+
+    return on_retry

@@ -26,7 +26,7 @@ from prefect.utilities.annotations import quote
 from ledgerflow.blocks.config import PipelineConfig, load_final_config
 from ledgerflow.blocks.ledger_db import LedgerDatabase
 from ledgerflow.errors import ConfigError, LeaseLost, LedgerflowError
-from ledgerflow.flows.notify import on_flow_failure
+from ledgerflow.flows.notify import on_flow_failure, retry_notifier
 from ledgerflow.ledger import Lease, PipelineRecord, Status
 from ledgerflow.ports import Source, Stage, Target
 from ledgerflow.tasks.audit import audit
@@ -236,7 +236,11 @@ async def windowed_pipeline(config_block: str = "default", max_windows: int | No
     config = await load_final_config(config_block)
     settings = settings_from(config)
     parts = await load_parts(config)
-    options = retry_options(config.max_retry_task, config.retry_backoff_seconds)
+    options = retry_options(
+        config.max_retry_task,
+        config.retry_backoff_seconds,
+        retry_notifier(config) if config.email_on_retry and config.notification_block else None,
+    )
     context = get_run_context()
     run_id = str(context.flow_run.id) if getattr(context, "flow_run", None) else "adhoc"  # type: ignore[union-attr]
     outcomes: list[WindowOutcome] = []

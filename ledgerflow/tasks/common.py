@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -123,22 +123,35 @@ async def heartbeat(ledger: Ledger, lease: Lease, every: float) -> AsyncIterator
             await beating
 
 
-async def _retry_unless_terminal(task: Any, task_run: Any, state: Any) -> bool:
-    exc = await state.result(raise_on_failure=False, fetch=True)
-    return not isinstance(exc, BaseException) or is_retryable(exc)
+RetryHook = Callable[[str, int, str, str], Awaitable[None]]
+"""Called before a retry with (task name, attempt that failed, error, flow run id)."""
 
 
-def retry_options(retries: int, backoff_seconds: float) -> dict[str, Any]:
-    """Prefect task options: `retries` with exponential backoff, never retrying terminal errors."""
+def retry_options(
+    retries: int, backoff_seconds: float, on_retry: RetryHook | None = None
+) -> dict[str, Any]:
+    """Prefect task options: `retries` with exponential backoff, never retrying terminal errors;
+    `on_retry` hears about each retry that will happen (the seed's email_on_retry)."""
     delays: list[float] | float = (
         exponential_backoff(backoff_factor=backoff_seconds)(retries)
         if retries and backoff_seconds
         else 0
     )
+
+    async def retry_unless_terminal(task: Any, task_run: Any, state: Any) -> bool:
+        exc = await state.result(raise_on_failure=False, fetch=True)
+        retry = not isinstance(exc, BaseException) or is_retryable(exc)
+        if retry and on_retry is not None and task_run.run_count <= retries:
+            try:
+                await on_retry(task.name, task_run.run_count, f"{exc}", str(task_run.flow_run_id))
+            except Exception as hook_error:  # a notification must never change the retry
+                logger().warning("retry notification failed: %s", hook_error)
+        return retry
+
     return {
         "retries": retries,
         "retry_delay_seconds": delays,
-        "retry_condition_fn": _retry_unless_terminal,
+        "retry_condition_fn": retry_unless_terminal,
     }
 
 

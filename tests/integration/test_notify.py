@@ -113,3 +113,28 @@ def test_no_mail_when_email_on_failure_is_off(tmp_path: Path, smtp: tuple[int, I
     )
     assert asyncio.run(windowed_pipeline(config_block=name, return_state=True)).is_failed()
     assert inbox.messages == []
+
+
+def test_email_on_retry_mails_each_retry(tmp_path: Path, smtp: tuple[int, Inbox]) -> None:
+    from .kit import FlakyCountTarget
+
+    port, inbox = smtp
+    pipeline = Pipeline(tmp_path, rows=300)
+    server(port).save(pipeline.name, overwrite=True)
+    name = asyncio.run(
+        pipeline.save(
+            target=FlakyCountTarget,
+            end=DEMO_START + timedelta(hours=2),
+            notification_block=f"email-server-credentials/{pipeline.name}",
+            email_list=["oncall@example.com"],
+            email_on_retry=True,
+            email_on_failure=False,
+            max_retry_task=2,
+        )
+    )
+    assert asyncio.run(windowed_pipeline(config_block=name, return_state=True)).is_failed()
+    subjects = [m["Subject"] for m in inbox.messages]
+    assert subjects == [f"[ledgerflow] {name}: audit failed, retrying"] * 2
+    text = body_of(inbox.messages[0])
+    assert "attempt 1 failed" in text and "warehouse went away" in text
+    assert SMTP_PASSWORD not in inbox.messages[0].as_string()
