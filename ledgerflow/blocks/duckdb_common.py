@@ -58,9 +58,6 @@ class DuckDBHandle:
 
         return await asyncio.to_thread(call)
 
-    def close(self) -> None:
-        """Nothing stays open between operations; kept for the blocks' close()."""
-
 
 def table_exists(cur: duckdb.DuckDBPyConnection, quoted_table: str) -> bool:
     try:

@@ -12,7 +12,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 from prefect.blocks.core import Block
-from pydantic.v1 import Field, PrivateAttr, root_validator, validator
+from pydantic.v1 import Field, root_validator, validator
 
 from ledgerflow.blocks.duckdb_common import DuckDBHandle
 from ledgerflow.errors import SourceError, SourceTerminalError
@@ -55,8 +55,6 @@ class DuckDBSource(Block):
     )
     columns: list[str] | None = Field(None, title="Columns", description="Default: all columns.")
     batch_rows: int = Field(65_536, title="Rows per batch", description="Bounds memory per batch.")
-
-    _handle: DuckDBHandle | None = PrivateAttr(None)
 
     @validator("table")
     def _table(cls, v: str | None) -> str | None:
@@ -141,9 +139,8 @@ class DuckDBSource(Block):
 
     @property
     def handle(self) -> DuckDBHandle:
-        if self._handle is None:
-            self._handle = DuckDBHandle(self.path, read_only=self.path != ":memory:")
-        return self._handle
+        """Opens the file per operation (nothing stays open between them)."""
+        return DuckDBHandle(self.path, read_only=self.path != ":memory:")
 
     def _relation(self) -> tuple[str, list[Any]]:
         if self.table is not None:
@@ -176,13 +173,3 @@ class DuckDBSource(Block):
             raise SourceTerminalError(f"DuckDB source {self.path!r}: {exc}") from exc
         except duckdb.IOException as exc:
             raise SourceError(f"DuckDB source {self.path!r} cannot be read: {exc}") from exc
-
-    def close(self) -> None:
-        """Close the DuckDB connection (the flow calls this when a run ends)."""
-        if self._handle is not None:
-            self._handle.close()
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = super().__getstate__()
-        state.get("__private_attribute_values__", {}).pop("_handle", None)
-        return state  # type: ignore[no-any-return]

@@ -6,7 +6,7 @@ from typing import Any
 
 import duckdb
 from prefect.blocks.core import Block
-from pydantic.v1 import Field, PrivateAttr, validator
+from pydantic.v1 import Field, validator
 
 from ledgerflow.blocks.duckdb_common import DuckDBHandle, table_exists
 from ledgerflow.errors import LoadCountMismatch, TargetError, TargetTerminalError
@@ -43,8 +43,6 @@ class DuckDBTarget(Block):
         True, title="Create table", description="Create the table from the first staged files."
     )
 
-    _handle: DuckDBHandle | None = PrivateAttr(None)
-
     @validator("table")
     def _table(cls, v: str) -> str:
         quote_identifier(v, field="table")
@@ -57,9 +55,8 @@ class DuckDBTarget(Block):
 
     @property
     def handle(self) -> DuckDBHandle:
-        if self._handle is None:
-            self._handle = DuckDBHandle(self.path, read_only=False)
-        return self._handle
+        """Opens the file per operation (nothing stays open between them)."""
+        return DuckDBHandle(self.path, read_only=False)
 
     async def count(self, window: Window) -> int:
         table, ts = self._names()
@@ -133,13 +130,3 @@ class DuckDBTarget(Block):
             ) from exc
         except duckdb.IOException as exc:
             raise TargetError(f"DuckDB target {self.path!r} cannot be written: {exc}") from exc
-
-    def close(self) -> None:
-        """Close the DuckDB connection (the flow calls this when a run ends)."""
-        if self._handle is not None:
-            self._handle.close()
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = super().__getstate__()
-        state.get("__private_attribute_values__", {}).pop("_handle", None)
-        return state  # type: ignore[no-any-return]
