@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: install demo test test-fast lint format bench clean
+.PHONY: install demo test test-fast lint format bench chaos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,9 @@ $(ELASTICDUMP):
 
 bench: $(STAMP) $(ELASTICDUMP)
 	$(BIN)/python -m bench $(SUITES)
+
+chaos: $(STAMP)
+	$(BIN)/python -m tests.chaos.harness
 
 clean:
 	rm -rf $(VENV) .ledgerflow .pytest_cache .mypy_cache .ruff_cache

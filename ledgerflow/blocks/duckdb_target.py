@@ -8,6 +8,7 @@ import duckdb
 from prefect.blocks.core import Block
 from pydantic.v1 import Field, validator
 
+from ledgerflow import failpoints
 from ledgerflow.blocks.duckdb_common import DuckDBHandle, table_exists
 from ledgerflow.errors import LoadCountMismatch, TargetError, TargetTerminalError
 from ledgerflow.ports import Manifest
@@ -92,6 +93,7 @@ class DuckDBTarget(Block):
                 cur.execute(
                     f"DELETE FROM {table} WHERE {ts} >= ? AND {ts} < ?", [window.start, window.end]
                 )
+                failpoints.hit("mid_load")  # inside the transaction, after the DELETE
                 loaded = 0
                 if uris:
                     row = cur.execute(

@@ -20,6 +20,7 @@ from prefect_snowflake.database import SnowflakeConnector
 from pydantic.v1 import Field, validator
 from snowflake.connector import errors as sf_errors
 
+from ledgerflow import failpoints
 from ledgerflow.blocks import snowflake_sql as sql
 from ledgerflow.blocks.nested import revalidated
 from ledgerflow.errors import LoadCountMismatch, TargetError, TargetTerminalError
@@ -129,6 +130,7 @@ class SnowflakeTarget(Block):
 
         def run(cur: Any) -> int:
             cur.execute(sql.delete_sql(self.table, self.timestamp_column), _bounds(window))
+            failpoints.hit("mid_load")  # inside the transaction, after the DELETE
             loaded = self._copy(cur, files) if files else 0
             if loaded != manifest.rows:
                 raise LoadCountMismatch(loaded, manifest.rows)

@@ -14,6 +14,7 @@ from decimal import Decimal
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
+from ledgerflow import failpoints
 from ledgerflow.errors import AuditMismatch
 from ledgerflow.ledger import Lease, Phase, PhaseStatus
 from ledgerflow.tasks.common import Parts, RunSettings, now, timed
@@ -34,6 +35,7 @@ async def audit(parts: Parts, settings: RunSettings, lease: Lease) -> dict[str, 
         source, target = await asyncio.gather(
             parts.source.count(lease.window), parts.target.count(lease.window)
         )
+        failpoints.hit("mid_audit")
         pct = percentage_difference(source, target)
         passed = pct <= Decimal(str(settings.audit_tolerance_percent))
         values: dict[str, object] = {

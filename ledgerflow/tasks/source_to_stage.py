@@ -6,8 +6,12 @@ same sizes as the recorded manifest) is not extracted again.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
+import pyarrow as pa
 from prefect import task
 
+from ledgerflow import failpoints
 from ledgerflow.errors import ExtractCountMismatch
 from ledgerflow.ledger import Lease, Phase, PhaseStatus
 from ledgerflow.ports import Manifest
@@ -48,8 +52,11 @@ async def source_to_stage(
             await parts.stage.clear(location)
             # Names carry the lease, so each attempt's files differ (Snowflake load metadata).
             manifest = await parts.stage.write(
-                location, parts.source.extract(lease.window), name_prefix=f"part-{lease.token[:8]}"
+                location,
+                _crashable(parts.source.extract(lease.window)),
+                name_prefix=f"part-{lease.token[:8]}",
             )
+        failpoints.hit("after_stage_before_ledger")
         values = {"extracted_count": manifest.rows, "source_to_stage_ingestion_end_time": now()}
         if manifest.rows != source_count:
             await ledger.update(
@@ -69,3 +76,13 @@ async def source_to_stage(
             },
         )
     return manifest
+
+
+async def _crashable(batches: AsyncIterator[pa.RecordBatch]) -> AsyncIterator[pa.RecordBatch]:
+    """The source stream, with the `mid_extract` crash point after its first batch."""
+    first = True
+    async for batch in batches:
+        yield batch
+        if first:
+            failpoints.hit("mid_extract")
+            first = False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prefect import task
 
+from ledgerflow import failpoints
 from ledgerflow.ledger import Lease, Phase, PhaseStatus
 from ledgerflow.ports import Manifest
 from ledgerflow.tasks.common import Parts, RunSettings, heartbeat, now, timed
@@ -25,6 +26,7 @@ async def stage_to_target(
         )
         async with heartbeat(ledger, lease, settings.heartbeat_every):
             loaded = await parts.target.replace(lease.window, manifest)
+        failpoints.hit("after_load_before_ledger")
         await ledger.update(
             lease,
             "stage-to-target done",

@@ -14,6 +14,7 @@ from typing import Any
 from prefect import task
 from prefect.states import Completed, State
 
+from ledgerflow import failpoints
 from ledgerflow.ledger import Lease
 from ledgerflow.tasks.common import Parts, RunSettings, now, timed
 from ledgerflow.windows import build_record, eligible_windows
@@ -59,6 +60,7 @@ async def claim_window(parts: Parts, settings: RunSettings, run_id: str) -> Stat
         lease: Lease | None = await ledger.claim(
             settings.pipeline_id, run_id, cutoff=cutoff, newest_first=settings.newest_first
         )
+    failpoints.hit("after_claim")
     if lease is None:
         return Completed(
             message=(

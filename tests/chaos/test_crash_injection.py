@@ -1,0 +1,25 @@
+"""`make test` runs a representative part of `make chaos`: a kill inside the target transaction
+and a kill between a finished stage and its ledger record."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_sigkill_mid_load_and_before_the_stage_is_recorded_then_recovery() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.chaos.harness", "mid_load", "after_stage_before_ledger"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "2 passed, 0 failed" in done.stdout
