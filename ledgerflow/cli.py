@@ -37,10 +37,14 @@ def fail(message: str) -> typer.Exit:
 
 
 def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    from sqlalchemy.exc import DBAPIError
+
     try:
         return asyncio.run(coro)
     except LedgerflowError as exc:
         raise fail(str(exc)) from None
+    except DBAPIError as exc:
+        raise fail(f"the ledger database refused the request: {exc.orig}") from None
 
 
 def parse_instant(text: str, option: str) -> datetime:
@@ -109,6 +113,7 @@ async def open_pipeline(config_name: str) -> AsyncIterator[tuple[Any, Ledger]]:
     config = await load_final_config(config_name)
     ledger_block = await load_block(config.ledger_block, "ledger_block")
     async with ledger_block.open() as ledger:
+        await ledger.check_schema()  # a clear "run ledgerflow init" instead of a SQL error
         yield config, ledger
 
 
@@ -117,9 +122,14 @@ def init(config: ConfigOption = "default") -> None:
     """Create (or check) the ledger schema for a pipeline. Safe to run again."""
 
     async def go() -> str:
-        async with open_pipeline(config) as (_, ledger):
+        from ledgerflow.blocks.config import load_final_config
+        from ledgerflow.flows.pipeline import load_block
+
+        cfg = await load_final_config(config)
+        block = await load_block(cfg.ledger_block, "ledger_block")
+        async with block.open() as ledger:
             await ledger.create_schema()
-            return ledger.engine.url.render_as_string(hide_password=True)
+        return str(block.display_url())
 
     console.print(f"ledger schema ready at {run_async(go())}")
 
@@ -350,7 +360,6 @@ def backfill(
 
     async def go() -> Any:
         async with open_pipeline(config) as (cfg, ledger):
-            await ledger.create_schema()
             with Progress(console=console, transient=True, disable=as_json) as bar:
                 task = bar.add_task("registering windows", total=None)
                 return await plan_backfill(
