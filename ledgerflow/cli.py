@@ -293,6 +293,7 @@ def reload(
                 cfg.pipeline_id,
                 [r.id for r in done if r.id is not None],
                 f"operator reload of {start} - {end}",
+                force=True,
             )
 
     rows = run_async(go())

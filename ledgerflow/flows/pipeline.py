@@ -172,7 +172,7 @@ async def process_window(
         if state.is_failed():
             raise await _failure(state, phase)
         counts: Counts = await state.result(fetch=True)  # type: ignore[call-overload]
-        if counts.source == counts.target:
+        if counts.skipped:
             message = state.message or "skipped"
         else:
             phase = "source to stage"

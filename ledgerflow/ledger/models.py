@@ -128,6 +128,7 @@ class PipelineRecord(SQLModel):
     extracted_count: int | None = Field(default=None, sa_type=sa.BigInteger)
     loaded_count: int | None = Field(default=None, sa_type=sa.BigInteger)
     stage_manifest: str | None = Field(default=None, sa_type=sa.Text)
+    force_reload: bool = Field(default=False, sa_column_kwargs={"server_default": sa.false()})
 
     # Business fields (the seed's function_x/y/z)
     key_x: str | None = Field(default=None, sa_type=sa.Text)

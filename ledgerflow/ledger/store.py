@@ -334,6 +334,7 @@ class Ledger:
                 "pipeline_end_time": stamp,
                 "pipeline_locked_at": None,
                 "error_message": None,
+                "force_reload": False,
             },
             now=stamp,
         )
@@ -422,13 +423,23 @@ class Ledger:
         ids: Iterable[int],
         reason: str,
         *,
+        force: bool = False,
         now: datetime | None = None,
     ) -> list[PipelineRecord]:
         """COMPLETED or FAILED windows back to PENDING (late data, an operator's reload). The
-        stage record is dropped: the window is extracted again."""
+        stage record is dropped: the window is extracted again. `force` makes the next run load
+        it even when source and target counts already match."""
         statuses = [Status.COMPLETED, Status.FAILED]
         return await self._reopen(
-            pipeline_id, statuses, list(ids), None, None, reason, now, keep_stage=False
+            pipeline_id,
+            statuses,
+            list(ids),
+            None,
+            None,
+            reason,
+            now,
+            keep_stage=False,
+            force=force,
         )
 
     async def _reopen(
@@ -442,6 +453,7 @@ class Ledger:
         now: datetime | None,
         *,
         keep_stage: bool,
+        force: bool = False,
     ) -> list[PipelineRecord]:
         stamp = now or utcnow()
         stage: dict[str, Any] = (
@@ -466,6 +478,7 @@ class Ledger:
                 lease_token=None,
                 pipeline_locked_at=None,
                 error_message=reason,
+                force_reload=force,
                 **stage,
                 record_last_updated_time=stamp,
             )

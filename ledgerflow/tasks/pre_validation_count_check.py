@@ -1,5 +1,7 @@
 """The seed's Pre-Validation Count Check: skip a window whose target already matches the source.
 
+A window an operator reloads (`ledgerflow reload`) is transferred even when the counts match.
+
 Rule for empty windows: a window with no source rows and no target rows is COMPLETED with its
 transfer phases SKIPPED (there is nothing to move). A window with no source rows but some target
 rows is *not* skipped: it is replaced, so the target ends up empty like the source.
@@ -22,6 +24,7 @@ from ledgerflow.tasks.common import Parts, RunSettings, now, timed
 class Counts:
     source: int
     target: int
+    skipped: bool
 
 
 @task(name="pre_validation_count_check", persist_result=False)
@@ -34,13 +37,12 @@ async def pre_validation_count_check(
             parts.source.count(lease.window), parts.target.count(lease.window)
         )
         counts = {"source_count": source, "target_count": target}
-        if source != target:
+        if source != target or lease.record.force_reload:
             await ledger.update(
                 lease, "pre-validation", {**counts, "phase_completed": Phase.PRE_VALIDATION}
             )
-            return Completed(
-                message=f"source {source} != target {target}: transfer", data=Counts(source, target)
-            )
+            why = "forced reload" if source == target else f"source {source} != target {target}"
+            return Completed(message=f"{why}: transfer", data=Counts(source, target, False))
         stamp = now()
         await ledger.complete(
             lease,
@@ -58,5 +60,6 @@ async def pre_validation_count_check(
             },
         )
     return Completed(
-        message=f"skipped: source and target both hold {source} row(s)", data=Counts(source, target)
+        message=f"skipped: source and target both hold {source} row(s)",
+        data=Counts(source, target, True),
     )

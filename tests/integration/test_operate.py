@@ -106,6 +106,10 @@ def test_backfill_registers_behind_fresh_windows_and_rescan_reloads_late_data(
     )
     assert len(reopened["reopened"]) == 12
     assert asyncio.run(windowed_pipeline(config_block=name, return_state=True)).is_completed()
+    day_one = [r for r in asyncio.run(pipeline.records()) if r.id in reopened["reopened"]]
+    # Forced: loaded again although counts matched, not skipped by the pre-validation check.
+    assert {r.stage_to_target_ingestion_status for r in day_one if r.source_count} == {"COMPLETED"}
+    assert not any(r.force_reload for r in day_one)
     expected = pipeline.source_rows_with_ts()
     assert pipeline.warehouse_rows() == (expected, expected)
 
