@@ -63,6 +63,21 @@ def server(port: int) -> EmailServerCredentials:
     )
 
 
+def mailing_pipeline(tmp_path: Path, port: int, target: type, **config: Any) -> str:
+    """A one-window pipeline on `target` whose config mails oncall@example.com via `port`."""
+    pipeline = Pipeline(tmp_path, rows=300)
+    server(port).save(pipeline.name, overwrite=True)
+    return asyncio.run(
+        pipeline.save(
+            target=target,
+            end=DEMO_START + timedelta(hours=2),
+            notification_block=f"email-server-credentials/{pipeline.name}",
+            email_list=["oncall@example.com"],
+            **config,
+        )
+    )
+
+
 def body_of(message: email.message.Message) -> str:
     for part in message.walk():
         if part.get_content_type() == "text/plain":
@@ -74,16 +89,7 @@ def test_a_failed_run_mails_the_email_list_without_secrets(
     tmp_path: Path, smtp: tuple[int, Inbox]
 ) -> None:
     port, inbox = smtp
-    pipeline = Pipeline(tmp_path, rows=300)
-    server(port).save(pipeline.name, overwrite=True)
-    name = asyncio.run(
-        pipeline.save(
-            target=DriftingTarget,
-            end=DEMO_START + timedelta(hours=2),
-            notification_block=f"email-server-credentials/{pipeline.name}",
-            email_list=["oncall@example.com"],
-        )
-    )
+    name = mailing_pipeline(tmp_path, port, DriftingTarget)
     state = asyncio.run(windowed_pipeline(config_block=name, return_state=True))
     assert state.is_failed()
     [message] = inbox.messages
@@ -100,17 +106,7 @@ def test_a_failed_run_mails_the_email_list_without_secrets(
 
 def test_no_mail_when_email_on_failure_is_off(tmp_path: Path, smtp: tuple[int, Inbox]) -> None:
     port, inbox = smtp
-    pipeline = Pipeline(tmp_path, rows=300)
-    server(port).save(pipeline.name, overwrite=True)
-    name = asyncio.run(
-        pipeline.save(
-            target=DriftingTarget,
-            end=DEMO_START + timedelta(hours=2),
-            notification_block=f"email-server-credentials/{pipeline.name}",
-            email_list=["oncall@example.com"],
-            email_on_failure=False,
-        )
-    )
+    name = mailing_pipeline(tmp_path, port, DriftingTarget, email_on_failure=False)
     assert asyncio.run(windowed_pipeline(config_block=name, return_state=True)).is_failed()
     assert inbox.messages == []
 
@@ -119,18 +115,13 @@ def test_email_on_retry_mails_each_retry(tmp_path: Path, smtp: tuple[int, Inbox]
     from .kit import FlakyCountTarget
 
     port, inbox = smtp
-    pipeline = Pipeline(tmp_path, rows=300)
-    server(port).save(pipeline.name, overwrite=True)
-    name = asyncio.run(
-        pipeline.save(
-            target=FlakyCountTarget,
-            end=DEMO_START + timedelta(hours=2),
-            notification_block=f"email-server-credentials/{pipeline.name}",
-            email_list=["oncall@example.com"],
-            email_on_retry=True,
-            email_on_failure=False,
-            max_retry_task=2,
-        )
+    name = mailing_pipeline(
+        tmp_path,
+        port,
+        FlakyCountTarget,
+        email_on_retry=True,
+        email_on_failure=False,
+        max_retry_task=2,
     )
     assert asyncio.run(windowed_pipeline(config_block=name, return_state=True)).is_failed()
     subjects = [m["Subject"] for m in inbox.messages]
