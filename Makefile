@@ -45,6 +45,7 @@ bench: $(STAMP) $(ELASTICDUMP)
 
 chaos: $(STAMP)
 	$(BIN)/python -m tests.chaos.harness
+	$(BIN)/python -m tests.chaos.racing 4 5m
 
 clean:
 	rm -rf $(VENV) .ledgerflow .pytest_cache .mypy_cache .ruff_cache

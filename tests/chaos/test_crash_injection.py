@@ -3,6 +3,7 @@ and a kill between a finished stage and its ledger record."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,3 +24,17 @@ def test_sigkill_mid_load_and_before_the_stage_is_recorded_then_recovery() -> No
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "2 passed, 0 failed" in done.stdout
+
+
+@pytest.mark.slow
+def test_four_worker_processes_race_over_one_postgres_ledger(pg_admin_dsn: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.chaos.racing", "4", "1h"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "LEDGERFLOW_TEST_PG": pg_admin_dsn},
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "windows processed twice: 0" in done.stdout
