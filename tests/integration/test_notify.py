@@ -4,63 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import email
-import socket
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult
 from ledgerflow.demo import DEMO_START
 from ledgerflow.flows.pipeline import windowed_pipeline
-from prefect_email import EmailServerCredentials
 
 from .kit import DriftingTarget, Pipeline
+from .mail_kit import SMTP_PASSWORD, Inbox, server
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
-
-
-class Inbox:
-    def __init__(self) -> None:
-        self.messages: list[email.message.Message] = []
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.messages.append(email.message_from_bytes(envelope.content))
-        return "250 OK"
-
-
-@pytest.fixture
-def smtp() -> Iterator[tuple[int, Inbox]]:
-    with socket.socket() as probe:  # aiosmtpd checks readiness on the port it was given
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    inbox = Inbox()
-    controller = Controller(
-        inbox,
-        hostname="127.0.0.1",
-        port=port,
-        auth_require_tls=False,
-        authenticator=lambda *args: AuthResult(success=True),
-    )
-    controller.start()
-    yield port, inbox
-    controller.stop()
-
-
-SMTP_PASSWORD = "smtp-Pa55-do-not-leak"
-
-
-def server(port: int) -> EmailServerCredentials:
-    # prefect-email 0.3 cannot load a saved block without username and password.
-    return EmailServerCredentials(
-        smtp_server="127.0.0.1",
-        smtp_port=port,
-        smtp_type="INSECURE",
-        username="ledgerflow",
-        password=SMTP_PASSWORD,
-    )
 
 
 def mailing_pipeline(tmp_path: Path, port: int, target: type, **config: Any) -> str:

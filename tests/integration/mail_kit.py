@@ -1,0 +1,54 @@
+"""A real SMTP server on loopback (aiosmtpd) that keeps what it receives, for notification tests."""
+
+from __future__ import annotations
+
+import email
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult
+from prefect_email import EmailServerCredentials
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.messages: list[email.message.Message] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.messages.append(email.message_from_bytes(envelope.content))
+        return "250 OK"
+
+
+@pytest.fixture
+def smtp() -> Iterator[tuple[int, Inbox]]:
+    with socket.socket() as probe:  # aiosmtpd checks readiness on the port it was given
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    inbox = Inbox()
+    controller = Controller(
+        inbox,
+        hostname="127.0.0.1",
+        port=port,
+        auth_require_tls=False,
+        authenticator=lambda *args: AuthResult(success=True),
+    )
+    controller.start()
+    yield port, inbox
+    controller.stop()
+
+
+SMTP_PASSWORD = "smtp-Pa55-do-not-leak"
+
+
+def server(port: int) -> EmailServerCredentials:
+    # prefect-email 0.3 cannot load a saved block without username and password.
+    return EmailServerCredentials(
+        smtp_server="127.0.0.1",
+        smtp_port=port,
+        smtp_type="INSECURE",
+        username="ledgerflow",
+        password=SMTP_PASSWORD,
+    )
