@@ -23,11 +23,14 @@ class TransientError(LedgerflowError):
     """A failure that may go away on retry."""
 
 
-class ConfigError(TerminalError):
-    """The pipeline configuration is invalid."""
+class ConfigError(TerminalError, ValueError):
+    """The pipeline configuration is invalid.
+
+    Also a ValueError, so a block field validator that raises it becomes a pydantic validation
+    error naming the field."""
 
 
-class DurationError(ConfigError, ValueError):
+class DurationError(ConfigError):
     """A duration is not of the form <positive integer><m|h|d>."""
 
 
