@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ledgerflow.ledger import Lease, Ledger, PipelineRecord, Status
+from ledgerflow.ledger import Ledger, PipelineRecord, Status
 from ledgerflow.ports import Source
 from ledgerflow.windows import build_record, windows_between
 
@@ -104,7 +104,7 @@ async def rescan(
     done = await ledger.windows(
         pipeline_id, statuses=[Status.COMPLETED.value], limit=last, newest_first=True
     )
-    counts = await asyncio.gather(*(source.count(Lease(r, "").window) for r in done))
+    counts = await asyncio.gather(*(source.count(r.window) for r in done))
     result = Rescan(checked=len(done))
     changed: list[PipelineRecord] = []
     for record, now_count in zip(done, counts, strict=True):
@@ -113,7 +113,7 @@ async def rescan(
             changed.append(record)
             result.changed.append(
                 RescanResult(
-                    window_start=Lease(record, "").window.to_dict()["start"],
+                    window_start=record.window.to_dict()["start"],
                     record_id=record.id or 0,
                     loaded=loaded,
                     source_now=now_count,

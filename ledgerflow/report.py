@@ -7,7 +7,7 @@ from typing import Any
 
 from rich.table import Table
 
-from ledgerflow.ledger import Lease, LedgerSummary, PipelineRecord
+from ledgerflow.ledger import LedgerSummary, PipelineRecord
 from ledgerflow.windows import check_granularity
 
 STATUS_STYLE = {
@@ -26,7 +26,7 @@ def _duration(record: PipelineRecord) -> float | None:
 
 def record_dict(record: PipelineRecord, timezone: str) -> dict[str, Any]:
     """A window as plain JSON-ready data."""
-    window = Lease(record, "").window
+    window = record.window
     lo, hi = window.local(timezone)
     return {
         "id": record.id,
@@ -59,7 +59,7 @@ def windows_table(records: list[PipelineRecord], timezone: str, title: str) -> T
     ]:
         table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     for r in records:
-        window = Lease(r, "").window
+        window = r.window
         lo, hi = window.local(timezone)
         odd = " [yellow](DST)[/]" if window.duration.total_seconds() != _nominal(r) else ""
         style = STATUS_STYLE.get(r.pipeline_status, "")

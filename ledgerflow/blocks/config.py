@@ -162,17 +162,17 @@ class PipelineConfig(Block):
 
     @validator("timezone")
     def _timezone(cls, v: str) -> str:
-        _reraise(zone, v)
+        zone(v)
         return v
 
     @validator("x_time_back")
     def _lag(cls, v: str) -> str:
-        _reraise(lambda t: parse_duration(t, field="x_time_back", allow_zero=True), v)
+        parse_duration(v, field="x_time_back", allow_zero=True)
         return v
 
     @validator("granularity")
     def _granularity(cls, v: str) -> str:
-        _reraise(check_granularity, v)
+        check_granularity(v)
         return v
 
     @validator("stale_threshold_hours")
@@ -313,13 +313,6 @@ class PipelineConfig(Block):
             if path:
                 hooks[key] = _import_hook(f"{key}_hook", path)
         return hooks
-
-
-def _reraise(check: Any, value: Any) -> None:
-    try:
-        check(value)
-    except ConfigError as exc:
-        raise ValueError(str(exc)) from None
 
 
 def _import_hook(field: str, path: str) -> KeyHook:

@@ -59,12 +59,12 @@ class WindowOutcome:
     def of(
         cls, record: PipelineRecord, timezone: str, seconds: float, message: str
     ) -> WindowOutcome:
-        lease_free = Lease(record, "")
-        lo, hi = lease_free.window.local(timezone)
+        window = record.window
+        lo, hi = window.local(timezone)
         return cls(
-            id=lease_free.id,
-            window_start=lease_free.window.to_dict()["start"],
-            window_end=lease_free.window.to_dict()["end"],
+            id=record.id or 0,
+            window_start=window.to_dict()["start"],
+            window_end=window.to_dict()["end"],
             local_window=f"{lo:%Y-%m-%d %H:%M %Z} - {hi:%H:%M %Z}",
             status=record.pipeline_status,
             source_count=record.source_count,

@@ -18,6 +18,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 from sqlmodel import Field, SQLModel
 
+from ledgerflow.windows import Window
+
 SCHEMA_VERSION = 1
 
 
@@ -80,6 +82,12 @@ def _status(length: int = 20, default: str = "PENDING") -> Any:
 
 class PipelineRecord(SQLModel):
     """One window of one pipeline, as read from the ledger (a plain model, cheap to build)."""
+
+    @property
+    def window(self) -> Window:
+        return Window(
+            self.window_start_time, self.window_end_time, self.target_day, self.time_interval
+        )
 
     id: int | None = Field(default=None, primary_key=True)
     pipeline_id: str = Field(max_length=100)

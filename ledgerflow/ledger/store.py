@@ -66,8 +66,7 @@ class Lease:
 
     @property
     def window(self) -> Window:
-        r = self.record
-        return Window(r.window_start_time, r.window_end_time, r.target_day, r.time_interval)
+        return self.record.window
 
 
 @dataclass(frozen=True)
