@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 import pyarrow as pa
+from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
 from prefect.blocks.core import Block
@@ -187,7 +188,14 @@ class S3Stage(Block):
 
     async def _call(self, fn: Callable[[], T], action: str) -> T:
         try:
-            return await asyncio.to_thread(fn)
+            try:
+                return await asyncio.to_thread(fn)
+            except S3UploadFailedError as exc:
+                # boto3's managed upload wraps the ClientError that says why; classify that.
+                reason = exc.__cause__ or exc.__context__
+                if isinstance(reason, ClientError):
+                    raise reason from None
+                raise StageError(f"S3 failed to {action}: {exc}") from None
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
             if code in _TERMINAL_CODES:
