@@ -38,6 +38,15 @@ _TERMINAL = {
     250001: "the account could not be reached or refused the login",
 }
 
+# Snowflake error numbers for a statement that gave up waiting on another transaction's lock.
+_LOCKED = {625, 630}
+_LOCKED_HINT = (
+    ". Another transaction holds the table's lock; if a worker died inside a load, its "
+    "transaction stays open until Snowflake rolls it back (after 4 hours idle). Find it with "
+    "SHOW TRANSACTIONS and end it with SELECT SYSTEM$ABORT_TRANSACTION(<id>); the window is "
+    "retried meanwhile, nothing was written"
+)
+
 
 class SnowflakeTarget(Block):
     """Loads staged Parquet windows into a Snowflake table through an external S3 stage.
@@ -87,6 +96,15 @@ class SnowflakeTarget(Block):
     )
     loaded_at_column: str | None = Field(
         "LOADED_AT", title="Loaded at column", description="Stamped on load; unset: none."
+    )
+    lock_timeout_seconds: int = Field(
+        300,
+        title="Lock timeout (s)",
+        description=(
+            "How long a load waits for a table lock (Snowflake's LOCK_TIMEOUT, default 12 h) "
+            "before failing and being retried."
+        ),
+        ge=1,
     )
     connect_args: dict[str, Any] = Field(
         default_factory=dict,
@@ -198,12 +216,19 @@ class SnowflakeTarget(Block):
 
     async def _session(self, work: Callable[[Any], T], action: str, *, transactional: bool) -> T:
         def run() -> T:
+            args = dict(self.connect_args)
+            # A worker killed inside `replace` leaves its transaction detached, holding the
+            # table's lock until Snowflake rolls it back (after 4 h idle). Wait a bounded time.
+            args["session_parameters"] = {
+                "LOCK_TIMEOUT": self.lock_timeout_seconds,
+                **args.get("session_parameters", {}),
+            }
             connection = revalidated(self.connector.credentials).get_client(
                 database=self.connector.database,
                 warehouse=self.connector.warehouse,
                 schema=self.connector.schema_,
                 autocommit=not transactional,
-                **self.connect_args,
+                **args,
             )
             try:
                 cursor = connection.cursor()
@@ -228,7 +253,8 @@ class SnowflakeTarget(Block):
                 raise TargetTerminalError(
                     f"{where}: {action} failed because {reason} ({exc.errno}): {exc.msg}"
                 ) from None
-            raise TargetError(f"{where}: {action} failed ({exc.errno}): {exc.msg}") from None
+            hint = _LOCKED_HINT if exc.errno in _LOCKED else ""
+            raise TargetError(f"{where}: {action} failed ({exc.errno}): {exc.msg}{hint}") from None
 
 
 def _bounds(window: Window) -> tuple[datetime, datetime]:
