@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 import socket
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 from ledgerflow.ledger import Ledger
+
+from tests.pgkit import asyncpg_url, create_database, drop_database
 
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
@@ -40,36 +40,12 @@ def pg_admin_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server.cleanup()
 
 
-def _asyncpg_url(dsn: str, database: str) -> str:
-    head, _, query = dsn.partition("?")
-    base = head.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
-    return f"{base}/{database}" + (f"?{query}" if query else "")
-
-
-async def _create_database(admin_dsn: str) -> str:
-    name = f"lf_test_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(admin_dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    return name
-
-
-async def _drop_database(admin_dsn: str, name: str) -> None:
-    admin = await asyncpg.connect(admin_dsn)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
-
-
 @pytest.fixture
 async def pg_url(pg_admin_dsn: str) -> AsyncIterator[str]:
     """A fresh, empty database for one test, dropped afterwards."""
-    name = await _create_database(pg_admin_dsn)
-    yield _asyncpg_url(pg_admin_dsn, name)
-    await _drop_database(pg_admin_dsn, name)
+    name = await create_database(pg_admin_dsn)
+    yield asyncpg_url(pg_admin_dsn, name)
+    await drop_database(pg_admin_dsn, name)
 
 
 @pytest.fixture
@@ -85,9 +61,9 @@ async def ledger_url(
     if request.param == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}"
         return
-    name = await _create_database(pg_admin_dsn)
-    yield _asyncpg_url(pg_admin_dsn, name)
-    await _drop_database(pg_admin_dsn, name)
+    name = await create_database(pg_admin_dsn)
+    yield asyncpg_url(pg_admin_dsn, name)
+    await drop_database(pg_admin_dsn, name)
 
 
 @pytest.fixture

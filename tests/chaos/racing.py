@@ -16,11 +16,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
-import asyncpg
+from tests.pgkit import admin_dsn, asyncpg_url, create_database, drop_database
 
 WORKER = "tests.chaos.racing"
 
@@ -69,16 +68,14 @@ async def work(spec: dict[str, str], log: Path) -> None:
             out.flush()
 
 
-async def _fresh_pg() -> tuple[str, str]:
-    admin = os.environ.get("LEDGERFLOW_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-    name = f"lf_race_{uuid.uuid4().hex[:10]}"
-    conn = await asyncpg.connect(admin)
-    await conn.execute(f'CREATE DATABASE "{name}"')
-    await conn.close()
-    return (
-        admin,
-        f"{admin.rsplit('/', 1)[0].replace('postgresql://', 'postgresql+asyncpg://')}/{name}",
-    )
+def fresh_pg_url() -> str:
+    """A new, empty Postgres database on the test server, as a ledger URL."""
+    admin = admin_dsn()
+    return asyncpg_url(admin, asyncio.run(create_database(admin, "lf_chaos")))
+
+
+def drop_pg(url: str) -> None:
+    asyncio.run(drop_database(admin_dsn(), url.rsplit("/", 1)[1].partition("?")[0]))
 
 
 def main(k: int = 4, granularity: str = "5m") -> int:
@@ -86,7 +83,7 @@ def main(k: int = 4, granularity: str = "5m") -> int:
     from ledgerflow.ledger import Ledger
     from ledgerflow.windows import build_record, windows_between
 
-    admin, url = asyncio.run(_fresh_pg())
+    url = fresh_pg_url()
     root = Path(tempfile.mkdtemp(prefix="ledgerflow-race-"))
     generate_events(root / "source.duckdb", 20_000)
     config = {
@@ -134,13 +131,10 @@ def main(k: int = 4, granularity: str = "5m") -> int:
 
     async def ledger_counts() -> dict[str, int]:
         async with Ledger.from_url(url) as ledger:
-            summary = await ledger.summary("race")
-        conn = await asyncpg.connect(admin)  # the race is over: drop its database
-        await conn.execute(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
-        await conn.close()
-        return summary.counts
+            return (await ledger.summary("race")).counts
 
     counts = asyncio.run(ledger_counts())
+    drop_pg(url)  # the race is over
     import duckdb
 
     con = duckdb.connect(str(root / "warehouse.duckdb"), read_only=True)

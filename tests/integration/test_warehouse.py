@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -12,16 +12,10 @@ import pytest
 from ledgerflow.errors import LoadCountMismatch, StageTerminalError, TargetTerminalError
 from ledgerflow.windows import Window
 
-from .warehouse_kit import Peers, local_peers
+from .warehouse_kit import Peers, s3_auth_enforced
 
 START = datetime(2025, 3, 9, 10, tzinfo=UTC)
 WINDOW = Window(START, START + timedelta(hours=2), START.date(), "2h")
-
-
-@pytest.fixture(scope="session")
-def peers() -> Iterator[Peers]:
-    with local_peers() as running:
-        yield running
 
 
 @pytest.fixture
@@ -99,6 +93,18 @@ async def test_a_missing_bucket_is_a_clear_error(peers: Peers) -> None:
         StageTerminalError, match=r"bucket does not exist \(NoSuchBucket\).*'no-such-bucket'"
     ):
         await peers.stage("no-such-bucket").files("p/d/w")
+
+
+async def test_refused_credentials_are_clear_terminal_errors_without_the_secret(
+    peers: Peers, bucket: str
+) -> None:
+    stage = peers.stage(bucket)
+    stage.bucket.credentials = peers.credentials("AKIAUNKNOWNLEDGERFLW", "sk-never-shown-42")
+    with s3_auth_enforced(), pytest.raises(StageTerminalError) as info:
+        await stage.write("p/d/w", stream(events(10)), name_prefix="part-x")
+    assert "the access key id is not known (InvalidAccessKeyId)" in str(info.value)
+    assert "sk-never-shown-42" not in str(info.value)
+    assert await stage.files("p/d/w") == []
 
 
 # --- SnowflakeTarget ----------------------------------------------------------------------------

@@ -96,6 +96,54 @@ class Peers:
 
 
 @contextlib.contextmanager
+def s3_auth_enforced() -> Iterator[None]:
+    """moto's S3 server checks credentials against its IAM users while this block runs."""
+    from moto import settings
+
+    before = settings.INITIAL_NO_AUTH_ACTION_COUNT
+    settings.INITIAL_NO_AUTH_ACTION_COUNT = 0
+    try:
+        yield
+    finally:
+        settings.INITIAL_NO_AUTH_ACTION_COUNT = before
+
+
+@contextlib.contextmanager
+def refusing_peer(status: int, body: dict[str, Any]) -> Iterator[tuple[str, int]]:
+    """A loopback HTTP server answering every request with `status` and the JSON `body`: the
+    way a real service refuses credentials. Yields (host, port)."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    payload = json.dumps(body).encode()
+
+    class Refuse(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.send_header("X-Elastic-Product", "Elasticsearch")
+            self.end_headers()
+            self.wfile.write(payload)
+
+        do_GET = do_POST = do_HEAD = do_PUT = _answer
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield "127.0.0.1", int(server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@contextlib.contextmanager
 def local_peers() -> Iterator[Peers]:
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
@@ -103,6 +151,9 @@ def local_peers() -> Iterator[Peers]:
     host, port = moto.get_host_and_port()
     try:
         with _start_fakesnow() as kwargs:
+            # uvicorn set these to INFO as it started: one line per Snowflake request otherwise.
+            for noisy in ("uvicorn", "uvicorn.access", "uvicorn.error", "fakesnow.server"):
+                logging.getLogger(noisy).setLevel(logging.WARNING)
             duck = fakesnow_app.shared_fs.duck_conn
             extension = next(
                 Path(duckdb_extension_httpfs.__file__).parent.rglob("httpfs.duckdb_extension")
