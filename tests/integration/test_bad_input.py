@@ -4,7 +4,14 @@ data, and leaves no window stuck IN_PROGRESS."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import socket
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,8 +27,11 @@ from ledgerflow.demo import DEMO_START
 from ledgerflow.errors import ConfigError
 from ledgerflow.flows.pipeline import windowed_pipeline
 from ledgerflow.ledger import Status
+from prefect_snowflake.credentials import SnowflakeCredentials
+from prefect_snowflake.database import SnowflakeConnector
 
 from .kit import Pipeline
+from .warehouse_kit import Peers, refusing_peer, s3_auth_enforced
 
 BASE: dict[str, Any] = {
     "pipeline_id": "p",
@@ -137,9 +147,6 @@ BLOCK_CASES: list[tuple[str, type, dict[str, Any], str]] = [
 )
 def test_bad_block_fields(what: str, kind: type, fields: dict[str, Any], words: str) -> None:
     if kind is SnowflakeTarget:
-        from prefect_snowflake.credentials import SnowflakeCredentials
-        from prefect_snowflake.database import SnowflakeConnector
-
         connector = SnowflakeConnector(
             credentials=SnowflakeCredentials(account="a", user="u", password="p"),
             database="D",
@@ -158,56 +165,163 @@ def _closed_port() -> int:
         return int(s.getsockname()[1])
 
 
-RUN_CASES = [
+@dataclass
+class Bad:
+    """What one run-time case can reach: the pipeline, its block name, fixtures, contexts."""
+
+    pipeline: Pipeline
+    name: str
+    request: pytest.FixtureRequest
+    during: contextlib.ExitStack
+
+    def save(self, block: Any, role: str) -> dict[str, str]:
+        block.save(f"{self.name}-bad", overwrite=True)
+        return {f"{role}_block": f"{block.get_block_type_slug()}/{self.name}-bad"}
+
+    def duckdb_source(self, **fields: str) -> dict[str, str]:
+        path = {"path": str(self.pipeline.source_path), "table": "web_events"}
+        return self.save(DuckDBSource.parse_obj({**path, **fields}), "source")
+
+    def es_source(self, url: str | None = None, **fields: Any) -> dict[str, str]:
+        hosts = [url or self.request.getfixturevalue("osmem_url")]
+        base = {"index": "events", "compatibility_headers": False, "request_timeout": 2}
+        es = ElasticsearchSource.parse_obj({"hosts": hosts, **base, "max_retries": 0, **fields})
+        return self.save(es, "source")
+
+    def s3_stage(self, key: str, secret: str) -> dict[str, str]:
+        peers: Peers = self.request.getfixturevalue("peers")
+        stage = peers.stage(peers.new_bucket())
+        stage = stage.copy(update={"bucket": stage.bucket.copy()})
+        stage.bucket.credentials = peers.credentials(key, secret)
+        self.during.enter_context(s3_auth_enforced())
+        return self.save(stage, "stage")
+
+
+def text_timestamp(bad: Bad) -> dict[str, str]:
+    return bad.duckdb_source(timestamp_column="user_id")
+
+
+def missing_table(bad: Bad) -> dict[str, str]:
+    return bad.duckdb_source(table="nope")
+
+
+def unreachable_es(bad: Bad) -> dict[str, str]:
+    return bad.es_source(f"http://127.0.0.1:{_closed_port()}")
+
+
+def missing_index(bad: Bad) -> dict[str, str]:
+    return bad.es_source(index="missing-index")
+
+
+def es_refuses_the_api_key(bad: Bad) -> dict[str, str]:
+    refusal = {
+        "error": {"type": "security_exception", "reason": "unable to authenticate with api key"},
+        "status": 401,
+    }
+    host, port = bad.during.enter_context(refusing_peer(401, refusal))
+    return bad.es_source(f"http://{host}:{port}", api_key="not-a-valid-key")
+
+
+def es_timestamp_mapped_as_text(bad: Bad) -> dict[str, str]:
+    url = bad.request.getfixturevalue("osmem_url")
+    mapping = {"mappings": {"properties": {"@timestamp": {"type": "keyword"}}}}
+    create = urllib.request.Request(
+        f"{url}/events-keyword-ts",
+        data=json.dumps(mapping).encode(),
+        method="PUT",
+        headers={"Content-Type": "application/json"},
+    )
+    with contextlib.suppress(urllib.error.HTTPError):  # exists from an earlier run
+        urllib.request.urlopen(create, timeout=10).close()
+    return bad.es_source(url, index="events-keyword-ts")
+
+
+def s3_unknown_access_key(bad: Bad) -> dict[str, str]:
+    return bad.s3_stage("AKIAUNKNOWNLEDGERFLW", "whatever-secret")
+
+
+def s3_wrong_secret_key(bad: Bad) -> dict[str, str]:
+    peers: Peers = bad.request.getfixturevalue("peers")
+    iam = peers.credentials().get_boto3_session().client("iam", endpoint_url=peers.s3_endpoint)
+    user = f"lf-{uuid.uuid4().hex[:8]}"
+    iam.create_user(UserName=user)
+    key = iam.create_access_key(UserName=user)["AccessKey"]["AccessKeyId"]
+    return bad.s3_stage(key, "not-the-secret-of-this-key")
+
+
+def snowflake_refuses_the_password(bad: Bad) -> dict[str, str]:
+    refusal = {
+        "data": None,
+        "code": "390100",
+        "message": "Incorrect username or password was specified.",
+        "success": False,
+    }
+    host, port = bad.during.enter_context(refusing_peer(200, refusal))
+    credentials = SnowflakeCredentials(account="acme", user="loader", password="wrong-password")
+    target = SnowflakeTarget(
+        connector=SnowflakeConnector(
+            credentials=credentials, database="D", warehouse="W", schema="PUBLIC"
+        ),
+        table="EVENTS",
+        stage="LEDGERFLOW_STAGE",
+        stage_url="s3://bucket/ledgerflow/",
+        connect_args={"host": host, "port": port, "protocol": "http", "login_timeout": 10},
+    )
+    return bad.save(target, "target")
+
+
+def target_lost_a_column(bad: Bad) -> dict[str, str]:
+    bad.pipeline._scalar_row(
+        bad.pipeline.warehouse, "ALTER TABLE web_events DROP COLUMN user_id; SELECT 1"
+    )
+    return {}
+
+
+RUN_CASES: list[tuple[str, Callable[[Bad], dict[str, str]], str]] = [
+    ("source timestamp column is text", text_timestamp, "has type VARCHAR; allowed: TIMESTAMP"),
+    ("source table missing", missing_table, "DuckDB source"),
+    ("unreachable Elasticsearch", unreachable_es, "cannot reach Elasticsearch"),
+    ("Elasticsearch index missing", missing_index, "does not exist"),
+    ("Elasticsearch refuses the API key", es_refuses_the_api_key, "refused the credentials"),
+    ("Elasticsearch timestamp not a date", es_timestamp_mapped_as_text, "is not mapped as a date"),
     (
-        "source timestamp column is text",
-        {"source_ts": "user_id"},
-        "has type VARCHAR; allowed: TIMESTAMP",
+        "S3 access key unknown",
+        s3_unknown_access_key,
+        "the access key id is not known (InvalidAccessKeyId)",
     ),
-    ("source table missing", {"source_table": "nope"}, "DuckDB source"),
     (
-        "unreachable Elasticsearch",
-        {"es": f"http://127.0.0.1:{_closed_port()}"},
-        "cannot reach Elasticsearch",
+        "S3 secret key wrong",
+        s3_wrong_secret_key,
+        "the secret access key does not match (SignatureDoesNotMatch)",
     ),
-    ("Elasticsearch index missing", {"es_index": "missing-index"}, "does not exist"),
+    (
+        "Snowflake refuses the password",
+        snowflake_refuses_the_password,
+        "the user name or password is wrong",
+    ),
+    ("target lost a column", target_lost_a_column, "refused the load (a schema change?)"),
 ]
 
 
 @pytest.mark.usefixtures("prefect_harness")
-@pytest.mark.parametrize(("what", "case", "words"), RUN_CASES, ids=[c[0] for c in RUN_CASES])
+@pytest.mark.parametrize(("what", "setup", "words"), RUN_CASES, ids=[c[0] for c in RUN_CASES])
 def test_bad_input_at_run_time_fails_clearly_and_changes_nothing(
-    what: str, case: dict[str, str], words: str, tmp_path: Path, request: pytest.FixtureRequest
+    what: str,
+    setup: Callable[[Bad], dict[str, str]],
+    words: str,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> None:
     pipeline = Pipeline(tmp_path, rows=500)
     # A first, good run loads the first window, so "unchanged" means something.
     name = asyncio.run(pipeline.save(end=DEMO_START + timedelta(hours=2)))
     assert asyncio.run(windowed_pipeline(config_block=name, return_state=True)).is_completed()
-    before = pipeline.warehouse_rows()
-    overrides: dict[str, Any] = {"end": DEMO_START + timedelta(hours=4), "max_retry_task": 1}
-    if "es" in case or "es_index" in case:
-        url = case.get("es") or request.getfixturevalue("osmem_url")
-        ElasticsearchSource.parse_obj(
-            {
-                "hosts": [url],
-                "index": case.get("es_index", "events"),
-                "compatibility_headers": False,
-                "max_retries": 0,
-                "request_timeout": 2,
-            }
-        ).save(name, overwrite=True)
-        overrides["source_block"] = f"ledgerflow-elasticsearch-source/{name}"
-    else:
-        DuckDBSource.parse_obj(
-            {
-                "path": str(pipeline.source_path),
-                "table": case.get("source_table", "web_events"),
-                "timestamp_column": case.get("source_ts", "ts"),
-            }
-        ).save(f"{name}-bad", overwrite=True)
-        overrides["source_block"] = f"ledgerflow-duckdb-source/{name}-bad"
-    asyncio.run(pipeline.save(**overrides))
-    state = asyncio.run(windowed_pipeline(config_block=name, return_state=True))
+    with contextlib.ExitStack() as during:
+        overrides = setup(Bad(pipeline, name, request, during))
+        before = pipeline.warehouse_rows()
+        end = DEMO_START + timedelta(hours=4)
+        asyncio.run(pipeline.save(end=end, max_retry_task=1, **overrides))
+        state = asyncio.run(windowed_pipeline(config_block=name, return_state=True))
     assert state.is_failed()
     rows = asyncio.run(pipeline.records())
     assert [r.pipeline_status for r in rows] == [Status.COMPLETED, Status.FAILED]
