@@ -45,6 +45,7 @@ bench: $(STAMP) $(ELASTICDUMP)
 
 chaos: $(STAMP)
 	$(BIN)/python -m tests.chaos.harness
+	$(BIN)/python -m tests.chaos.fencing
 	$(BIN)/python -m tests.chaos.racing 4 5m
 
 clean:

@@ -2,7 +2,10 @@
 
 `hit(name)` kills the process with SIGKILL when the environment variable LEDGERFLOW_FAILPOINT
 equals `name`, exactly like a worker host dying there: no exception handler, no `finally`, no
-flush. Unset (always, in production) it is one dictionary lookup.
+flush. With `name:stop` it sends itself SIGSTOP instead, like a worker frozen by a long GC pause
+or a suspended VM, until someone sends SIGCONT (once per process: the woken worker runs on).
+Unset (always, in production) it is one
+dictionary lookup.
 """
 
 from __future__ import annotations
@@ -20,6 +23,13 @@ POINTS = (
 )
 
 
+_stopped: set[str] = set()
+
+
 def hit(name: str) -> None:
-    if os.environ.get("LEDGERFLOW_FAILPOINT") == name:
+    chosen = os.environ.get("LEDGERFLOW_FAILPOINT")
+    if chosen == name:
         os.kill(os.getpid(), signal.SIGKILL)
+    elif chosen == f"{name}:stop" and name not in _stopped:
+        _stopped.add(name)
+        os.kill(os.getpid(), signal.SIGSTOP)

@@ -1,5 +1,6 @@
-"""`make test` runs a representative part of `make chaos`: a kill inside the target transaction
-and a kill between a finished stage and its ledger record."""
+"""`make test` runs a representative part of `make chaos`: on both stacks, a kill inside the
+target transaction and a kill between a finished stage and its ledger record; a frozen worker
+woken after its window was finished; and four racing worker processes."""
 
 from __future__ import annotations
 
@@ -23,7 +24,23 @@ def test_sigkill_mid_load_and_before_the_stage_is_recorded_then_recovery() -> No
         timeout=600,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "2 passed, 0 failed" in done.stdout
+    assert "4 passed, 0 failed" in done.stdout
+
+
+@pytest.mark.slow
+def test_a_worker_frozen_past_the_stale_threshold_writes_nothing_when_woken(
+    pg_admin_dsn: str,
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.chaos.fencing", "after_stage_before_ledger"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "LEDGERFLOW_TEST_PG": pg_admin_dsn},
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "1 passed, 0 failed" in done.stdout
 
 
 @pytest.mark.slow
