@@ -51,9 +51,9 @@ async def stream(*batches: pa.RecordBatch) -> AsyncIterator[pa.RecordBatch]:
 
 async def test_stage_writes_parts_lists_them_and_clears(peers: Peers, bucket: str) -> None:
     stage = peers.stage(bucket, target_file_mb=1)
-    big = [events(60_000, prefix=f"b{k}-") for k in range(4)]
+    big = [events(120_000, prefix=f"b{k}-") for k in range(4)]
     manifest = await stage.write("p/2025-03-09/w", stream(*big), name_prefix="part-abc")
-    assert manifest.rows == 240_000 and len(manifest.files) > 1
+    assert manifest.rows == 480_000 and len(manifest.files) > 1
     assert all(
         f.uri.startswith(f"s3://{bucket}/ledgerflow/p/2025-03-09/w/part-abc-")
         for f in manifest.files
