@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 from elastic_transport import AiohttpHttpNode, ConnectionTimeout
 from elastic_transport import ConnectionError as TransportConnectionError
 from elastic_transport._serializer import OrjsonSerializer
@@ -37,6 +38,21 @@ from ledgerflow.errors import SourceError, SourceTerminalError
 from ledgerflow.windows import Window
 
 DATE_TYPES = ("date", "date_nanos")
+DEFAULT_DATE_FORMAT = "strict_date_optional_time||epoch_millis"
+# Date formats whose _source values ledgerflow reads itself (ISO 8601 and epoch milliseconds);
+# any other format in a mapping makes every hit carry the server-formatted value instead.
+READABLE_DATE_FORMATS = frozenset(
+    {
+        "strict_date_optional_time",
+        "date_optional_time",
+        "strict_date_optional_time_nanos",
+        "strict_date_time",
+        "date_time",
+        "strict_date_time_no_millis",
+        "date_time_no_millis",
+        "epoch_millis",
+    }
+)
 _END = object()
 
 
@@ -142,6 +158,11 @@ class ElasticsearchSource(Block):
 
     _pit_supported: bool | None = PrivateAttr(None)
     _mapping_checked: bool = PrivateAttr(False)
+    # True when every index maps the timestamp with ISO 8601 / epoch formats only, so it can be
+    # read from _source; otherwise each hit carries the server-formatted value (docvalue_fields).
+    _stamps_from_source: bool = PrivateAttr(False)
+    # Indices that map it as `date`, which keeps milliseconds: a finer _source value is truncated.
+    _millis_indices: frozenset[str] = PrivateAttr(frozenset())
 
     @root_validator(skip_on_failure=True)
     def _connection(cls, values: dict[str, Any]) -> dict[str, Any]:
@@ -212,7 +233,7 @@ class ElasticsearchSource(Block):
                     elif isinstance(page, BaseException):
                         raise page
                     else:
-                        yield self._to_batch(page)
+                        yield await self._to_batch(client, page)
             finally:
                 for worker in workers:
                     worker.cancel()
@@ -242,13 +263,15 @@ class ElasticsearchSource(Block):
     def _slice_clause(self, slice_id: int) -> dict[str, int] | None:
         return {"id": slice_id, "max": self.slices} if self.slices > 1 else None
 
+    def _docvalue_fields(self) -> list[dict[str, str]]:
+        return [{"field": self.timestamp_field, "format": "strict_date_optional_time_nanos"}]
+
     def _search_args(self) -> dict[str, Any]:
-        args: dict[str, Any] = {
-            "size": self.page_size,
-            "docvalue_fields": [
-                {"field": self.timestamp_field, "format": "strict_date_optional_time_nanos"}
-            ],
-        }
+        args: dict[str, Any] = {"size": self.page_size}
+        if not self._stamps_from_source:
+            # Asking the server to format every hit's timestamp costs it a quarter of its
+            # throughput; done only where _source may hold a format we cannot read.
+            args["docvalue_fields"] = self._docvalue_fields()
         if self.source_includes:
             args["source_includes"] = self.source_includes
         if self.source_excludes:
@@ -329,15 +352,13 @@ class ElasticsearchSource(Block):
             clauses.append(self.query)
         return {"bool": {"filter": clauses}}
 
-    def _to_batch(self, hits: list[Mapping[str, Any]]) -> pa.RecordBatch:
-        ts = self.timestamp_field
-        stamps = [(h.get("fields") or {}).get(ts, [None])[0] for h in hits]
+    async def _to_batch(
+        self, client: AsyncElasticsearch, hits: list[Mapping[str, Any]]
+    ) -> pa.RecordBatch:
         data: dict[str, pa.Array] = {
             "_id": pa.array([h["_id"] for h in hits], pa.string()),
             "_index": pa.array([h["_index"] for h in hits], pa.string()),
-            "ts": pa.array(stamps, pa.string())
-            .cast(pa.timestamp("ns", tz="UTC"))
-            .cast(pa.timestamp("us", tz="UTC"), safe=False),
+            "ts": await self._timestamps(client, hits),
             "document": pa.array(
                 [orjson.dumps(h.get("_source", {})).decode() for h in hits], pa.string()
             ),
@@ -347,6 +368,51 @@ class ElasticsearchSource(Block):
                 [_text(_dig(h.get("_source", {}), path)) for h in hits], pa.string()
             )
         return pa.RecordBatch.from_pydict(data)
+
+    async def _timestamps(
+        self, client: AsyncElasticsearch, hits: list[Mapping[str, Any]]
+    ) -> pa.Array:
+        """Each hit's timestamp as UTC microseconds: from _source where the mapping allows,
+        with the server's own formatting fetched for any value this cannot read."""
+        ts = self.timestamp_field
+        if not self._stamps_from_source:
+            stamps = [(h.get("fields") or {}).get(ts, [None])[0] for h in hits]
+            return _utc_micros(pa.array(stamps, pa.string()))
+        values = [_source_value(h.get("_source") or {}, ts) for h in hits]
+        parsed = _parse_stamps(values)
+        unread = [i for i, v in enumerate(parsed) if v is None]
+        if unread:
+            fetched = await self._server_stamps(client, [hits[i] for i in unread])
+            for i in unread:
+                parsed[i] = fetched.get((hits[i]["_index"], hits[i]["_id"]))
+        stamps = pa.array(parsed, _UTC_US)
+        if not self._millis_indices:
+            return stamps
+        in_millis = pc.is_in(pa.array([h["_index"] for h in hits]), pa.array(self._millis_indices))
+        truncated = pc.floor_temporal(stamps, unit="millisecond")
+        return pc.if_else(in_millis, truncated, stamps)
+
+    async def _server_stamps(
+        self, client: AsyncElasticsearch, hits: list[Mapping[str, Any]]
+    ) -> dict[tuple[str, str], int | None]:
+        """The server-formatted timestamps of a few hits (values _source gives in a form this
+        cannot read: a custom format, an array, a nested object)."""
+        found: dict[tuple[str, str], int | None] = {}
+        by_index: dict[str, list[str]] = {}
+        for h in hits:
+            by_index.setdefault(h["_index"], []).append(h["_id"])
+        for index, ids in by_index.items():
+            response = await client.search(
+                index=index,
+                query={"ids": {"values": ids}},
+                docvalue_fields=self._docvalue_fields(),
+                source=False,
+                size=len(ids),
+            )
+            for h in response["hits"]["hits"]:
+                stamp = (h.get("fields") or {}).get(self.timestamp_field, [None])[0]
+                found[(index, h["_id"])] = _utc_micros(pa.array([stamp], pa.string()))[0].value
+        return found
 
     # --- server facts -------------------------------------------------------------------------
 
@@ -360,10 +426,12 @@ class ElasticsearchSource(Block):
             index=self.index, fields=self.timestamp_field
         )
         kinds: dict[str, str | None] = {}
+        formats: set[str] = set()
         for index, body in found.items():
             mapping = body.get("mappings", {}).get(self.timestamp_field, {}).get("mapping", {})
             leaf: dict[str, Any] = next(iter(mapping.values()), {}) if mapping else {}
             kinds[index] = leaf.get("type")
+            formats.update(str(leaf.get("format") or DEFAULT_DATE_FORMAT).split("||"))
         wrong = {i: k for i, k in kinds.items() if k not in DATE_TYPES}
         if wrong:
             raise SourceTerminalError(
@@ -371,6 +439,8 @@ class ElasticsearchSource(Block):
                 + ", ".join(f"{i} ({k or 'unmapped'})" for i, k in sorted(wrong.items()))
                 + f"; it must be one of {DATE_TYPES} in every index {self.index!r} matches"
             )
+        self._stamps_from_source = formats <= READABLE_DATE_FORMATS
+        self._millis_indices = frozenset(i for i, k in kinds.items() if k == "date")
         self._mapping_checked = True
 
     async def _use_pit(self, client: AsyncElasticsearch) -> bool:
@@ -454,6 +524,61 @@ class ElasticsearchSource(Block):
                 else SourceError
             )
             raise kind(f"{where}: {action} failed ({exc.meta.status}): {exc.message}") from None
+
+
+_UTC_NS = pa.timestamp("ns", tz="UTC")
+_UTC_US = pa.timestamp("us", tz="UTC")
+
+
+def _utc_micros(stamps: pa.Array) -> pa.Array:
+    """ISO 8601 strings with a zone (or nulls) as UTC microseconds (nanoseconds truncated)."""
+    return stamps.cast(_UTC_NS).cast(_UTC_US, safe=False)
+
+
+def _source_value(source: Mapping[str, Any], path: str) -> Any:
+    """A field of _source by its mapping path: a literal dotted key, or nested objects."""
+    return source[path] if path in source else _dig(source, path)
+
+
+def _parse_stamps(values: list[Any]) -> list[int | None]:
+    """Timestamps as ES stores them in _source, as UTC epoch microseconds; None where this
+    cannot read a value (the caller asks the server for those)."""
+    if values and all(isinstance(v, str) for v in values):
+        try:
+            micros: list[int | None] = (
+                _utc_micros(pa.array(values, pa.string())).cast(pa.int64()).to_pylist()
+            )
+            return micros
+        except (pa.ArrowInvalid, ValueError):
+            pass  # some value is naive, partial or odd: one by one
+    return [_parse_stamp(v) for v in values]
+
+
+def _parse_stamp(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):  # epoch_millis
+        return round(value * 1000)
+    if not isinstance(value, str):
+        return None  # an array, an object or a null: the server's docvalue says which
+    text = value.strip().replace(",", ".")
+    if text.lstrip("-").isdigit() and len(text) != 4:  # four digits are a year, as ES reads it
+        return int(text) * 1000
+    date, _, clock = text.partition("T")
+    candidates = [text]
+    if not clock:  # yyyy, yyyy-MM or yyyy-MM-dd: the start of that period, UTC
+        year, _, rest = date.partition("-")
+        month, _, day = rest.partition("-")
+        candidates = [f"{year}-{month or '01'}-{day or '01'}T00:00:00Z"]
+    elif not (clock.endswith("Z") or "+" in clock or "-" in clock):
+        candidates.append(text + "Z")  # no zone: Elasticsearch reads it as UTC
+    for candidate in candidates:
+        try:
+            micros = _utc_micros(pa.array([candidate], pa.string())).cast(pa.int64())[0]
+        except (pa.ArrowInvalid, ValueError):
+            continue
+        return int(micros.as_py())
+    return None
 
 
 def _dig(document: Mapping[str, Any], path: str) -> Any:

@@ -148,6 +148,71 @@ async def test_a_window_across_the_dst_change(es: AsyncElasticsearch, osmem_url:
     assert await ids_of(src, second) == ["pdt"]
 
 
+# Every way a default date mapping lets a document give its timestamp, one second apart.
+STAMP_FORMS: list[Any] = [
+    "2025-03-09T10:00:01Z",
+    "2025-03-09T11:00:02+01:00",  # an offset
+    "2025-03-09T02:00:03.250-08:00",  # an offset and a fraction
+    "2025-03-09T10:00:04.123456789Z",  # nanoseconds: truncated to microseconds
+    "2025-03-09T10:00:05",  # no zone: UTC, as Elasticsearch reads it
+    int(datetime(2025, 3, 9, 10, 0, 6, tzinfo=UTC).timestamp() * 1000),  # epoch millis
+    str(int(datetime(2025, 3, 9, 10, 0, 7, tzinfo=UTC).timestamp() * 1000)),  # ... as text
+    ["2025-03-09T10:00:08Z", "2025-03-09T10:00:30Z"],  # an array: the server's value decides
+]
+
+
+async def server_stamps(es: AsyncElasticsearch, index: str) -> dict[str, str]:
+    """The server's own formatting of each document's timestamp (docvalue_fields)."""
+    response = await es.search(
+        index=index,
+        size=100,
+        docvalue_fields=[{"field": "@timestamp", "format": "strict_date_optional_time_nanos"}],
+    )
+    return {h["_id"]: h["fields"]["@timestamp"][0] for h in response["hits"]["hits"]}
+
+
+def as_micros(stamp: str) -> datetime:
+    value = pa.array([stamp]).cast(pa.timestamp("ns", tz="UTC"))
+    return value.cast(pa.timestamp("us", tz="UTC"), safe=False)[0].as_py()
+
+
+async def test_timestamps_read_from_source_equal_the_servers_in_every_form(
+    es: AsyncElasticsearch, osmem_url: str
+) -> None:
+    docs = [{"_id": f"f{i}", "@timestamp": v} for i, v in enumerate(STAMP_FORMS)]
+    await index_docs(es, docs, index="forms")
+    expected = {k: as_micros(v) for k, v in (await server_stamps(es, "forms")).items()}
+    assert len(expected) == len(STAMP_FORMS)
+    src = source(osmem_url, index="forms")
+    got: dict[str, datetime] = {}
+    async for batch in src.extract(WINDOW):
+        got |= dict(
+            zip(batch.column("_id").to_pylist(), batch.column("ts").to_pylist(), strict=True)
+        )
+    assert src._stamps_from_source  # the fast path ran, with the array fetched from the server
+    assert got == expected
+
+
+async def test_a_custom_date_format_uses_the_servers_formatting(
+    es: AsyncElasticsearch, osmem_url: str
+) -> None:
+    await es.indices.create(
+        index="custom",
+        mappings={"properties": {"@timestamp": {"type": "date", "format": "yyyy/MM/dd HH:mm:ss"}}},
+    )
+    await es.bulk(
+        operations=[
+            {"index": {"_index": "custom", "_id": "c1"}},
+            {"@timestamp": "2025/03/09 10:20:30"},
+        ],
+        refresh=True,
+    )
+    src = source(osmem_url, index="custom")
+    batches = [b async for b in src.extract(WINDOW)]
+    assert not src._stamps_from_source
+    assert batches[0].column("ts").to_pylist() == [datetime(2025, 3, 9, 10, 20, 30, tzinfo=UTC)]
+
+
 async def test_documents_without_the_timestamp_belong_to_no_window(
     es: AsyncElasticsearch, osmem_url: str
 ) -> None:

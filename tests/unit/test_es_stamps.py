@@ -1,0 +1,48 @@
+"""Reading Elasticsearch timestamps from _source: every form a default date mapping accepts."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from ledgerflow.blocks.elasticsearch import _parse_stamps, _source_value
+
+
+def micros(*parts: int) -> int:
+    return int(datetime(*parts, tzinfo=UTC).timestamp() * 1_000_000)  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("2025-03-09T10:00:00Z", micros(2025, 3, 9, 10)),
+        ("2025-03-09T11:00:00+01:00", micros(2025, 3, 9, 10)),
+        ("2025-03-09T10:00:00.5Z", micros(2025, 3, 9, 10) + 500_000),
+        ("2025-03-09T10:00:00,5Z", micros(2025, 3, 9, 10) + 500_000),
+        ("2025-03-09T10:00:00.123456789Z", micros(2025, 3, 9, 10) + 123_456),
+        ("2025-03-09T10:00:00", micros(2025, 3, 9, 10)),
+        ("2025-03-09T10:00", micros(2025, 3, 9, 10)),
+        ("2025-03-09", micros(2025, 3, 9)),
+        ("2025-03", micros(2025, 3, 1)),
+        ("2025", micros(2025, 1, 1)),
+        (1741514400000, micros(2025, 3, 9, 10)),
+        (1741514400000.5, micros(2025, 3, 9, 10) + 500),
+        ("1741514400000", micros(2025, 3, 9, 10)),
+        (["2025-03-09T10:00:00Z"], None),  # an array: the server decides
+        ({"gte": "2025"}, None),
+        (None, None),
+        (True, None),
+        ("yesterday", None),
+    ],
+)
+def test_each_form(value: Any, expected: int | None) -> None:
+    assert _parse_stamps([value]) == [expected]
+    # The same value among plain ISO strings takes the one-by-one path and agrees.
+    assert _parse_stamps(["2025-01-01T00:00:00Z", value])[1] == expected
+
+
+def test_a_field_path_is_a_dotted_key_or_nested_objects() -> None:
+    assert _source_value({"event.created": 1}, "event.created") == 1
+    assert _source_value({"event": {"created": 2}}, "event.created") == 2
+    assert _source_value({"event": 3}, "event.created") is None
