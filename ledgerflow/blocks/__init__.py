@@ -1,37 +1,31 @@
-"""Prefect Blocks: the pipeline config and one block per system, each implementing a Protocol."""
+"""Prefect Blocks: the pipeline config and one block per system, each implementing a Protocol.
+
+Names are imported on first use, so that a process using one block does not load every client
+library (the Snowflake connector and boto3 alone are ~100 MB). `ledgerflow.blocks.catalog`
+imports them all.
+"""
 
 from __future__ import annotations
 
-from prefect.blocks.core import Block
+import importlib
+from typing import Any
 
-from ledgerflow.blocks.config import PipelineConfig
-from ledgerflow.blocks.duckdb_source import DuckDBSource
-from ledgerflow.blocks.duckdb_target import DuckDBTarget
-from ledgerflow.blocks.elasticsearch import ElasticsearchSource
-from ledgerflow.blocks.ledger_db import LedgerDatabase
-from ledgerflow.blocks.local_stage import LocalStage
-from ledgerflow.blocks.s3_stage import S3Stage
-from ledgerflow.blocks.snowflake_target import SnowflakeTarget
+_WHERE = {
+    "PipelineConfig": "config",
+    "LedgerDatabase": "ledger_db",
+    "DuckDBSource": "duckdb_source",
+    "DuckDBTarget": "duckdb_target",
+    "ElasticsearchSource": "elasticsearch",
+    "LocalStage": "local_stage",
+    "S3Stage": "s3_stage",
+    "SnowflakeTarget": "snowflake_target",
+    "ALL_BLOCKS": "catalog",
+}
 
-ALL_BLOCKS: list[type[Block]] = [
-    PipelineConfig,
-    LedgerDatabase,
-    DuckDBSource,
-    ElasticsearchSource,
-    LocalStage,
-    S3Stage,
-    DuckDBTarget,
-    SnowflakeTarget,
-]
+__all__ = sorted(_WHERE)
 
-__all__ = [
-    "ALL_BLOCKS",
-    "DuckDBSource",
-    "DuckDBTarget",
-    "ElasticsearchSource",
-    "LedgerDatabase",
-    "LocalStage",
-    "PipelineConfig",
-    "S3Stage",
-    "SnowflakeTarget",
-]
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'ledgerflow.blocks' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"ledgerflow.blocks.{_WHERE[name]}"), name)

@@ -30,7 +30,7 @@ from typing import Any
 from prefect.blocks.core import Block
 from pydantic.v1 import ValidationError
 
-from ledgerflow.blocks import ALL_BLOCKS
+from ledgerflow.blocks.catalog import ALL_BLOCKS
 from ledgerflow.blocks.config import explain
 from ledgerflow.errors import ConfigError
 

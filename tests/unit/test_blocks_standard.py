@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from ledgerflow.blocks import ALL_BLOCKS
+from ledgerflow.blocks.catalog import ALL_BLOCKS
 from prefect.blocks.core import Block
 from prefect.testing.standard_test_suites.blocks import BlockStandardTestSuite
 
