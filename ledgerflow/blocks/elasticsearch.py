@@ -34,6 +34,7 @@ from elasticsearch import (
 from prefect.blocks.core import Block
 from pydantic.v1 import Field, PrivateAttr, SecretStr, root_validator, validator
 
+from ledgerflow import gctune
 from ledgerflow.errors import SourceError, SourceTerminalError
 from ledgerflow.windows import Window
 
@@ -214,6 +215,11 @@ class ElasticsearchSource(Block):
         return int(result["count"])
 
     async def extract(self, window: Window) -> AsyncIterator[pa.RecordBatch]:
+        with gctune.for_bulk_json():
+            async for batch in self._extract(window):
+                yield batch
+
+    async def _extract(self, window: Window) -> AsyncIterator[pa.RecordBatch]:
         async with self._errors("extract"), self._connect() as client:
             if self.missing_index == "empty" and not await self._index_exists(client):
                 return
