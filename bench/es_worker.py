@@ -1,6 +1,6 @@
 """One contender of the Elasticsearch benchmark, run in its own process so its peak RSS is its own.
 
-`python -m bench.es_worker raw|ledgerflow URL INDEX START END PAGE SLICES OUTDIR` prints
+`python -m bench.es_worker raw|raw-gc|ledgerflow URL INDEX START END PAGE SLICES OUTDIR` prints
 `{"docs": N, "seconds": S}`: seconds from the first request to the last document handled.
 """
 
@@ -12,6 +12,8 @@ import sys
 import time
 from datetime import datetime
 from typing import Any
+
+from bench.common import own_peak_mb
 
 
 async def raw(url: str, index: str, start: str, end: str, page: int, slices: int) -> int:
@@ -74,9 +76,15 @@ def main() -> None:
     started = time.perf_counter()
     if mode == "raw":
         docs = asyncio.run(raw(url, index, start, end, int(page), int(slices)))
+    elif mode == "raw-gc":
+        from ledgerflow import gctune
+
+        with gctune.for_bulk_json():  # the ceiling with the collector tuned as ledgerflow does
+            docs = asyncio.run(raw(url, index, start, end, int(page), int(slices)))
     else:
         docs = asyncio.run(ledgerflow(url, index, start, end, int(page), int(slices), out))
-    print(json.dumps({"docs": docs, "seconds": time.perf_counter() - started}))
+    seconds = time.perf_counter() - started
+    print(json.dumps({"docs": docs, "seconds": seconds, "peak_mb": own_peak_mb()}))
 
 
 if __name__ == "__main__":

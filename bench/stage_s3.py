@@ -9,7 +9,6 @@ moto's S3 server runs in its own process; each contender runs in its own process
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import boto3
 
-from bench.common import median, show
+from bench.common import median, run_measured, show
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,13 +30,8 @@ def _free_port() -> int:
 
 
 def _run(args: list[str]) -> tuple[dict[str, float], float]:
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
-    _, status, usage = os.wait4(proc.pid, 0)
-    out = proc.stdout.read().decode() if proc.stdout else ""
-    if os.waitstatus_to_exitcode(status) != 0:
-        err = proc.stderr.read().decode() if proc.stderr else ""
-        raise RuntimeError(f"{args[3]} failed: {err[-2000:]}")
-    return json.loads(out.strip().splitlines()[-1]), usage.ru_maxrss / 1024
+    _, peak, out = run_measured(args, cwd=ROOT)
+    return json.loads(out.strip().splitlines()[-1]), peak
 
 
 def main(repeat: int = 3, sizes: tuple[int, ...] = (500_000, 2_000_000)) -> None:

@@ -17,6 +17,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from bench.common import own_peak_mb
+
 BATCH = 50_000
 
 
@@ -142,7 +144,7 @@ def main() -> None:
         count, size, seconds = naive(endpoint, bucket, int(rows), files_dir)
     else:
         count, size, seconds = bare(endpoint, bucket, files_dir)
-    print(json.dumps({"rows": count, "bytes": size, "seconds": seconds}))
+    print(json.dumps({"rows": count, "bytes": size, "seconds": seconds, "peak_mb": own_peak_mb()}))
 
 
 if __name__ == "__main__":
