@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, Literal
+from urllib.parse import quote
 
 import orjson
 import pyarrow as pa
@@ -146,10 +147,14 @@ class ElasticsearchSource(Block):
         title="Missing index",
         description="'error' fails the window; 'empty' treats a missing index as no documents.",
     )
-    point_in_time: Literal["auto", "always", "never"] = Field(
+    point_in_time: Literal["auto", "always", "opensearch", "never"] = Field(
         "auto",
         title="Point in time",
-        description="'auto' uses ES PIT where the server has it and a sliced scroll where not.",
+        description=(
+            "'auto' uses Elasticsearch's point in time where the server has it, else OpenSearch's,"
+            " else a sliced scroll; 'always' Elasticsearch's, 'opensearch' OpenSearch's, 'never'"
+            " the scroll."
+        ),
     )
     page_size: int = Field(1000, title="Page size", description="Documents per request.")
     slices: int = Field(2, title="Slices", description="Parallel slices per window, 1-32.")
@@ -157,7 +162,7 @@ class ElasticsearchSource(Block):
     request_timeout: float = Field(60.0, title="Timeout (s)", description="Per request.")
     max_retries: int = Field(3, title="Retries", description="Client retries per request.")
 
-    _pit_supported: bool | None = PrivateAttr(None)
+    _pit_api: str | None = PrivateAttr(None)  # "elasticsearch", "opensearch", "" (none) once known
     _mapping_checked: bool = PrivateAttr(False)
     # True when every index maps the timestamp with ISO 8601 / epoch formats only, so it can be
     # read from _source; otherwise each hit carries the server-formatted value (docvalue_fields).
@@ -225,9 +230,11 @@ class ElasticsearchSource(Block):
                 return
             await self._check_mapping(client)
             pages: asyncio.Queue[Any] = asyncio.Queue(maxsize=4 * self.slices)
-            use_pit = await self._use_pit(client)
+            api = await self._pit_api_of(client)
+            # One point in time for every slice: they all read the same snapshot.
+            pit_id = await self._open_pit(client, api) if api else None
             workers = [
-                asyncio.create_task(self._slice(client, window, i, use_pit, pages))
+                asyncio.create_task(self._slice(client, window, i, api, pit_id, pages))
                 for i in range(self.slices)
             ]
             try:
@@ -244,6 +251,9 @@ class ElasticsearchSource(Block):
                 for worker in workers:
                     worker.cancel()
                 await asyncio.gather(*workers, return_exceptions=True)
+                if pit_id is not None:
+                    with contextlib.suppress(Exception):  # it expires after keep_alive anyway
+                        await self._close_pit(client, api, pit_id)
 
     # --- paging -------------------------------------------------------------------------------
 
@@ -252,12 +262,17 @@ class ElasticsearchSource(Block):
         client: AsyncElasticsearch,
         window: Window,
         slice_id: int,
-        use_pit: bool,
+        api: str,
+        pit_id: str | None,
         out: asyncio.Queue[Any],
     ) -> None:
         try:
-            pager = self._pit_pages if use_pit else self._scroll_pages
-            async for hits in pager(client, window, slice_id):
+            pager = (
+                self._pit_pages(client, window, slice_id, pit_id)
+                if pit_id is not None
+                else self._scroll_pages(client, window, slice_id)
+            )
+            async for hits in pager:
                 await out.put(hits)
         except asyncio.CancelledError:
             raise
@@ -285,35 +300,55 @@ class ElasticsearchSource(Block):
         return args
 
     async def _pit_pages(
-        self, client: AsyncElasticsearch, window: Window, slice_id: int
+        self, client: AsyncElasticsearch, window: Window, slice_id: int, pit_id: str
     ) -> AsyncIterator[list[Any]]:
-        pit = await client.open_point_in_time(index=self.index, keep_alive=self.keep_alive)
-        pit_id = pit["id"]
+        """search_after over the point in time, ordered by _shard_doc: a total order, so
+        documents sharing a timestamp are never skipped or repeated."""
         after: list[Any] | None = None
-        try:
-            while True:
-                extra: dict[str, Any] = {}
-                if (clause := self._slice_clause(slice_id)) is not None:
-                    extra["slice"] = clause
-                if after is not None:
-                    extra["search_after"] = after
-                response = await client.search(
-                    pit={"id": pit_id, "keep_alive": self.keep_alive},
-                    query=self._window_query(window),
-                    sort=[{"_shard_doc": "asc"}],
-                    track_total_hits=False,
-                    **self._search_args(),
-                    **extra,
-                )
-                pit_id = response.get("pit_id", pit_id)
-                hits = response["hits"]["hits"]
-                if not hits:
-                    return
-                yield hits
-                after = hits[-1]["sort"]
-        finally:
-            with contextlib.suppress(Exception):
-                await client.close_point_in_time(id=pit_id)
+        while True:
+            extra: dict[str, Any] = {}
+            if (clause := self._slice_clause(slice_id)) is not None:
+                extra["slice"] = clause
+            if after is not None:
+                extra["search_after"] = after
+            response = await client.search(
+                pit={"id": pit_id, "keep_alive": self.keep_alive},
+                query=self._window_query(window),
+                sort=[{"_shard_doc": "asc"}],
+                track_total_hits=False,
+                **self._search_args(),
+                **extra,
+            )
+            pit_id = response.get("pit_id", pit_id)
+            hits = response["hits"]["hits"]
+            if not hits:
+                return
+            yield hits
+            after = hits[-1]["sort"]
+
+    async def _open_pit(self, client: AsyncElasticsearch, api: str, keep_alive: str = "") -> str:
+        keep_alive = keep_alive or self.keep_alive
+        if api == "opensearch":
+            response = await client.perform_request(
+                "POST",
+                f"/{quote(self.index, safe=',*')}/_search/point_in_time",
+                params={"keep_alive": keep_alive},
+                headers={"accept": "application/json"},
+            )
+            return str(response["pit_id"])
+        opened = await client.open_point_in_time(index=self.index, keep_alive=keep_alive)
+        return str(opened["id"])
+
+    async def _close_pit(self, client: AsyncElasticsearch, api: str, pit_id: str) -> None:
+        if api == "opensearch":
+            await client.perform_request(
+                "DELETE",
+                "/_search/point_in_time",
+                headers={"accept": "application/json", "content-type": "application/json"},
+                body={"pit_id": [pit_id]},
+            )
+        else:
+            await client.close_point_in_time(id=pit_id)
 
     async def _scroll_pages(
         self, client: AsyncElasticsearch, window: Window, slice_id: int
@@ -449,20 +484,24 @@ class ElasticsearchSource(Block):
         self._millis_indices = frozenset(i for i, k in kinds.items() if k == "date")
         self._mapping_checked = True
 
-    async def _use_pit(self, client: AsyncElasticsearch) -> bool:
-        if self.point_in_time != "auto":
-            return self.point_in_time == "always"
-        if self._pit_supported is None:
-            try:
-                pit = await client.open_point_in_time(index=self.index, keep_alive="10s")
-            except (BadRequestError, NotFoundError) as exc:
-                if "index_not_found" in str(exc):
-                    raise
-                self._pit_supported = False  # no ES PIT route: use a sliced scroll
-            else:
-                self._pit_supported = True
-                await client.close_point_in_time(id=pit["id"])
-        return self._pit_supported
+    async def _pit_api_of(self, client: AsyncElasticsearch) -> str:
+        """Which point-in-time API to use: "elasticsearch", "opensearch" or "" (a scroll)."""
+        fixed = {"always": "elasticsearch", "opensearch": "opensearch", "never": ""}
+        if self.point_in_time in fixed:
+            return fixed[self.point_in_time]
+        if self._pit_api is None:
+            self._pit_api = ""
+            for api in ("elasticsearch", "opensearch"):
+                try:
+                    pit_id = await self._open_pit(client, api, keep_alive="10s")
+                except ApiError as exc:
+                    if "index_not_found" in str(exc) or exc.meta.status not in (400, 404, 405):
+                        raise
+                    continue  # no such route on this server
+                await self._close_pit(client, api, pit_id)
+                self._pit_api = api
+                break
+        return self._pit_api
 
     # --- client and errors --------------------------------------------------------------------
 

@@ -110,26 +110,49 @@ async def test_batches_carry_id_index_utc_timestamp_and_the_document(
     assert rows[1]["ts"] == START + timedelta(minutes=1) and rows[1]["status"] is None
 
 
+# "auto" finds osmem's OpenSearch point in time (search_after + _shard_doc); "never" scrolls.
+PAGING = pytest.mark.parametrize(
+    ("paging", "api"), [("auto", "opensearch"), ("never", "")], ids=["pit", "scroll"]
+)
+
+
+@PAGING
 async def test_documents_sharing_a_timestamp_are_neither_skipped_nor_repeated(
-    es: AsyncElasticsearch, osmem_url: str
+    es: AsyncElasticsearch, osmem_url: str, paging: str, api: str
 ) -> None:
     same = iso(START + timedelta(minutes=5))
     await index_docs(es, [{"_id": f"d{i:04d}", "@timestamp": same} for i in range(2500)])
     for slices in (1, 4):
-        src = source(osmem_url, page_size=100, slices=slices)
+        src = source(osmem_url, page_size=100, slices=slices, point_in_time=paging)
         ids = await ids_of(src, WINDOW)
         assert len(ids) == len(set(ids)) == 2500, f"slices={slices}"
+        assert await src._pit_api_of(None) == api  # type: ignore[arg-type]
     assert await source(osmem_url).count(WINDOW) == 2500
 
 
+@PAGING
 async def test_sliced_and_unsliced_extraction_give_the_same_ids(
-    es: AsyncElasticsearch, osmem_url: str
+    es: AsyncElasticsearch, osmem_url: str, paging: str, api: str
 ) -> None:
     docs = [{"_id": f"e{i}", "@timestamp": iso(START + timedelta(seconds=i))} for i in range(3000)]
     await index_docs(es, docs)
-    one = await ids_of(source(osmem_url, slices=1, page_size=250), WINDOW)
-    many = await ids_of(source(osmem_url, slices=3, page_size=250), WINDOW)
-    assert sorted(one) == sorted(many) and len(one) == len(set(one)) == 3000
+    one = source(osmem_url, slices=1, page_size=250, point_in_time=paging)
+    many = source(osmem_url, slices=3, page_size=250, point_in_time=paging)
+    one_ids, many_ids = await ids_of(one, WINDOW), await ids_of(many, WINDOW)
+    assert sorted(one_ids) == sorted(many_ids) and len(one_ids) == len(set(one_ids)) == 3000
+    assert await many._pit_api_of(None) == api  # type: ignore[arg-type]
+
+
+async def test_point_in_time_is_closed_after_the_extraction(
+    es: AsyncElasticsearch, osmem_url: str
+) -> None:
+    await index_docs(es, [{"_id": "x", "@timestamp": iso(START)}])
+    src = source(osmem_url, point_in_time="opensearch", slices=2)
+    assert await ids_of(src, WINDOW) == ["x"]
+    response = await es.perform_request(
+        "GET", "/_search/point_in_time/_all", headers={"accept": "application/json"}
+    )
+    assert response.get("pits", []) == []
 
 
 async def test_a_window_across_the_dst_change(es: AsyncElasticsearch, osmem_url: str) -> None:
@@ -373,16 +396,18 @@ async def test_the_whole_flow_from_elasticsearch_to_the_embedded_stage_and_targe
 
 @pytest.fixture
 async def stalling_proxy(osmem_url: str) -> AsyncIterator[tuple[str, dict[str, int]]]:
-    """A loopback HTTP proxy to osmem that stalls the 3rd scroll page once, like a hung node."""
+    """A loopback HTTP proxy to osmem that stalls the 3rd page request once (a scroll or a
+    point-in-time search), like a hung node."""
     import aiohttp
 
-    state = {"scrolls": 0, "stalls": 0}
+    state = {"pages": 0, "stalls": 0}
     session = aiohttp.ClientSession()
 
     async def forward(request: web.Request) -> web.StreamResponse:
-        if request.path.startswith("/_search/scroll") and request.method != "DELETE":
-            state["scrolls"] += 1
-            if state["scrolls"] == 3 and not state["stalls"]:
+        scroll = request.path.startswith("/_search/scroll") and request.method != "DELETE"
+        if scroll or (request.path == "/_search" and request.method == "POST"):
+            state["pages"] += 1
+            if state["pages"] == 3 and not state["stalls"]:
                 state["stalls"] += 1
                 await asyncio.sleep(3)  # longer than the client's request_timeout
         async with session.request(
