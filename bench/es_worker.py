@@ -64,6 +64,8 @@ async def ledgerflow(
             "page_size": page,
             "slices": slices,
             "request_timeout": 120,
+            # the ceiling's paging (a sliced scroll), not osmem's point in time: same requests
+            "point_in_time": "never",
         }
     )
     stage = LocalStage.parse_obj({"root": out})
