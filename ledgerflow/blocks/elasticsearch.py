@@ -234,7 +234,7 @@ class ElasticsearchSource(Block):
             # One point in time for every slice: they all read the same snapshot.
             pit_id = await self._open_pit(client, api) if api else None
             workers = [
-                asyncio.create_task(self._slice(client, window, i, api, pit_id, pages))
+                asyncio.create_task(self._slice(client, window, i, pit_id, pages))
                 for i in range(self.slices)
             ]
             try:
@@ -262,7 +262,6 @@ class ElasticsearchSource(Block):
         client: AsyncElasticsearch,
         window: Window,
         slice_id: int,
-        api: str,
         pit_id: str | None,
         out: asyncio.Queue[Any],
     ) -> None:
@@ -396,10 +395,11 @@ class ElasticsearchSource(Block):
     async def _to_batch(
         self, client: AsyncElasticsearch, hits: list[Mapping[str, Any]]
     ) -> pa.RecordBatch:
+        indices = pa.array([h["_index"] for h in hits], pa.string())
         data: dict[str, pa.Array] = {
             "_id": pa.array([h["_id"] for h in hits], pa.string()),
-            "_index": pa.array([h["_index"] for h in hits], pa.string()),
-            "ts": await self._timestamps(client, hits),
+            "_index": indices,
+            "ts": await self._timestamps(client, hits, indices),
             "document": pa.array(
                 [orjson.dumps(h.get("_source", {})).decode() for h in hits], pa.string()
             ),
@@ -411,15 +411,13 @@ class ElasticsearchSource(Block):
         return pa.RecordBatch.from_pydict(data)
 
     async def _timestamps(
-        self, client: AsyncElasticsearch, hits: list[Mapping[str, Any]]
+        self, client: AsyncElasticsearch, hits: list[Mapping[str, Any]], indices: pa.Array
     ) -> pa.Array:
         """Each hit's timestamp as UTC microseconds: from _source where the mapping allows,
         with the server's own formatting fetched for any value this cannot read."""
-        ts = self.timestamp_field
         if not self._stamps_from_source:
-            stamps = [(h.get("fields") or {}).get(ts, [None])[0] for h in hits]
-            return _utc_micros(pa.array(stamps, pa.string()))
-        values = [_source_value(h.get("_source") or {}, ts) for h in hits]
+            return _utc_micros(pa.array([self._docvalue(h) for h in hits], pa.string()))
+        values = [_source_value(h.get("_source") or {}, self.timestamp_field) for h in hits]
         parsed = _parse_stamps(values)
         unread = [i for i, v in enumerate(parsed) if v is None]
         if unread:
@@ -429,7 +427,7 @@ class ElasticsearchSource(Block):
         stamps = pa.array(parsed, _UTC_US)
         if not self._millis_indices:
             return stamps
-        in_millis = pc.is_in(pa.array([h["_index"] for h in hits]), pa.array(self._millis_indices))
+        in_millis = pc.is_in(indices, pa.array(self._millis_indices, pa.string()))
         truncated = pc.floor_temporal(stamps, unit="millisecond")
         return pc.if_else(in_millis, truncated, stamps)
 
@@ -451,9 +449,14 @@ class ElasticsearchSource(Block):
                 size=len(ids),
             )
             for h in response["hits"]["hits"]:
-                stamp = (h.get("fields") or {}).get(self.timestamp_field, [None])[0]
-                found[(index, h["_id"])] = _utc_micros(pa.array([stamp], pa.string()))[0].value
+                stamp = _utc_micros(pa.array([self._docvalue(h)], pa.string()))[0]
+                found[(index, h["_id"])] = stamp.value
         return found
+
+    def _docvalue(self, hit: Mapping[str, Any]) -> str | None:
+        """The timestamp as the server formatted it (docvalue_fields), if the hit carries it."""
+        values: list[str] = (hit.get("fields") or {}).get(self.timestamp_field, [None])
+        return values[0]
 
     # --- server facts -------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from prefect.context import get_run_context
 from prefect.states import Completed, Failed, State
 from prefect.utilities.annotations import quote
 
-from ledgerflow.blocks import catalog
+from ledgerflow.blocks import catalog  # noqa: F401  (registers every block type for Block.load)
 from ledgerflow.blocks.config import PipelineConfig, load_final_config
 from ledgerflow.blocks.ledger_db import LedgerDatabase
 from ledgerflow.errors import ConfigError, LeaseLost, LedgerflowError
@@ -95,7 +95,6 @@ def settings_from(config: PipelineConfig) -> RunSettings:
 
 async def load_block(slug: str, field: str, protocol: type | None = None) -> Any:
     """Load a block by slug; name the config field when it is missing or of the wrong kind."""
-    assert catalog.ALL_BLOCKS  # every ledgerflow block type is imported, so Block.load finds it
     try:
         block = await Block.load(slug)
     except ValueError as exc:
