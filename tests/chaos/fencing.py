@@ -26,6 +26,7 @@ from pathlib import Path
 
 from tests.chaos import harness  # sets up the shared Prefect home before Prefect loads
 from tests.chaos.racing import drop_pg, fresh_pg_url
+from tests.chaos.report import chosen_points, mark, report
 from tests.integration.kit import Pipeline
 
 POINTS = ("after_claim", "after_stage_before_ledger", "after_load_before_ledger")
@@ -114,42 +115,30 @@ def fence(point: str, root: Path, ledger_url: str) -> Fenced:
 
 
 def main(points: list[str]) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
-    chosen = points or list(POINTS)
-    unknown = [p for p in chosen if p not in POINTS]
-    if unknown:
-        print(f"unknown points {unknown}; allowed: {list(POINTS)}")
-        return 2
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        for point in chosen:
+        for point in chosen_points(points, POINTS):
             url = fresh_pg_url()
             try:
                 results.append(fence(point, Path(tmp) / point, url))
             finally:
                 drop_pg(url)
-    table = Table(
-        title="fencing: SIGSTOP a worker past the stale threshold, finish its window, SIGCONT it",
-        title_justify="left",
+    return report(
+        "fencing: SIGSTOP a worker past the stale threshold, finish its window, SIGCONT it",
+        ("frozen at", "zombie exit", "said lease lost", "wrote after SIGCONT", "result", "detail"),
+        [
+            (
+                r.point,
+                str(r.zombie_exit),
+                "yes" if r.lease_lost_said else "no",
+                "nothing" if r.unchanged else "[bold red]something[/]",
+                mark(r.ok),
+                r.detail if r.stopped else f"never stopped; {r.detail}",
+            )
+            for r in results
+        ],
+        [r.ok for r in results],
     )
-    for column in ("frozen at", "zombie exit", "said lease lost", "wrote after SIGCONT", "result"):
-        table.add_column(column)
-    table.add_column("detail")
-    for r in results:
-        table.add_row(
-            r.point,
-            str(r.zombie_exit),
-            "yes" if r.lease_lost_said else "no",
-            "nothing" if r.unchanged else "[bold red]something[/]",
-            "[green]OK[/]" if r.ok else "[bold red]FAIL[/]",
-            r.detail if r.stopped else f"never stopped; {r.detail}",
-        )
-    Console(width=160).print(table)
-    passed = sum(r.ok for r in results)
-    print(f"{passed} passed, {len(results) - passed} failed")
-    return 0 if passed == len(results) else 1
 
 
 if __name__ == "__main__":

@@ -44,9 +44,8 @@ from typing import Any  # noqa: E402
 from ledgerflow.demo import DEMO_START  # noqa: E402
 from ledgerflow.failpoints import POINTS  # noqa: E402
 from ledgerflow.ledger import Ledger, PipelineRecord  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
 
+from tests.chaos.report import chosen_points, mark, report  # noqa: E402
 from tests.integration.kit import Pipeline  # noqa: E402
 
 RUN = (
@@ -281,11 +280,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("points", nargs="*", metavar="POINT", help=f"default: all of {POINTS}")
     parser.add_argument("--stack", choices=(*STACKS, "all"), default="all")
     args = parser.parse_args(argv)
-    chosen = args.points or list(POINTS)
-    unknown = [p for p in chosen if p not in POINTS]
-    if unknown:
-        print(f"unknown points {unknown}; allowed: {list(POINTS)}")
-        return 2
+    chosen = chosen_points(args.points, POINTS)
     stacks = STACKS if args.stack == "all" else (args.stack,)
     outcomes = []
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as running:
@@ -295,23 +290,12 @@ def main(argv: list[str]) -> int:
             )
             for point in chosen:
                 outcomes.append(inject(stack, point))
-    table = Table(
-        title="crash injection: SIGKILL at each point, then recovery", title_justify="left"
+    return report(
+        "crash injection: SIGKILL at each point, then recovery",
+        ("injection point", "stack", "killed", "result", "detail"),
+        [(o.point, o.stack, "yes" if o.killed else "no", mark(o.ok), o.detail) for o in outcomes],
+        [o.ok for o in outcomes],
     )
-    for column in ("injection point", "stack", "killed", "result", "detail"):
-        table.add_column(column)
-    for o in outcomes:
-        table.add_row(
-            o.point,
-            o.stack,
-            "yes" if o.killed else "no",
-            "[green]OK[/]" if o.ok else "[bold red]FAIL[/]",
-            o.detail,
-        )
-    Console(width=160).print(table)
-    passed = sum(o.ok for o in outcomes)
-    print(f"{passed} passed, {len(outcomes) - passed} failed")
-    return 0 if passed == len(outcomes) else 1
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tests.chaos.report import mark, report
 from tests.pgkit import admin_dsn, asyncpg_url, create_database, drop_database
 
 WORKER = "tests.chaos.racing"
@@ -152,39 +153,36 @@ def main(k: int = 4, granularity: str = "5m") -> int:
         and counts["COMPLETED"] == registered
         and total == distinct == expected
     )
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(
-        title=f"racing: {k} worker processes over one Postgres ledger", title_justify="left"
-    )
-    for column in (
-        "windows",
-        "seconds",
-        "workers that took some",
-        "processed twice",
-        "ledger",
-        "warehouse rows (distinct)",
-        "source rows",
-        "result",
-    ):
-        table.add_column(column)
-    table.add_row(
-        f"{registered} x {granularity}",
-        f"{elapsed:.1f}",
-        str(len(workers)),
-        str(len(twice)),
-        ", ".join(f"{s} {n}" for s, n in counts.items() if n),
-        f"{total} ({distinct})",
-        str(expected),
-        "[green]OK[/]" if ok else "[bold red]FAIL[/]",
-    )
-    Console(width=160).print(table)
     # the line the test in tests/chaos asserts on
     print(f"windows processed twice: {len(twice)}")
-    print(f"{int(ok)} passed, {int(not ok)} failed")
+    code = report(
+        f"racing: {k} worker processes over one Postgres ledger",
+        (
+            "windows",
+            "seconds",
+            "workers that took some",
+            "processed twice",
+            "ledger",
+            "warehouse rows (distinct)",
+            "source rows",
+            "result",
+        ),
+        [
+            (
+                f"{registered} x {granularity}",
+                f"{elapsed:.1f}",
+                str(len(workers)),
+                str(len(twice)),
+                ", ".join(f"{s} {n}" for s, n in counts.items() if n),
+                f"{total} ({distinct})",
+                str(expected),
+                mark(ok),
+            )
+        ],
+        [ok],
+    )
     shutil.rmtree(root, ignore_errors=True)
-    return 0 if ok else 1
+    return code
 
 
 if __name__ == "__main__":

@@ -14,44 +14,34 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.slow
-def test_sigkill_mid_load_and_before_the_stage_is_recorded_then_recovery() -> None:
+def chaos(module: str, *args: str, pg: str | None = None, timeout: int = 600) -> str:
+    """Run a chaos script to the end; its stdout, after checking it exited 0."""
+    env = {**os.environ, "LEDGERFLOW_TEST_PG": pg} if pg else None
     done = subprocess.run(
-        [sys.executable, "-m", "tests.chaos.harness", "mid_load", "after_stage_before_ledger"],
+        [sys.executable, "-m", f"tests.chaos.{module}", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=timeout,
+        env=env,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "4 passed, 0 failed" in done.stdout
+    return done.stdout
+
+
+@pytest.mark.slow
+def test_sigkill_mid_load_and_before_the_stage_is_recorded_then_recovery() -> None:
+    assert "4 passed, 0 failed" in chaos("harness", "mid_load", "after_stage_before_ledger")
 
 
 @pytest.mark.slow
 def test_a_worker_frozen_past_the_stale_threshold_writes_nothing_when_woken(
     pg_admin_dsn: str,
 ) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "tests.chaos.fencing", "after_stage_before_ledger"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "LEDGERFLOW_TEST_PG": pg_admin_dsn},
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "1 passed, 0 failed" in done.stdout
+    assert "1 passed, 0 failed" in chaos("fencing", "after_stage_before_ledger", pg=pg_admin_dsn)
 
 
 @pytest.mark.slow
 def test_four_worker_processes_race_over_one_postgres_ledger(pg_admin_dsn: str) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "tests.chaos.racing", "4", "1h"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env={**os.environ, "LEDGERFLOW_TEST_PG": pg_admin_dsn},
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "windows processed twice: 0" in done.stdout
+    out = chaos("racing", "4", "1h", pg=pg_admin_dsn, timeout=900)
+    assert "windows processed twice: 0" in out

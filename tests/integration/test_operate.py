@@ -37,39 +37,16 @@ def test_backfill_registers_behind_fresh_windows_and_rescan_reloads_late_data(
     first = asyncio.run(windowed_pipeline(config_block=name, return_state=True))
     assert first.is_completed()
 
-    plan = cli(
-        "backfill",
-        "-c",
-        name,
+    day_one = (
         "--start",
         DEMO_START.isoformat(),
         "--end",
         (DEMO_START + timedelta(days=1)).isoformat(),
-        "--dry-run",
     )
+    plan = cli("backfill", "-c", name, *day_one, "--dry-run")
     assert (plan["windows"], plan["new"], plan["registered"]) == (12, 12, 0)
-    plan = cli(
-        "backfill",
-        "-c",
-        name,
-        "--start",
-        DEMO_START.isoformat(),
-        "--end",
-        (DEMO_START + timedelta(days=1)).isoformat(),
-    )
-    assert plan["registered"] == 12
-    assert (
-        cli(
-            "backfill",
-            "-c",
-            name,
-            "--start",
-            DEMO_START.isoformat(),
-            "--end",
-            (DEMO_START + timedelta(days=1)).isoformat(),
-        )["registered"]
-        == 0
-    )
+    assert cli("backfill", "-c", name, *day_one)["registered"] == 12
+    assert cli("backfill", "-c", name, *day_one)["registered"] == 0
 
     # The next run takes a fresh (day two) window before any backfilled one.
     state = asyncio.run(windowed_pipeline(config_block=name, return_state=True))
