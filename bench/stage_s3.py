@@ -34,6 +34,15 @@ def _run(args: list[str]) -> tuple[dict[str, float], float]:
     return json.loads(out.strip().splitlines()[-1]), peak
 
 
+def _contender(
+    mode: str, endpoint: str, bucket: str, rows: int, files: str
+) -> tuple[dict[str, float], float]:
+    """One `bench.stage_worker` run: its JSON result and its peak RSS."""
+    return _run(
+        [sys.executable, "-m", "bench.stage_worker", mode, endpoint, bucket, str(rows), files]
+    )
+
+
 def main(repeat: int = 3, sizes: tuple[int, ...] = (500_000, 2_000_000)) -> None:
     port = _free_port()
     server = subprocess.Popen(
@@ -65,42 +74,9 @@ def main(repeat: int = 3, sizes: tuple[int, ...] = (500_000, 2_000_000)) -> None
                 bucket = f"bench-{n}-{r}"
                 s3.create_bucket(Bucket=bucket)
                 with tempfile.TemporaryDirectory() as files:
-                    a, peak = _run(
-                        [
-                            sys.executable,
-                            "-m",
-                            "bench.stage_worker",
-                            "ledgerflow",
-                            endpoint,
-                            bucket,
-                            str(n),
-                            files,
-                        ]
-                    )
-                    b, _ = _run(
-                        [
-                            sys.executable,
-                            "-m",
-                            "bench.stage_worker",
-                            "boto3",
-                            endpoint,
-                            bucket,
-                            str(n),
-                            files,
-                        ]
-                    )
-                    c, _ = _run(
-                        [
-                            sys.executable,
-                            "-m",
-                            "bench.stage_worker",
-                            "naive",
-                            endpoint,
-                            bucket,
-                            str(n),
-                            files,
-                        ]
-                    )
+                    a, peak = _contender("ledgerflow", endpoint, bucket, n, files)
+                    b, _ = _contender("boto3", endpoint, bucket, n, files)
+                    c, _ = _contender("naive", endpoint, bucket, n, files)
                 assert a["rows"] == n and a["bytes"] == b["bytes"], (a, b)
                 ours_rows.append(n / a["seconds"])
                 naive_rows.append(n / c["seconds"])
