@@ -31,5 +31,6 @@ def chosen_points(asked: Sequence[str], allowed: Sequence[str]) -> list[str]:
     """The points asked for (all when none), or exit 2 naming the unknown ones."""
     unknown = [p for p in asked if p not in allowed]
     if unknown:
-        raise SystemExit(f"unknown points {unknown}; allowed: {list(allowed)}")
+        print(f"unknown points {unknown}; allowed: {list(allowed)}")
+        raise SystemExit(2)
     return list(asked) or list(allowed)
