@@ -166,7 +166,10 @@ def init(
         return slugs, str(block.display_url())
 
     slugs, ledger_url = run_async(go())
-    console.print(f"registered {len(slugs)} block types on {prefect_api()}: {', '.join(slugs)}")
+    console.print(
+        f"registered {len(slugs)} block types on {prefect_api()}: {', '.join(slugs)}",
+        soft_wrap=True,
+    )
     if ledger_url is not None:
         console.print(f"ledger schema ready at {ledger_url}")
 
@@ -473,7 +476,7 @@ def blocks_register(
 
     for slug in run_async(register_file(file)):
         console.print(f"saved {slug}")
-    console.print(f"on {prefect_api()}")
+    console.print(f"on {prefect_api()}", soft_wrap=True)
 
 
 @app.command()
@@ -497,6 +500,7 @@ def deploy(
         f"config_block={done.config_block}",
         markup=False,
         highlight=False,
+        soft_wrap=True,  # facts to copy (URLs, commands): never broken across lines
     )
     start = (
         "prefect agent start --pool"
@@ -508,6 +512,7 @@ def deploy(
         f"run it now:     prefect deployment run '{done.full_name}'",
         markup=False,
         highlight=False,
+        soft_wrap=True,  # facts to copy (URLs, commands): never broken across lines
     )
 
 
@@ -528,7 +533,9 @@ def demo(
         raise fail("ledgerflow demo must start before Prefect is imported; run it as a command")
     for name in _OTHER_PREFECT_STATE:
         os.environ.pop(name, None)
-    os.environ["PREFECT_HOME"] = str(folder / "prefect-home")
+    home = folder / "prefect-home"
+    home.mkdir(parents=True, exist_ok=True)  # Prefect puts its database there at import
+    os.environ["PREFECT_HOME"] = str(home)
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # the demo prints its own story
     from ledgerflow.demo import run_demo
 
