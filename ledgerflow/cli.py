@@ -502,13 +502,9 @@ def deploy(
         highlight=False,
         soft_wrap=True,  # facts to copy (URLs, commands): never broken across lines
     )
-    start = (
-        "prefect agent start --pool"
-        if done.pool_type == "prefect-agent"
-        else ("prefect worker start --pool")
-    )
+    runner = "agent" if done.pool_type == "prefect-agent" else "worker"
     console.print(
-        f"start a worker: {start} {done.pool}\n"
+        f"start a worker: prefect {runner} start --pool {done.pool}\n"
         f"run it now:     prefect deployment run '{done.full_name}'",
         markup=False,
         highlight=False,
