@@ -3,6 +3,9 @@ PYTHON ?= $(shell command -v python3.11 >/dev/null 2>&1 && echo python3.11 || ec
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
+# The demo needs ledgerflow and its core dependencies only (Prefect, DuckDB, pyarrow, SQLite),
+# not the test and lint toolchain or the production extras.
+DEMO_STAMP := $(VENV)/.installed-demo
 
 .PHONY: install demo test test-fast lint format bench chaos clean
 
@@ -13,8 +16,16 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-demo: $(STAMP)
-	$(BIN)/ledgerflow demo
+$(DEMO_STAMP): pyproject.toml
+	@echo "make demo: creating $(VENV) and installing ledgerflow with its core dependencies" \
+	  "(Prefect, DuckDB, pyarrow); the first time takes a minute or two"
+	@$(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e .
+	@touch $(DEMO_STAMP)
+	@echo "make demo: installed; running the demo"
+
+demo: $(DEMO_STAMP)
+	@$(BIN)/ledgerflow demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

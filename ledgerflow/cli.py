@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import sys
 from collections.abc import AsyncIterator, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,7 +33,11 @@ T = TypeVar("T")
 
 
 def fail(message: str) -> typer.Exit:
-    Console(stderr=True).print(f"[bold red]error:[/] {message}")
+    err = Console(stderr=True)
+    # The message is text, never markup ("[ledger] type='x' is unknown" keeps its "[ledger]"),
+    # and is printed whole: no wrapping or cropping at the terminal's width.
+    err.print("error:", style="bold red", end=" ")
+    err.print(message, markup=False, highlight=False, soft_wrap=True)
     return typer.Exit(code=2)
 
 
@@ -117,11 +122,40 @@ async def open_pipeline(config_name: str) -> AsyncIterator[tuple[Any, Ledger]]:
         yield config, ledger
 
 
-@app.command()
-def init(config: ConfigOption = "default") -> None:
-    """Create (or check) the ledger schema for a pipeline. Safe to run again."""
+def prefect_api() -> str:
+    """Where blocks and deployments go: the server in PREFECT_API_URL, or this machine only."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME
 
-    async def go() -> str:
+    url = PREFECT_API_URL.value()
+    if url:
+        return f"the Prefect server at {url}"
+    return (
+        f"the local Prefect database in {PREFECT_HOME.value()} (PREFECT_API_URL is not set: "
+        "a server and its workers will not see it)"
+    )
+
+
+@app.command()
+def init(
+    config: Annotated[
+        str | None,
+        typer.Option(
+            "--config", "-c", help="Also create the ledger schema of this PipelineConfig block"
+        ),
+    ] = None,
+) -> None:
+    """Register ledgerflow's block types with Prefect (and create a pipeline's ledger schema).
+
+    Safe to run again. The block types let the Prefect UI create ledgerflow blocks; saving a
+    block from Python or `ledgerflow blocks register` registers its own type too.
+    """
+
+    async def go() -> tuple[list[str], str | None]:
+        from ledgerflow.blocks.catalog import register_block_types
+
+        slugs = await register_block_types()
+        if config is None:
+            return slugs, None
         from ledgerflow.blocks.config import load_final_config
         from ledgerflow.flows.pipeline import load_block
 
@@ -129,9 +163,15 @@ def init(config: ConfigOption = "default") -> None:
         block = await load_block(cfg.ledger_block, "ledger_block")
         async with block.open() as ledger:
             await ledger.create_schema()
-        return str(block.display_url())
+        return slugs, str(block.display_url())
 
-    console.print(f"ledger schema ready at {run_async(go())}")
+    slugs, ledger_url = run_async(go())
+    console.print(
+        f"registered {len(slugs)} block types on {prefect_api()}: {', '.join(slugs)}",
+        soft_wrap=True,
+    )
+    if ledger_url is not None:
+        console.print(f"ledger schema ready at {ledger_url}")
 
 
 @app.command()
@@ -436,6 +476,40 @@ def blocks_register(
 
     for slug in run_async(register_file(file)):
         console.print(f"saved {slug}")
+    console.print(f"on {prefect_api()}", soft_wrap=True)
+
+
+@app.command()
+def deploy(
+    config: ConfigOption,
+    pool: Annotated[
+        str, typer.Option(help="Work pool (type process, or prefect-agent for an agent)")
+    ] = "ledgerflow-process",
+    name: Annotated[
+        str | None, typer.Option(help="Deployment name (default: the config's name)")
+    ] = None,
+) -> None:
+    """Create or update the pipeline's deployment: its schedule, zone and config come from the
+    PipelineConfig block on the server in PREFECT_API_URL. Safe to run again."""
+    from ledgerflow.deployments.deploy import deploy as apply_deployment
+
+    done = run_async(apply_deployment(config, pool, name))
+    console.print(
+        f"deployed {done.full_name} (id {done.id}) to the Prefect server at {done.api_url}: "
+        f"work pool {done.pool} ({done.pool_type}), schedule {done.cron!r} in {done.timezone}, "
+        f"config_block={done.config_block}",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,  # facts to copy (URLs, commands): never broken across lines
+    )
+    runner = "agent" if done.pool_type == "prefect-agent" else "worker"
+    console.print(
+        f"start a worker: prefect {runner} start --pool {done.pool}\n"
+        f"run it now:     prefect deployment run '{done.full_name}'",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,  # facts to copy (URLs, commands): never broken across lines
+    )
 
 
 @app.command()
@@ -443,11 +517,35 @@ def demo(
     root: Annotated[str, typer.Option(help="Folder for the demo's files")] = ".ledgerflow/demo",
     rows: Annotated[int, typer.Option(help="Events to generate")] = 40_000,
 ) -> None:
-    """Run the whole pipeline end to end on the embedded defaults (no services needed)."""
+    """Run the whole pipeline end to end on the embedded defaults (no services needed).
+
+    The demo keeps its Prefect state to itself: its own PREFECT_HOME under --root and a
+    temporary local API, whatever PREFECT_API_URL or profile the shell has, so it never reads
+    or overwrites anyone's blocks.
+    """
+    folder = Path(root).absolute()
+    if "prefect" in sys.modules:
+        # Prefect reads its settings once, at import: too late to give the demo its own home.
+        raise fail("ledgerflow demo must start before Prefect is imported; run it as a command")
+    for name in _OTHER_PREFECT_STATE:
+        os.environ.pop(name, None)
+    home = folder / "prefect-home"
+    home.mkdir(parents=True, exist_ok=True)  # Prefect puts its database there at import
+    os.environ["PREFECT_HOME"] = str(home)
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # the demo prints its own story
     from ledgerflow.demo import run_demo
 
-    run_async(run_demo(Path(root).absolute(), rows, console))
+    run_async(run_demo(folder, rows, console))
+
+
+# Settings that would point the demo at someone's server, database or profile.
+_OTHER_PREFECT_STATE = (
+    "PREFECT_API_URL",
+    "PREFECT_API_KEY",
+    "PREFECT_API_DATABASE_CONNECTION_URL",
+    "PREFECT_PROFILE",
+    "PREFECT_PROFILES_PATH",
+)
 
 
 if __name__ == "__main__":  # pragma: no cover

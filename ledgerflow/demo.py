@@ -8,6 +8,7 @@ into a DuckDB warehouse, shows the windows, and runs again to show nothing is lo
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -137,7 +138,15 @@ async def register_demo_blocks(paths: DemoPaths, name: str = "demo") -> Pipeline
 
 
 def _fresh_source(paths: DemoPaths, rows: int) -> int:
-    shutil.rmtree(paths.root, ignore_errors=True)  # the demo always starts from nothing
+    # The demo's data always starts from nothing; its Prefect home (set by `ledgerflow demo`,
+    # possibly under the same folder) stays, so later runs skip Prefect's database migrations.
+    home = Path(os.environ.get("PREFECT_HOME", "")).absolute()
+    for item in [*paths.root.iterdir()] if paths.root.is_dir() else []:
+        if item != home:
+            if item.is_dir():
+                shutil.rmtree(item)
+            else:
+                item.unlink()
     return generate_events(paths.source, rows)
 
 
@@ -159,7 +168,9 @@ async def run_demo(root: Path, rows: int, console: Console) -> None:
     config = await register_demo_blocks(paths)
     console.print(
         "blocks saved (all named 'demo'): pipeline config, SQLite ledger, DuckDB source, "
-        "local stage, DuckDB target"
+        f"local stage, DuckDB target; in {os.environ.get('PREFECT_HOME', 'the Prefect home')}",
+        markup=False,
+        highlight=False,
     )
 
     console.print("\n[bold]run 1[/]: load every eligible window")
@@ -189,16 +200,21 @@ async def run_demo(root: Path, rows: int, console: Console) -> None:
     ).fetchone()  # type: ignore[misc]
     wh.close()
     ok = in_warehouse == distinct == written - no_ts and audited == len(records)
-    verdict = "[bold green]OK[/]" if ok else "[bold red]MISMATCH[/]"
     console.print(
-        f"\n{verdict}  windows: {len(records)} ({summary.counts['COMPLETED']} completed, "
+        f"\nfiles under {paths.root}; the demo's blocks live in its own Prefect home, so look "
+        f"with: PREFECT_HOME={os.environ.get('PREFECT_HOME', '~/.prefect')} PREFECT_API_URL= "
+        ".venv/bin/ledgerflow windows -c demo",
+        markup=False,
+        highlight=False,
+    )
+    verdict = "[bold green]OK[/]" if ok else "[bold red]MISMATCH[/]"
+    # The verdict is the last line, on one line even when piped (soft_wrap: no wrapping).
+    console.print(
+        f"{verdict}  windows: {len(records)} ({summary.counts['COMPLETED']} completed, "
         f"{summary.counts['FAILED']} failed), audited {audited}/{len(records)}; "
         f"warehouse rows: {in_warehouse:,} ({distinct:,} distinct event ids) = "
-        f"{written - no_ts:,} source rows with a timestamp; ledger rows loaded: {loaded:,}"
-    )
-    console.print(
-        "next: `.venv/bin/ledgerflow status -c demo`, `.venv/bin/ledgerflow windows -c demo`; "
-        f"files under {paths.root}"
+        f"{written - no_ts:,} source rows with a timestamp; ledger rows loaded: {loaded:,}",
+        soft_wrap=True,
     )
     if not ok or not first.is_completed():
         raise LedgerflowError("the demo's audit did not come out clean; see the table above")

@@ -28,10 +28,20 @@ CHECKABLE_FIELDS = (*KEY_FIELDS, "target_day", "time_interval")
 class DefaultRecord(BaseModel):
     """The seed's `default_record`: names stamped on every window of this pipeline."""
 
-    source_name: str = Field("elasticsearch", description="Name of the source system.")
-    target_name: str = Field("snowflake", description="Name of the target system.")
+    source_name: str = Field(
+        "elasticsearch",
+        title="Source name",
+        description="Label of the source system, written on every window's ledger row.",
+    )
+    target_name: str = Field(
+        "snowflake",
+        title="Target name",
+        description="Label of the target system, written on every window's ledger row.",
+    )
     pipeline_id: str | None = Field(
-        None, description="Must equal the config's pipeline_id when set (the seed kept it here)."
+        None,
+        title="Pipeline ID",
+        description="Leave unset; when set it must equal the config's pipeline_id.",
     )
 
 
@@ -52,7 +62,6 @@ class PipelineConfig(Block):
     _description = (
         "Windows, lag, retries, audit tolerance and the blocks of one ledgerflow pipeline."
     )
-    _documentation_url = "https://github.com/ledgerflow/ledgerflow#configure-the-blocks"  # type: ignore[assignment]
 
     pipeline_id: str = Field(
         ..., title="Pipeline ID", description="Unique name of the pipeline in the ledger."
@@ -86,7 +95,9 @@ class PipelineConfig(Block):
         "registered. Unset: keep following now (a bounded backfill sets it).",
     )
     cron_schedule: str = Field(
-        "0 */2 * * *", title="Cron schedule", description="Example schedule for deployments."
+        "0 */2 * * *",
+        title="Cron schedule",
+        description="When `ledgerflow deploy` schedules runs: 5-field cron in the timezone above.",
     )
     email_list: list[str] = Field(
         default_factory=list,
@@ -102,7 +113,8 @@ class PipelineConfig(Block):
     notification_block: str | None = Field(
         None,
         title="Notification block",
-        description="Slug of a Prefect notification block, e.g. 'email-server-credentials/ops'.",
+        description="Slug of the block that sends alerts: an email-server-credentials block "
+        "(mails email_list) or any Prefect notification block, e.g. 'slack-webhook/ops'.",
     )
     max_retry_task: int = Field(3, title="Task retries", description="Retries per task, 0-10.")
     retry_backoff_seconds: float = Field(
@@ -119,18 +131,27 @@ class PipelineConfig(Block):
         description="Record fields that must be non-empty before a window is registered.",
     )
     key_x_hook: str | None = Field(
-        None, description="'module:function' for key_x (default: stage path)."
+        None,
+        title="key_x function",
+        description="'package.module:function' computing a window's key_x "
+        "(default: the window's stage path).",
     )
     key_y_hook: str | None = Field(
-        None, description="'module:function' for key_y (default: local label)."
+        None,
+        title="key_y function",
+        description="'package.module:function' computing a window's key_y "
+        "(default: its local start-end label).",
     )
     key_z_hook: str | None = Field(
-        None, description="'module:function' for key_z (default: seconds)."
+        None,
+        title="key_z function",
+        description="'package.module:function' computing a window's key_z "
+        "(default: its length in seconds).",
     )
     default_record: DefaultRecord = Field(
         default_factory=DefaultRecord,  # type: ignore[arg-type]
-        title="Default record",
-        description="The seed's source_name, target_name and pipeline_id.",
+        title="Ledger row labels",
+        description="Source and target names written on every window's ledger row.",
     )
     audit_tolerance_percent: float = Field(
         0.0, title="Audit tolerance (%)", description="Allowed |source-target|/source, 0-100."
@@ -139,17 +160,33 @@ class PipelineConfig(Block):
         "oldest_first", title="Claim order", description="Which eligible window goes first."
     )
     windows_per_run: int = Field(
-        12, title="Windows per run", description="At most this many per flow run."
+        12, title="Windows per run", description="A flow run processes at most this many windows."
     )
     concurrency: int = Field(4, title="Concurrency", description="Windows processed at once, 1-64.")
     ledger_block: str = Field(
         "ledgerflow-ledger-database/default",
         title="Ledger block",
-        description="Slug of the ledger block.",
+        description="Where window state is kept: '<block-type-slug>/<name>' of a "
+        "ledgerflow-ledger-database block.",
     )
-    source_block: str = Field(..., title="Source block", description="Slug of the source block.")
-    stage_block: str = Field(..., title="Stage block", description="Slug of the stage block.")
-    target_block: str = Field(..., title="Target block", description="Slug of the target block.")
+    source_block: str = Field(
+        ...,
+        title="Source block",
+        description="What is read: '<block-type-slug>/<name>', e.g. "
+        "'ledgerflow-elasticsearch-source/prod'.",
+    )
+    stage_block: str = Field(
+        ...,
+        title="Stage block",
+        description="Where extracted files wait: '<block-type-slug>/<name>', e.g. "
+        "'ledgerflow-s3-stage/prod'.",
+    )
+    target_block: str = Field(
+        ...,
+        title="Target block",
+        description="Where windows are loaded: '<block-type-slug>/<name>', e.g. "
+        "'ledgerflow-snowflake-target/prod'.",
+    )
 
     @validator("pipeline_id")
     def _pipeline_id(cls, v: str) -> str:

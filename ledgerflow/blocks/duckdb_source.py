@@ -42,7 +42,6 @@ class DuckDBSource(Block):
 
     _block_type_name = "Ledgerflow DuckDB Source"
     _block_type_slug = "ledgerflow-duckdb-source"
-    _documentation_url = "https://github.com/ledgerflow/ledgerflow#configure-the-blocks"  # type: ignore[assignment]
     _description = "Embedded source: a DuckDB table or file glob with a timestamp column."
 
     path: str = Field(":memory:", title="Database file", description="DuckDB file (read-only).")

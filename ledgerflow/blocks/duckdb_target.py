@@ -30,7 +30,6 @@ class DuckDBTarget(Block):
 
     _block_type_name = "Ledgerflow DuckDB Target"
     _block_type_slug = "ledgerflow-duckdb-target"
-    _documentation_url = "https://github.com/ledgerflow/ledgerflow#configure-the-blocks"  # type: ignore[assignment]
     _description = "Embedded target: a DuckDB table, each window replaced atomically."
 
     path: str = Field(

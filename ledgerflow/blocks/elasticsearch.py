@@ -103,7 +103,6 @@ class ElasticsearchSource(Block):
 
     _block_type_name = "Ledgerflow Elasticsearch Source"
     _block_type_slug = "ledgerflow-elasticsearch-source"
-    _documentation_url = "https://github.com/ledgerflow/ledgerflow#configure-the-blocks"  # type: ignore[assignment]
     _description = "Exact counts and parallel, bounded-memory extraction of time windows."
 
     hosts: list[str] | None = Field(

@@ -29,7 +29,6 @@ class LedgerDatabase(Block):
 
     _block_type_name = "Ledgerflow Ledger Database"
     _block_type_slug = "ledgerflow-ledger-database"
-    _documentation_url = "https://github.com/ledgerflow/ledgerflow#configure-the-blocks"  # type: ignore[assignment]
     _description = "Postgres (postgresql+asyncpg://) or SQLite (sqlite+aiosqlite:///) ledger."
 
     url: SecretStr = Field(

@@ -32,7 +32,6 @@ class LocalStage(Block):
 
     _block_type_name = "Ledgerflow Local Stage"
     _block_type_slug = "ledgerflow-local-stage"
-    _documentation_url = "https://github.com/ledgerflow/ledgerflow#configure-the-blocks"  # type: ignore[assignment]
     _description = "Embedded stage: a local folder of Parquet parts per window."
 
     root: str = Field(

@@ -53,7 +53,6 @@ class S3Stage(Block):
 
     _block_type_name = "Ledgerflow S3 Stage"
     _block_type_slug = "ledgerflow-s3-stage"
-    _documentation_url = "https://github.com/ledgerflow/ledgerflow#configure-the-blocks"  # type: ignore[assignment]
     _description = "Stage windows as Parquet parts in S3 (composes prefect-aws S3Bucket)."
 
     bucket: S3Bucket = Field(..., title="Bucket", description="A prefect-aws S3Bucket block.")

@@ -62,7 +62,6 @@ class SnowflakeTarget(Block):
 
     _block_type_name = "Ledgerflow Snowflake Target"
     _block_type_slug = "ledgerflow-snowflake-target"
-    _documentation_url = "https://github.com/ledgerflow/ledgerflow#configure-the-blocks"  # type: ignore[assignment]
     _description = (
         "Replace each window in a Snowflake table atomically (composes SnowflakeConnector)."
     )

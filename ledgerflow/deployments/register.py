@@ -30,7 +30,7 @@ from typing import Any
 from prefect.blocks.core import Block
 from pydantic.v1 import ValidationError
 
-from ledgerflow.blocks.catalog import ALL_BLOCKS
+from ledgerflow.blocks.catalog import ALL_BLOCKS, MISSING
 from ledgerflow.blocks.config import explain
 from ledgerflow.errors import ConfigError
 
@@ -72,6 +72,8 @@ def build_blocks(
             raise ConfigError(f"[{section}] must be a table with type, name and fields")
         fields = dict(table)
         kind, name = fields.pop("type", None), fields.pop("name", None)
+        if kind in MISSING:
+            raise ConfigError(f"[{section}] type={kind!r} is not installed; {MISSING[kind]}")
         if kind not in BLOCKS:
             raise ConfigError(f"[{section}] type={kind!r} is unknown; allowed: {sorted(BLOCKS)}")
         if not name:

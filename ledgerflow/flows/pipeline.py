@@ -99,8 +99,9 @@ async def load_block(slug: str, field: str, protocol: type | None = None) -> Any
         block = await Block.load(slug)
     except ValueError as exc:
         raise ConfigError(
-            f"{field}={slug!r} names no saved block ({exc}); register it first, e.g. with "
-            "`ledgerflow demo` for the embedded blocks or Block(...).save(name)"
+            f"{field}={slug!r} names no saved block ({exc}); save it on this Prefect API "
+            "first: `ledgerflow blocks register --file blocks.toml` or "
+            "<BlockClass>.parse_obj({...}).save(name) (see the README, Configure the blocks)"
         ) from None
     if protocol is not None and not isinstance(block, protocol):
         raise ConfigError(
@@ -231,7 +232,7 @@ def artifact_key(pipeline_id: str) -> str:
     validate_parameters=True,
     on_failure=[on_flow_failure],
 )
-async def windowed_pipeline(config_block: str = "default", max_windows: int | None = None) -> Any:
+async def windowed_pipeline(config_block: str, max_windows: int | None = None) -> Any:
     """Load the eligible windows of the pipeline whose PipelineConfig block is `config_block`."""
     log = get_run_logger()
     config = await load_final_config(config_block)

@@ -1,16 +1,20 @@
-"""Blocks from a TOML file with secrets from the environment; prefect.yaml is well formed."""
+"""Blocks from a TOML file with secrets from the environment; prefect.yaml is safe to deploy;
+the README's block snippet, block errors and block documentation say what a user needs."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 from ledgerflow.blocks.config import load_final_config
 from ledgerflow.blocks.ledger_db import LedgerDatabase
+from ledgerflow.cli import app
 from ledgerflow.deployments.register import build_blocks, register_file
 from ledgerflow.errors import ConfigError
+from typer.testing import CliRunner
 
 ROOT = Path(__file__).resolve().parents[2]
 FILE = """
@@ -57,14 +61,97 @@ def test_a_missing_variable_or_a_bad_field_saves_nothing() -> None:
         build_blocks({"x": {"type": "nope", "name": "n"}}, env={})
 
 
-def test_prefect_yaml_declares_the_scheduled_and_backfill_deployments() -> None:
+def test_prefect_yaml_schedules_nothing_and_names_no_config() -> None:
+    # `prefect deploy --all` must not start runs for a config nobody made: no schedule, and no
+    # config_block default (each run names its config; the schema enforcement refuses one without).
     spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
     deployments = {d["name"]: d for d in spec["deployments"]}
-    assert set(deployments) == {"scheduled", "backfill"}
-    scheduled = deployments["scheduled"]
-    assert scheduled["schedules"] == [{"cron": "0 */2 * * *", "timezone": "America/Los_Angeles"}]
-    assert "schedules" not in deployments["backfill"]
+    assert set(deployments) == {"on-demand", "backfill"}
     for d in deployments.values():
+        assert not d.get("schedules") and "schedule" not in d
+        assert "config_block" not in (d.get("parameters") or {})
+        assert d["enforce_parameter_schema"] is True
         path, _, name = d["entrypoint"].partition(":")
         assert (ROOT / path).is_file() and name == "windowed_pipeline"
         assert d["work_pool"]["name"] == "ledgerflow-process"
+    assert deployments["backfill"]["parameters"] == {"max_windows": 500}
+    assert "ledgerflow deploy" in (ROOT / "prefect.yaml").read_text()
+
+
+def test_block_file_errors_keep_the_section_name_in_brackets(tmp_path: Path) -> None:
+    # rich would read "[ledger]" as markup and print "error:  type=... is unknown".
+    path = tmp_path / "blocks.toml"
+    path.write_text('[ledger]\ntype = "ledger-database"\nname = "prod"\n')
+    result = CliRunner().invoke(app, ["blocks", "register", "--file", str(path)])
+    assert result.exit_code == 2
+    assert "error: [ledger] type='ledger-database' is unknown; allowed: [" in result.output
+    assert "'ledgerflow-ledger-database'" in result.output
+
+
+def readme_block(heading: str, language: str, index: int = 0) -> str:
+    """The index-th fenced `language` block under the README heading `heading`."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index(f"\n{heading}\n") :]
+    section = section[: section.find("\n## ", 1)] if "\n## " in section[1:] else section
+    blocks = re.findall(rf"```{language}\n(.*?)```", section, flags=re.S)
+    return str(blocks[index])
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_the_readme_block_snippet_runs_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    snippet = readme_block("## Configure the blocks", "python")
+    assert "overwrite=True" in snippet
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):  # the second run replaces the blocks instead of raising
+        exec(compile(snippet, "README.md", "exec"), {})
+    assert load_final_config("web-events").ledger_block == "ledgerflow-ledger-database/prod"
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_missing_block_says_how_to_save_it() -> None:
+    from ledgerflow.flows.pipeline import load_block
+
+    with pytest.raises(ConfigError) as caught:
+        asyncio.run(load_block("ledgerflow-s3-stage/nowhere", "stage_block"))
+    message = str(caught.value)
+    assert "stage_block='ledgerflow-s3-stage/nowhere' names no saved block" in message
+    assert "ledgerflow blocks register --file" in message and ".save(name)" in message
+    assert "ledgerflow demo" not in message
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_deploy_refuses_the_temporary_local_api() -> None:
+    # Without PREFECT_API_URL the deployment would land in a database no worker reads.
+    result = CliRunner().invoke(app, ["deploy", "-c", "web-events"])
+    assert result.exit_code == 2
+    assert "PREFECT_API_URL is not set" in result.output
+    assert "prefect config set PREFECT_API_URL=" in result.output
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_init_registers_every_block_type() -> None:
+    from ledgerflow.blocks.catalog import ALL_BLOCKS
+    from prefect.client.orchestration import get_client
+
+    result = CliRunner().invoke(app, ["init"])
+    assert result.exit_code == 0, result.output
+    assert f"registered {len(ALL_BLOCKS)} block types" in result.output
+
+    async def types() -> set[str]:
+        async with get_client() as client:
+            return {t.slug for t in await client.read_block_types()}
+
+    assert {b.get_block_type_slug() for b in ALL_BLOCKS} <= asyncio.run(types())
+
+
+def test_every_field_says_what_it_does() -> None:
+    from ledgerflow.blocks.catalog import ALL_BLOCKS
+
+    for block in ALL_BLOCKS:
+        assert block._documentation_url is None  # no placeholder: the README documents them
+        for name, field in block.__fields__.items():
+            info = field.field_info
+            assert info.title and info.description, f"{block.__name__}.{name}"
+            assert "seed" not in info.description, f"{block.__name__}.{name}: {info.description}"

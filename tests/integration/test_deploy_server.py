@@ -1,18 +1,25 @@
-"""Deploy for real: `prefect server start` on loopback, `prefect deploy` from prefect.yaml, process
-workers on the pool, runs that complete against the embedded blocks. Everything started here is
-stopped here."""
+"""Deploy for real: `prefect server start` on loopback; the README's deploy section walked line by
+line (blocks saved to that server, `ledgerflow deploy`, a process worker, then a Prefect 2 agent);
+`prefect deploy` from prefect.yaml with racing process workers. Runs complete against the embedded
+blocks. Everything started here is stopped here.
+
+Timeouts are generous on purpose: the machine has two cores shared with other test runs, and a
+Prefect server, a worker and each flow-run process each take many seconds to start there."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+import re
+import shlex
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from datetime import timedelta
@@ -23,6 +30,7 @@ import pytest
 from ledgerflow.demo import DEMO_START
 
 from .kit import Pipeline
+from .test_deploy_helpers import readme_block
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -45,11 +53,14 @@ class Server:
             "PREFECT_API_URL": self.api,
             "PREFECT_LOGGING_LEVEL": "WARNING",
             "PWD": str(ROOT),
+            # Workers import ledgerflow by module path: this checkout's, not an installed copy.
+            "PYTHONPATH": str(ROOT),
         }
         self.env.pop("PREFECT_PROFILES_PATH", None)
         self.procs: list[subprocess.Popen[bytes]] = []
         self.spawn("server", "start", "--host", "127.0.0.1", "--port", str(port))
-        deadline = time.monotonic() + 90
+        # The server migrates a fresh database first: seconds when idle, over a minute when busy.
+        deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
             try:
                 with urllib.request.urlopen(f"{self.api}/health", timeout=1) as r:
@@ -57,12 +68,12 @@ class Server:
                         return
             except OSError:
                 time.sleep(0.5)
-        raise RuntimeError("prefect server did not start in 90 s")
+        raise RuntimeError("prefect server did not start in 240 s")
 
-    def spawn(self, *args: str) -> subprocess.Popen[bytes]:
+    def spawn(self, *args: str, cwd: Path = ROOT) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(
             [str(BIN / "prefect"), *args],
-            cwd=ROOT,
+            cwd=cwd,
             env=self.env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -94,6 +105,25 @@ class Server:
         )
         assert done.returncode == 0, done.stderr
         return done.stdout
+
+    def command(self, argv: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+        """Run a `prefect` or `ledgerflow` command line as a user types it."""
+        program = {
+            "prefect": [str(BIN / "prefect")],
+            "ledgerflow": [sys.executable, "-m", "ledgerflow.cli"],
+        }
+        return subprocess.run(
+            [*program[argv[0]], *argv[1:]],
+            cwd=cwd,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=300,  # a CLI call that starts Prefect and imports every block: slow when busy
+        )
+
+    def api_get(self, path: str) -> Any:
+        with urllib.request.urlopen(f"{self.api}{path}", timeout=30) as r:
+            return json.loads(r.read())
 
     def api_post(self, path: str, body: dict[str, Any]) -> Any:
         request = urllib.request.Request(
@@ -128,7 +158,8 @@ def server(tmp_path: Path) -> Iterator[Server]:
         running.stop()
 
 
-def wait_for_runs(server: Server, ids: list[str], timeout: float = 240) -> list[str]:
+# A flow run on a busy two-core machine: a new process, Prefect's import, the flow, the tasks.
+def wait_for_runs(server: Server, ids: list[str], timeout: float = 600) -> list[str]:
     deadline = time.monotonic() + timeout
     states: list[str] = []
     messages: list[str | None] = []
@@ -160,12 +191,17 @@ def test_prefect_deploy_and_racing_process_workers(server: Server, tmp_path: Pat
     )
     server.run("work-pool", "create", "ledgerflow-process", "--type", "process")
     out = server.run("deploy", "--all")
-    assert "scheduled" in out and "backfill" in out
+    assert "on-demand" in out and "backfill" in out
     for _ in range(3):
         server.spawn("worker", "start", "--pool", "ledgerflow-process", "--limit", "2")
 
     deployments = server.api_post("/deployments/filter", {})
+    # prefect.yaml schedules nothing, and a run that names no config is refused when created.
+    assert all(d["schedules"] == [] for d in deployments)
     backfill = next(d for d in deployments if d["name"] == "backfill")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        server.api_post(f"/deployments/{backfill['id']}/create_flow_run", {"parameters": {}})
+    assert refused.value.code == 409 and "config_block" in refused.value.read().decode()
     runs = [
         server.api_post(
             f"/deployments/{backfill['id']}/create_flow_run",
@@ -189,3 +225,133 @@ def test_prefect_deploy_and_racing_process_workers(server: Server, tmp_path: Pat
     )[0]
     assert expected_first_day < expected
     assert pipeline.warehouse_rows() == (expected_first_day, expected_first_day)
+
+
+# A schedule that stays in the future (29 February), so no scheduled run joins the test's runs.
+# One window at a time: concurrent DuckDB connections to one file in one process can still fail
+# with "already attached" (DuckDB 1.5.5; being fixed separately); this test is about deploying.
+CRON = "0 0 29 2 *"
+BLOCKS_TOML = """
+[ledger]
+type = "ledgerflow-ledger-database"
+name = "web-events"
+url = "{ledger_url}"
+
+[source]
+type = "ledgerflow-duckdb-source"
+name = "web-events"
+path = "{root}/source.duckdb"
+table = "web_events"
+
+[stage]
+type = "ledgerflow-local-stage"
+name = "web-events"
+root = "{root}/stage"
+
+[target]
+type = "ledgerflow-duckdb-target"
+name = "web-events"
+path = "{root}/warehouse.duckdb"
+table = "web_events"
+
+[pipeline]
+type = "ledgerflow-pipeline-config"
+name = "web-events"
+pipeline_id = "web_events"
+start = "{start}"
+end = "{end}"
+windows_per_run = 4
+concurrency = 1
+cron_schedule = "{cron}"
+ledger_block = "ledgerflow-ledger-database/web-events"
+source_block = "ledgerflow-duckdb-source/web-events"
+stage_block = "ledgerflow-local-stage/web-events"
+target_block = "ledgerflow-duckdb-target/web-events"
+"""
+
+
+def walk(server: Server, script: str, cwd: Path) -> list[str]:
+    """Run each line of a README bash block as written; return the flow runs it started.
+
+    Two lines need this machine's values: the export (the server's port) and nothing else.
+    Long-running commands (a worker, an agent) start in the background.
+    """
+    runs = []
+    for line in script.splitlines():
+        argv = shlex.split(line, comments=True)
+        if not argv:
+            continue
+        if argv[0] == "export":
+            name, _, value = argv[1].partition("=")
+            assert name == "PREFECT_API_URL" and value.startswith("http://127.0.0.1:4200/")
+            server.env[name] = server.api
+            continue
+        if argv[:3] in (["prefect", "worker", "start"], ["prefect", "agent", "start"]):
+            server.spawn(*argv[1:], cwd=cwd)
+            continue
+        done = server.command(argv, cwd)
+        assert done.returncode == 0, f"{line}\n{done.stdout}\n{done.stderr}"
+        if argv[:3] == ["prefect", "deployment", "run"]:
+            runs.append(re.search(r"UUID: ([0-9a-f-]{36})", done.stdout).group(1))  # type: ignore[union-attr]
+        if argv[:2] == ["ledgerflow", "deploy"]:
+            assert f"to the Prefect server at {server.api}" in done.stdout, done.stdout
+            assert f"schedule {CRON!r} in America/Los_Angeles" in done.stdout, done.stdout
+        if argv[:2] == ["ledgerflow", "blocks"] or argv == ["ledgerflow", "init"]:
+            assert f"the Prefect server at {server.api}" in done.stdout, done.stdout
+    return runs
+
+
+def test_the_readme_deploy_section_as_written_with_a_worker_then_an_agent(
+    server: Server, tmp_path: Path
+) -> None:
+    pipeline = Pipeline(tmp_path / "data", rows=3000)
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "blocks.toml").write_text(
+        BLOCKS_TOML.format(
+            ledger_url=pipeline.ledger_url,
+            root=pipeline.root,
+            start=DEMO_START.isoformat(),
+            end=(DEMO_START + timedelta(days=1)).isoformat(),
+            cron=CRON,
+        )
+    )
+    # A config that is not on the server is refused before anything is deployed.
+    missing = server.command(["ledgerflow", "deploy", "-c", "nosuch"], project)
+    assert missing.returncode == 2
+    assert "no pipeline config block named 'nosuch'" in missing.stderr
+    assert f"on the Prefect server at {server.api}" in missing.stderr
+
+    worker_run = walk(server, readme_block("## Deploy", "bash", 0), project)
+    assert wait_for_runs(server, worker_run) == ["COMPLETED"]
+
+    # The agent block redeploys the same config to an agent pool: the same deployment, moved.
+    agent_lines = readme_block("## Deploy", "bash", 1)
+    run_now = readme_block("## Deploy", "bash", 0).splitlines()[-1]
+    agent_run = walk(server, f"{agent_lines}\n{run_now}", project)
+    assert wait_for_runs(server, agent_run) == ["COMPLETED"]
+
+    deployments = server.api_post("/deployments/filter", {})
+    assert [d["name"] for d in deployments] == ["web-events"]  # re-running deploy upserted it
+    (deployment,) = deployments
+    assert deployment["work_pool_name"] == "ledgerflow-agent"
+    assert deployment["parameters"] == {"config_block": "web-events"}
+    assert deployment["entrypoint"] == "ledgerflow.flows.pipeline.windowed_pipeline"
+    assert [
+        (s["schedule"]["cron"], s["schedule"]["timezone"], s["active"])
+        for s in deployment["schedules"]
+    ] == [(CRON, "America/Los_Angeles", True)]
+    runs = {r: server.api_get(f"/flow_runs/{r}") for r in [*worker_run, *agent_run]}
+    assert [runs[r]["work_pool_name"] for r in [*worker_run, *agent_run]] == [
+        "ledgerflow-process",
+        "ledgerflow-agent",
+    ]
+    assert {r["run_count"] for r in runs.values()} == {1}  # each completed on its first try
+
+    pipeline.name = "web_events"  # the pipeline_id of blocks.toml, whose ledger records() reads
+    records = asyncio.run(pipeline.records())
+    by_run: dict[str, list[str]] = {}
+    for r in records:
+        by_run.setdefault(r.dag_run_id or "?", []).append(r.pipeline_status)
+    assert by_run.pop("?", []) == ["PENDING"] * 4  # windows_per_run=4 of the day's 12
+    assert by_run == {run: ["COMPLETED"] * 4 for run in [*worker_run, *agent_run]}
