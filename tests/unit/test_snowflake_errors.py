@@ -93,12 +93,14 @@ def test_a_refusal_is_terminal(exc: sf.Error) -> None:
 
 
 def target() -> SnowflakeTarget:
-    credentials = SnowflakeCredentials(account="acme", user="etl", password="pw")  # type: ignore[arg-type]
-    connector = SnowflakeConnector(
-        credentials=credentials, database="DB", warehouse="WH", schema="PUBLIC"
+    credentials = SnowflakeCredentials.parse_obj(
+        {"account": "acme", "user": "etl", "password": "pw"}
     )
-    return SnowflakeTarget(
-        connector=connector, table="EVENTS", stage="S", stage_url="s3://bucket/prefix/"
+    connector = SnowflakeConnector.parse_obj(
+        {"credentials": credentials, "database": "DB", "warehouse": "WH", "schema": "PUBLIC"}
+    )
+    return SnowflakeTarget.parse_obj(
+        {"connector": connector, "table": "EVENTS", "stage": "S", "stage_url": "s3://b/p/"}
     )
 
 
