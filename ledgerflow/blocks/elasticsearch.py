@@ -7,7 +7,12 @@ repeated (the mistake of tapping `search_after` on the timestamp alone).
 
 Each batch holds `_id`, `_index`, the timestamp as a UTC timestamp, the document as JSON text
 (for a Snowflake VARIANT) and any mapped columns as text. Documents without the timestamp field
-belong to no window: `count` does not count them and `extract` never returns them.
+belong to no window: `count` does not count them and `extract` never returns them. A document
+whose timestamp is an array belongs to the window of its earliest value, in count and extract.
+
+Fidelity: the document is the server's, number for number (integers beyond 64 bits, decimals
+longer than a double); an escaped lone surrogate stays the JSON escape `\\ud800` (UTF-8 cannot
+hold it). Epoch millis with a fraction are read from their digits, floored as the server does.
 """
 
 from __future__ import annotations
@@ -116,7 +121,8 @@ def iso_millis(value: Any) -> str:
 
 
 class ElasticsearchSource(Block):
-    """Reads windows from an Elasticsearch index (or pattern) by a date field.
+    """Reads windows from an Elasticsearch index (or pattern) by a date field; a document whose
+    timestamp is an array is in the window of its earliest value (count and extract agree).
 
     Example:
         Count a window:
@@ -403,20 +409,23 @@ class ElasticsearchSource(Block):
     # --- shaping ------------------------------------------------------------------------------
 
     def _window_query(self, window: Window) -> dict[str, Any]:
+        """The window's documents: those whose earliest timestamp value is in [start, end).
+
+        A range query alone matches a document whose timestamp is an array in every window
+        that any of its values falls in, so it would be counted and loaded more than once. The
+        must_not clause leaves it to the window of its earliest value (the value `ts` holds);
+        for a single value it changes nothing.
+        """
+        fmt = "strict_date_optional_time"
+        field = self.timestamp_field
+        start, end = iso_millis(window.start), iso_millis(window.end)
         clauses: list[dict[str, Any]] = [
-            {
-                "range": {
-                    self.timestamp_field: {
-                        "gte": iso_millis(window.start),
-                        "lt": iso_millis(window.end),
-                        "format": "strict_date_optional_time",
-                    }
-                }
-            }
+            {"range": {field: {"gte": start, "lt": end, "format": fmt}}}
         ]
         if self.query:
             clauses.append(self.query)
-        return {"bool": {"filter": clauses}}
+        earlier = {"range": {field: {"lt": start, "format": fmt}}}
+        return {"bool": {"filter": clauses, "must_not": [earlier]}}
 
     async def _to_batch(
         self, client: AsyncElasticsearch, hits: list[Mapping[str, Any]]
@@ -476,9 +485,14 @@ class ElasticsearchSource(Block):
         return found
 
     def _docvalue(self, hit: Mapping[str, Any]) -> str | None:
-        """The timestamp as the server formatted it (docvalue_fields), if the hit carries it."""
+        """The timestamp as the server formatted it (docvalue_fields), if the hit carries it;
+        of several values the earliest, the one that places the document in a window."""
         values: list[str] = (hit.get("fields") or {}).get(self.timestamp_field, [None])
-        return values[0]
+        if len(values) == 1:
+            return values[0]
+        # The formatted texts differ in length, so they are compared as instants, not text.
+        micros = _utc_micros(pa.array(values, pa.string())).cast(pa.int64()).to_pylist()
+        return str(values[micros.index(min(micros))])
 
     # --- server facts -------------------------------------------------------------------------
 

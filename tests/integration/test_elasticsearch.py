@@ -598,3 +598,41 @@ async def test_big_numbers_round_trip_exactly(
     assert exact(rows["big"]["document"]) == exact(BIG_NUMBERS)
     assert exact(rows["big"]["document"]) == served
     assert exact(rows["plain3"]["document"]) == {"@timestamp": iso(START), "n": Decimal("3.5")}
+
+
+ARRAY_STAMPS = {
+    "spans-up": '["2025-03-09T09:30:00Z", "2025-03-09T10:30:00Z"]',
+    "spans-down": '["2025-03-09T10:30:00Z", "2025-03-09T09:30:00Z"]',
+    "spans-mixed": '[1741514400500, "2025-03-09T09:59:59.999Z"]',  # epoch millis and ISO
+    "inside": '["2025-03-09T10:40:00Z", "2025-03-09T10:20:00Z"]',
+    "from-earlier": '["2025-03-09T08:00:00Z", "2025-03-09T10:10:00Z"]',  # a third window's
+    "single": '"2025-03-09T10:05:00Z"',
+}
+
+
+@pytest.mark.parametrize("ts_type", ["date", "date_nanos"])
+async def test_an_array_timestamp_belongs_to_the_window_of_its_earliest_value(
+    es: AsyncElasticsearch, osmem_url: str, ts_type: str
+) -> None:
+    docs = {k: f'{{"@timestamp": {v}}}' for k, v in ARRAY_STAMPS.items()}
+    await bulk_text(es, "arrays", docs, ts_type)
+    response = await es.search(
+        index="arrays",
+        size=100,
+        docvalue_fields=[{"field": "@timestamp", "format": "strict_date_optional_time_nanos"}],
+    )
+    # The oracle: every value as the server reads it; the earliest decides.
+    earliest = {
+        h["_id"]: min(as_micros(v) for v in h["fields"]["@timestamp"])
+        for h in response["hits"]["hits"]
+    }
+    src = source(osmem_url, index="arrays", slices=2, page_size=10)
+    seen: list[str] = []
+    for window in (BEFORE, WINDOW):
+        rows = await extracted(src, window)
+        assert await src.count(window) == len(rows)
+        expected = {k for k, v in earliest.items() if window.start <= v < window.end}
+        assert set(rows) == expected, window
+        assert {k: r["ts"] for k, r in rows.items()} == {k: earliest[k] for k in expected}
+        seen += rows
+    assert sorted(seen) == sorted(set(ARRAY_STAMPS) - {"from-earlier"})  # each once
