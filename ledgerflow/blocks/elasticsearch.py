@@ -45,6 +45,7 @@ from pydantic.v1 import Field, PrivateAttr, SecretStr, root_validator, validator
 
 from ledgerflow import gctune
 from ledgerflow.errors import SourceError, SourceTerminalError
+from ledgerflow.redact import has_userinfo, scrub_url, scrub_urls
 from ledgerflow.windows import Window
 
 DATE_TYPES = ("date", "date_nanos")
@@ -220,6 +221,19 @@ class ElasticsearchSource(Block):
         if bool(values.get("username")) != bool(values.get("password")):
             raise ValueError("basic auth needs both username and password")
         return values
+
+    @validator("hosts")
+    def _hosts(cls, v: list[str] | None) -> list[str] | None:
+        for i, host in enumerate(v or []):
+            if has_userinfo(host):
+                # The URL would be printed in error messages and stored in plain text; the
+                # auth fields are secrets. The message shows the host with its user info masked.
+                raise ValueError(
+                    f"hosts[{i}]={scrub_url(host)!r} carries credentials in the URL; remove "
+                    "them and set username and password (or api_key, or bearer_token), "
+                    "which are kept as secrets"
+                )
+        return v
 
     @validator("query")
     def _query(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -579,7 +593,8 @@ class ElasticsearchSource(Block):
 
     @contextlib.asynccontextmanager
     async def _errors(self, action: str) -> AsyncIterator[None]:
-        where = f"Elasticsearch {self.cloud_id or ', '.join(self.hosts or [])} index {self.index!r}"
+        nodes = self.cloud_id or ", ".join(scrub_url(h) for h in self.hosts or [])
+        where = f"Elasticsearch {nodes} index {self.index!r}"
         try:
             yield
         except (AuthenticationException, AuthorizationException) as exc:
@@ -593,14 +608,16 @@ class ElasticsearchSource(Block):
                     f"{where} does not exist; create it, fix 'index', or set "
                     "missing_index='empty' to treat a missing index as an empty window"
                 ) from None
-            raise SourceError(f"{where}: {action} failed: {exc}") from None
+            raise SourceError(f"{where}: {action} failed: {scrub_urls(str(exc))}") from None
         except BadRequestError as exc:
             raise SourceTerminalError(
                 f"{where} rejected the {action} request (is the extra query valid DSL?): "
                 f"{exc.message}: {_reason(exc.body)}"
             ) from None
         except (TransportConnectionError, ConnectionTimeout) as exc:
-            raise SourceError(f"cannot reach {where} during {action}: {exc}") from None
+            raise SourceError(
+                f"cannot reach {where} during {action}: {scrub_urls(str(exc))}"
+            ) from None
         except ApiError as exc:
             kind = (
                 SourceTerminalError
