@@ -280,8 +280,10 @@ def terminal_reason(exc: sf_errors.Error) -> str | None:
     """Why no retry will fix `exc`, or None when a retry may: classified by cause (SQLSTATE,
     the connector's error class, its message), since one errno (250001) covers both kinds."""
     message = str(exc.msg or "")
-    if exc.sqlstate == _CREDENTIALS_REJECTED or "incorrect username or password" in message.lower():
-        return "the credentials were refused"
+    if "incorrect username or password" in message.lower():
+        return _TERMINAL[390100]
+    if exc.sqlstate == _CREDENTIALS_REJECTED:
+        return _TERMINAL.get(exc.errno or 0, "the credentials were refused")
     if isinstance(exc, _RETRYABLE_HTTP) or _TRANSIENT_LOGIN.search(message):
         return None
     if isinstance(exc, sf_errors.ForbiddenError):

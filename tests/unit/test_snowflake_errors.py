@@ -125,3 +125,8 @@ async def test_the_target_raises_the_class_retries_decide_by(
         await target().count(window)
     assert type(info.value) is kind
     assert "count failed" in str(info.value)
+
+
+def test_a_refused_password_says_so_under_either_errno() -> None:
+    for case in ("wrong password", "wrong password under 250001"):
+        assert terminal_reason(TERMINAL[case]) == "the user name or password is wrong"
