@@ -190,12 +190,17 @@ STAMP_FORMS: list[Any] = [
 
 async def server_stamps(es: AsyncElasticsearch, index: str) -> dict[str, str]:
     """The server's own formatting of each document's timestamp (docvalue_fields)."""
+    return {k: v[0] for k, v in (await server_values(es, index)).items()}
+
+
+async def server_values(es: AsyncElasticsearch, index: str) -> dict[str, list[str]]:
+    """Every value of each document's timestamp, as the server formats it."""
     response = await es.search(
         index=index,
         size=100,
         docvalue_fields=[{"field": "@timestamp", "format": "strict_date_optional_time_nanos"}],
     )
-    return {h["_id"]: h["fields"]["@timestamp"][0] for h in response["hits"]["hits"]}
+    return {h["_id"]: h["fields"]["@timestamp"] for h in response["hits"]["hits"]}
 
 
 def as_micros(stamp: str) -> datetime:
@@ -511,6 +516,11 @@ async def bulk_text(
     assert not result["errors"], result
 
 
+def stamped(stamps: dict[str, str]) -> dict[str, str]:
+    """Documents (as JSON text) that hold only a timestamp, given as JSON text."""
+    return {k: f'{{"@timestamp": {v}}}' for k, v in stamps.items()}
+
+
 async def server_ids(es: AsyncElasticsearch, index: str, window: Window) -> set[str]:
     """Which documents the server's own range query puts in the window."""
     query = source("http://unused", index=index)._window_query(window)
@@ -529,8 +539,7 @@ async def extracted(src: ElasticsearchSource, window: Window) -> dict[str, dict[
 async def test_epoch_millis_with_a_fraction_land_where_the_server_puts_them(
     es: AsyncElasticsearch, osmem_url: str, ts_type: str
 ) -> None:
-    docs = {k: f'{{"@timestamp": {v}}}' for k, v in BOUNDARY_SPELLINGS.items()}
-    await bulk_text(es, "edges", docs, ts_type)
+    await bulk_text(es, "edges", stamped(BOUNDARY_SPELLINGS), ts_type)
     oracle = {k: as_micros(v) for k, v in (await server_stamps(es, "edges")).items()}
     src = source(osmem_url, index="edges")
     seen: dict[str, dict[str, Any]] = {}
@@ -614,17 +623,11 @@ ARRAY_STAMPS = {
 async def test_an_array_timestamp_belongs_to_the_window_of_its_earliest_value(
     es: AsyncElasticsearch, osmem_url: str, ts_type: str
 ) -> None:
-    docs = {k: f'{{"@timestamp": {v}}}' for k, v in ARRAY_STAMPS.items()}
-    await bulk_text(es, "arrays", docs, ts_type)
-    response = await es.search(
-        index="arrays",
-        size=100,
-        docvalue_fields=[{"field": "@timestamp", "format": "strict_date_optional_time_nanos"}],
-    )
+    await bulk_text(es, "arrays", stamped(ARRAY_STAMPS), ts_type)
     # The oracle: every value as the server reads it; the earliest decides.
     earliest = {
-        h["_id"]: min(as_micros(v) for v in h["fields"]["@timestamp"])
-        for h in response["hits"]["hits"]
+        k: min(as_micros(v) for v in values)
+        for k, values in (await server_values(es, "arrays")).items()
     }
     src = source(osmem_url, index="arrays", slices=2, page_size=10)
     seen: list[str] = []
