@@ -26,6 +26,7 @@ from ledgerflow.blocks import snowflake_sql as sql
 from ledgerflow.blocks.nested import revalidated
 from ledgerflow.errors import LoadCountMismatch, TargetError, TargetTerminalError
 from ledgerflow.ports import Manifest
+from ledgerflow.redact import scrub_urls
 from ledgerflow.sqlident import quote_identifier
 from ledgerflow.windows import Window
 
@@ -268,12 +269,13 @@ class SnowflakeTarget(Block):
         except sf_errors.Error as exc:
             where = f"Snowflake table {self.table!r}"
             reason = terminal_reason(exc)
+            said = scrub_urls(str(exc.msg))  # a login error may quote an SSO or OAuth URL
             if reason:
                 raise TargetTerminalError(
-                    f"{where}: {action} failed because {reason} ({exc.errno}): {exc.msg}"
+                    f"{where}: {action} failed because {reason} ({exc.errno}): {said}"
                 ) from None
             hint = _LOCKED_HINT if exc.errno in _LOCKED else ""
-            raise TargetError(f"{where}: {action} failed ({exc.errno}): {exc.msg}{hint}") from None
+            raise TargetError(f"{where}: {action} failed ({exc.errno}): {said}{hint}") from None
 
 
 def terminal_reason(exc: sf_errors.Error) -> str | None:

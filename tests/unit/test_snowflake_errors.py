@@ -130,3 +130,17 @@ async def test_the_target_raises_the_class_retries_decide_by(
 def test_a_refused_password_says_so_under_either_errno() -> None:
     for case in ("wrong password", "wrong password under 250001"):
         assert terminal_reason(TERMINAL[case]) == "the user name or password is wrong"
+
+
+async def test_a_url_in_the_connectors_message_is_scrubbed(monkeypatch: pytest.MonkeyPatch) -> None:
+    said = "Failed to get authentication by OKTA: https://etl:pw-9f@acme.okta.com/sso?token=tk-31"
+
+    def refuse(self: Any, **kwargs: Any) -> None:
+        raise sf.DatabaseError(msg=said, errno=ER_FAILED_TO_CONNECT_TO_DB, sqlstate="08004")
+
+    monkeypatch.setattr(SnowflakeCredentials, "get_client", refuse)
+    start = datetime(2025, 3, 9, 10, tzinfo=UTC)
+    with pytest.raises(TargetTerminalError) as info:
+        await target().count(Window(start, start + timedelta(hours=1), start.date(), "1h"))
+    assert "https://***@acme.okta.com/sso?token=***" in str(info.value)
+    assert "pw-9f" not in str(info.value) and "tk-31" not in str(info.value)
