@@ -639,3 +639,43 @@ async def test_an_array_timestamp_belongs_to_the_window_of_its_earliest_value(
         assert {k: r["ts"] for k, r in rows.items()} == {k: earliest[k] for k in expected}
         seen += rows
     assert sorted(seen) == sorted(set(ARRAY_STAMPS) - {"from-earlier"})  # each once
+
+
+@pytest.mark.usefixtures("prefect_harness")
+async def test_boundary_documents_and_exact_numbers_load_once_end_to_end(
+    es: AsyncElasticsearch, osmem_url: str, tmp_path: Any
+) -> None:
+    """The way a float lost a document: stamped with the next window's start, loaded there, and
+    deleted by that window's replace. Every boundary document lands once; the odd one is intact."""
+    import duckdb
+    from ledgerflow.demo import DEMO_START
+    from ledgerflow.flows.pipeline import windowed_pipeline
+
+    from .kit import Pipeline
+
+    first = DEMO_START.astimezone(UTC)
+    docs: dict[str, str] = {}
+    for k in range(1, 4):  # the 2h windows' inner boundaries
+        millis = int((first + timedelta(hours=2 * k)).timestamp() * 1000)
+        docs |= stamped({f"edge{k}": f"{millis - 1}.9995", f"at{k}": str(millis)})
+    odd = BIG_NUMBERS.replace("2025-03-09T10:00:00Z", iso(first + timedelta(minutes=30)))
+    docs["odd"] = odd.replace('"list"', '"s": "a\\ud800b", "list"')
+    await bulk_text(es, "events", docs)
+    pipeline = Pipeline(tmp_path, rows=10)
+    await source(osmem_url, page_size=10).save(pipeline.name)
+    name = await pipeline.save(
+        source_block=f"ledgerflow-elasticsearch-source/{pipeline.name}",
+        end=first + timedelta(hours=8),
+    )
+    state = await windowed_pipeline(config_block=name, return_state=True)
+    assert state.is_completed(), state.message
+    records = await pipeline.records()
+    assert len(records) == 4 and {r.pipeline_status for r in records} == {"COMPLETED"}
+    assert pipeline.warehouse_rows("_id") == (len(docs), len(docs))
+    con = duckdb.connect(str(pipeline.warehouse))
+    try:
+        row = con.execute("SELECT document FROM web_events WHERE _id = 'odd'").fetchone()
+    finally:
+        con.close()
+    assert row is not None
+    assert json.loads(row[0], parse_float=Decimal) == json.loads(docs["odd"], parse_float=Decimal)
