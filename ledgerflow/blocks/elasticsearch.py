@@ -7,14 +7,22 @@ repeated (the mistake of tapping `search_after` on the timestamp alone).
 
 Each batch holds `_id`, `_index`, the timestamp as a UTC timestamp, the document as JSON text
 (for a Snowflake VARIANT) and any mapped columns as text. Documents without the timestamp field
-belong to no window: `count` does not count them and `extract` never returns them.
+belong to no window: `count` does not count them and `extract` never returns them. A document
+whose timestamp is an array belongs to the window of its earliest value, in count and extract.
+
+Fidelity: the document is the server's, number for number (integers beyond 64 bits, decimals
+longer than a double); an escaped lone surrogate stays the JSON escape `\\ud800` (UTF-8 cannot
+hold it). Epoch millis with a fraction are read from their digits, floored as the server does.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import re
 from collections.abc import AsyncIterator, Mapping
+from decimal import ROUND_FLOOR, Decimal
 from typing import Any, Literal
 from urllib.parse import quote
 
@@ -37,6 +45,7 @@ from pydantic.v1 import Field, PrivateAttr, SecretStr, root_validator, validator
 
 from ledgerflow import gctune
 from ledgerflow.errors import SourceError, SourceTerminalError
+from ledgerflow.redact import has_userinfo, scrub_url, scrub_urls
 from ledgerflow.windows import Window
 
 DATE_TYPES = ("date", "date_nanos")
@@ -56,6 +65,29 @@ READABLE_DATE_FORMATS = frozenset(
     }
 )
 _END = object()
+# A response is decoded by orjson unless it may hold a number orjson would change: a float with
+# 16 or more significant digits (a double keeps 15) or an integer beyond 64 bits. Both need a run
+# of at least 17 digits and dots, which `bytes.translate` + `in` finds in a quarter of the time
+# orjson takes to decode the page (a regex takes three times as long as orjson).
+_DIGITS_AND_DOTS = bytes(0x30 if chr(b) in "0123456789." else 0x20 for b in range(256))
+_LONG_NUMBER = b"0" * 17
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+_EPOCH_MILLIS = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+class ExactJsonSerializer(OrjsonSerializer):
+    """Decodes responses as the server wrote them: orjson for the common page, the stdlib's
+    decoder for the rare one orjson would change or refuse.
+
+    The stdlib path keeps every integer exact (Python ints), reads floats as `Decimal` (the
+    digits as written) and accepts an escaped lone surrogate (`"\\ud800"`), which orjson refuses.
+    """
+
+    def json_loads(self, data: bytes) -> Any:
+        if _LONG_NUMBER not in data.translate(_DIGITS_AND_DOTS):
+            with contextlib.suppress(orjson.JSONDecodeError):  # e.g. a lone surrogate escape
+                return orjson.loads(data)
+        return json.loads(data, parse_float=Decimal)
 
 
 class PlainJsonNode(AiohttpHttpNode):
@@ -90,7 +122,8 @@ def iso_millis(value: Any) -> str:
 
 
 class ElasticsearchSource(Block):
-    """Reads windows from an Elasticsearch index (or pattern) by a date field.
+    """Reads windows from an Elasticsearch index (or pattern) by a date field; a document whose
+    timestamp is an array is in the window of its earliest value (count and extract agree).
 
     Example:
         Count a window:
@@ -187,6 +220,19 @@ class ElasticsearchSource(Block):
         if bool(values.get("username")) != bool(values.get("password")):
             raise ValueError("basic auth needs both username and password")
         return values
+
+    @validator("hosts")
+    def _hosts(cls, v: list[str] | None) -> list[str] | None:
+        for i, host in enumerate(v or []):
+            if has_userinfo(host):
+                # The URL would be printed in error messages and stored in plain text; the
+                # auth fields are secrets. The message shows the host with its user info masked.
+                raise ValueError(
+                    f"hosts[{i}]={scrub_url(host)!r} carries credentials in the URL; remove "
+                    "them and set username and password (or api_key, or bearer_token), "
+                    "which are kept as secrets"
+                )
+        return v
 
     @validator("query")
     def _query(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -376,20 +422,23 @@ class ElasticsearchSource(Block):
     # --- shaping ------------------------------------------------------------------------------
 
     def _window_query(self, window: Window) -> dict[str, Any]:
+        """The window's documents: those whose earliest timestamp value is in [start, end).
+
+        A range query alone matches a document whose timestamp is an array in every window
+        that any of its values falls in, so it would be counted and loaded more than once. The
+        must_not clause leaves it to the window of its earliest value (the value `ts` holds);
+        for a single value it changes nothing.
+        """
+        fmt = "strict_date_optional_time"
+        field = self.timestamp_field
+        start, end = iso_millis(window.start), iso_millis(window.end)
         clauses: list[dict[str, Any]] = [
-            {
-                "range": {
-                    self.timestamp_field: {
-                        "gte": iso_millis(window.start),
-                        "lt": iso_millis(window.end),
-                        "format": "strict_date_optional_time",
-                    }
-                }
-            }
+            {"range": {field: {"gte": start, "lt": end, "format": fmt}}}
         ]
         if self.query:
             clauses.append(self.query)
-        return {"bool": {"filter": clauses}}
+        earlier = {"range": {field: {"lt": start, "format": fmt}}}
+        return {"bool": {"filter": clauses, "must_not": [earlier]}}
 
     async def _to_batch(
         self, client: AsyncElasticsearch, hits: list[Mapping[str, Any]]
@@ -399,14 +448,10 @@ class ElasticsearchSource(Block):
             "_id": pa.array([h["_id"] for h in hits], pa.string()),
             "_index": indices,
             "ts": await self._timestamps(client, hits, indices),
-            "document": pa.array(
-                [orjson.dumps(h.get("_source", {})).decode() for h in hits], pa.string()
-            ),
+            "document": pa.array([_json_text(h.get("_source", {})) for h in hits], pa.string()),
         }
         for column, path in (self.columns or {}).items():
-            data[column] = pa.array(
-                [_text(_dig(h.get("_source", {}), path)) for h in hits], pa.string()
-            )
+            data[column] = _strings([_text(_dig(h.get("_source", {}), path)) for h in hits])
         return pa.RecordBatch.from_pydict(data)
 
     async def _timestamps(
@@ -453,9 +498,14 @@ class ElasticsearchSource(Block):
         return found
 
     def _docvalue(self, hit: Mapping[str, Any]) -> str | None:
-        """The timestamp as the server formatted it (docvalue_fields), if the hit carries it."""
+        """The timestamp as the server formatted it (docvalue_fields), if the hit carries it;
+        of several values the earliest, the one that places the document in a window."""
         values: list[str] = (hit.get("fields") or {}).get(self.timestamp_field, [None])
-        return values[0]
+        if len(values) == 1:
+            return values[0]
+        # The formatted texts differ in length, so they are compared as instants, not text.
+        micros = _utc_micros(pa.array(values, pa.string())).cast(pa.int64()).to_pylist()
+        return str(values[micros.index(min(micros))])
 
     # --- server facts -------------------------------------------------------------------------
 
@@ -516,9 +566,9 @@ class ElasticsearchSource(Block):
             "max_retries": self.max_retries,
             "retry_on_timeout": True,
             "verify_certs": self.verify_certs,
-            # orjson parses responses about 3x faster than the stdlib; decoding pages is most of
-            # an extraction's CPU.
-            "serializer": OrjsonSerializer(),
+            # orjson parses responses about 2-3x faster than the stdlib; decoding pages is most
+            # of an extraction's CPU. The stdlib takes over for a page orjson would change.
+            "serializer": ExactJsonSerializer(),
         }
         if self.hosts:
             kwargs["hosts"] = self.hosts
@@ -542,7 +592,8 @@ class ElasticsearchSource(Block):
 
     @contextlib.asynccontextmanager
     async def _errors(self, action: str) -> AsyncIterator[None]:
-        where = f"Elasticsearch {self.cloud_id or ', '.join(self.hosts or [])} index {self.index!r}"
+        nodes = self.cloud_id or ", ".join(scrub_url(h) for h in self.hosts or [])
+        where = f"Elasticsearch {nodes} index {self.index!r}"
         try:
             yield
         except (AuthenticationException, AuthorizationException) as exc:
@@ -556,14 +607,16 @@ class ElasticsearchSource(Block):
                     f"{where} does not exist; create it, fix 'index', or set "
                     "missing_index='empty' to treat a missing index as an empty window"
                 ) from None
-            raise SourceError(f"{where}: {action} failed: {exc}") from None
+            raise SourceError(f"{where}: {action} failed: {scrub_urls(str(exc))}") from None
         except BadRequestError as exc:
             raise SourceTerminalError(
                 f"{where} rejected the {action} request (is the extra query valid DSL?): "
                 f"{exc.message}: {_reason(exc.body)}"
             ) from None
         except (TransportConnectionError, ConnectionTimeout) as exc:
-            raise SourceError(f"cannot reach {where} during {action}: {exc}") from None
+            raise SourceError(
+                f"cannot reach {where} during {action}: {scrub_urls(str(exc))}"
+            ) from None
         except ApiError as exc:
             kind = (
                 SourceTerminalError
@@ -604,13 +657,19 @@ def _parse_stamps(values: list[Any]) -> list[int | None]:
 def _parse_stamp(value: Any) -> int | None:
     if isinstance(value, bool):
         return None
-    if isinstance(value, int | float):  # epoch_millis
-        return round(value * 1000)
+    if isinstance(value, int):  # epoch_millis
+        return value * 1000
+    if isinstance(value, float):
+        # Decoded by orjson only when its text had at most 15 significant digits, so the
+        # shortest repr is that text's exact value (a 16th digit sends the page to Decimal).
+        return _millis_to_micros(repr(value))
+    if isinstance(value, Decimal):
+        return _millis_to_micros(str(value))
     if not isinstance(value, str):
         return None  # an array, an object or a null: the server's docvalue says which
     text = value.strip().replace(",", ".")
-    if text.lstrip("-").isdigit() and len(text) != 4:  # four digits are a year, as ES reads it
-        return int(text) * 1000
+    if _EPOCH_MILLIS.fullmatch(text) and not (len(text) == 4 and text.isdigit()):
+        return _millis_to_micros(text)  # four digits are a year, as ES reads it
     date, _, clock = text.partition("T")
     candidates = [text]
     if not clock:  # yyyy, yyyy-MM or yyyy-MM-dd: the start of that period, UTC
@@ -628,6 +687,57 @@ def _parse_stamp(value: Any) -> int | None:
     return None
 
 
+def _millis_to_micros(text: str) -> int:
+    """Epoch milliseconds written as text (a fraction allowed) as epoch microseconds, floored
+    from the exact decimal the way Elasticsearch reads it: never through a float, whose rounding
+    moved `...399999.9995` onto the next millisecond and into the next window."""
+    return int((Decimal(text) * 1000).to_integral_value(rounding=ROUND_FLOOR))
+
+
+def _json_text(value: Any) -> str:
+    """`value` as JSON text, numbers and strings exactly as the server sent them."""
+    try:
+        return orjson.dumps(value, default=_exact_number).decode()
+    except TypeError:  # an integer beyond 64 bits or a lone surrogate: orjson cannot write it
+        return _exact_json(value)
+
+
+def _exact_number(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return orjson.Fragment(str(value))  # the digits as the server wrote them
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+def _exact_json(value: Any) -> str:
+    """The slow writer for what orjson refuses. A lone surrogate stays the JSON escape the
+    server sent (`"\\ud800"`): the text is valid UTF-8 and reads back as the same code unit."""
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{_json_string(k)}:{_exact_json(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(_exact_json(v) for v in value) + "]"
+    if isinstance(value, str):
+        return _json_string(value)
+    if isinstance(value, int | Decimal) and not isinstance(value, bool):
+        return str(value)
+    return orjson.dumps(value).decode()  # true, false, null, a float
+
+
+def _json_string(text: str) -> str:
+    return _escape_surrogates(json.dumps(text, ensure_ascii=False))
+
+
+def _escape_surrogates(text: str) -> str:
+    return _LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def _strings(values: list[str | None]) -> pa.Array:
+    """Text values as an Arrow column; a lone surrogate (not encodable as UTF-8) is escaped."""
+    try:
+        return pa.array(values, pa.string())
+    except UnicodeEncodeError:
+        return pa.array([v and _escape_surrogates(v) for v in values], pa.string())
+
+
 def _dig(document: Mapping[str, Any], path: str) -> Any:
     value: Any = document
     for part in path.split("."):
@@ -640,7 +750,7 @@ def _dig(document: Mapping[str, Any], path: str) -> Any:
 def _text(value: Any) -> str | None:
     if value is None or isinstance(value, str):
         return value
-    return orjson.dumps(value).decode()
+    return _json_text(value)
 
 
 def _reason(body: Any) -> str:

@@ -11,6 +11,7 @@ from prefect.blocks.core import Block
 from pydantic.v1 import Field, SecretStr, validator
 
 from ledgerflow.ledger import Ledger
+from ledgerflow.redact import scrub_url
 
 DEFAULT_URL = "sqlite+aiosqlite:///.ledgerflow/ledger.db"
 
@@ -59,8 +60,11 @@ class LedgerDatabase(Block):
         return v
 
     def display_url(self) -> str:
-        """The URL with any password masked, safe for logs."""
-        return sa.engine.make_url(self.url.get_secret_value()).render_as_string(hide_password=True)
+        """The URL with its user info and any password-like query value masked, safe for logs.
+
+        Scrubbed from the text as written, not as SQLAlchemy parses it: a password with a raw
+        `@` or `#` parses wrongly, and the parsed form would show its tail."""
+        return scrub_url(self.url.get_secret_value())
 
     @contextlib.asynccontextmanager
     async def open(self) -> AsyncIterator[Ledger]:

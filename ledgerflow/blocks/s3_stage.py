@@ -28,6 +28,7 @@ from ledgerflow.blocks.nested import revalidated
 from ledgerflow.blocks.parquet_parts import Part, write_parts
 from ledgerflow.errors import StageError, StageTerminalError
 from ledgerflow.ports import Manifest, StagedFile
+from ledgerflow.redact import scrub_urls
 
 T = TypeVar("T")
 _TERMINAL_CODES = {
@@ -194,7 +195,7 @@ class S3Stage(Block):
                 reason = exc.__cause__ or exc.__context__
                 if isinstance(reason, ClientError):
                     raise reason from None
-                raise StageError(f"S3 failed to {action}: {exc}") from None
+                raise StageError(f"S3 failed to {action}: {scrub_urls(str(exc))}") from None
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
             if code in _TERMINAL_CODES:
@@ -202,11 +203,11 @@ class S3Stage(Block):
                     f"S3 refused to {action}: {_TERMINAL_CODES[code]} ({code}); check the "
                     f"S3Bucket block's bucket_name {self.bucket.bucket_name!r} and its credentials"
                 ) from None
-            raise StageError(f"S3 failed to {action}: {code}: {exc}") from None
+            raise StageError(f"S3 failed to {action}: {code}: {scrub_urls(str(exc))}") from None
         except EndpointConnectionError as exc:
-            raise StageError(f"cannot reach S3 to {action}: {exc}") from None
+            raise StageError(f"cannot reach S3 to {action}: {scrub_urls(str(exc))}") from None
         except BotoCoreError as exc:
-            raise StageError(f"S3 failed to {action}: {exc}") from None
+            raise StageError(f"S3 failed to {action}: {scrub_urls(str(exc))}") from None
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()

@@ -11,6 +11,7 @@ connector calls run in a worker thread, off the event loop.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -25,6 +26,7 @@ from ledgerflow.blocks import snowflake_sql as sql
 from ledgerflow.blocks.nested import revalidated
 from ledgerflow.errors import LoadCountMismatch, TargetError, TargetTerminalError
 from ledgerflow.ports import Manifest
+from ledgerflow.redact import scrub_urls
 from ledgerflow.sqlident import quote_identifier
 from ledgerflow.windows import Window
 
@@ -37,6 +39,24 @@ _TERMINAL = {
     390144: "the private key or JWT is invalid",
     250001: "the account could not be reached or refused the login",
 }
+# 250001 ("failed to connect to DB") also covers causes a retry may fix: the connector raises it
+# for an HTTP 502/503/504 answer to the login and when its own connection attempts ran out.
+_RETRYABLE_HTTP = (
+    sf_errors.ServiceUnavailableError,
+    sf_errors.BadGatewayError,
+    sf_errors.GatewayTimeoutError,
+    sf_errors.InternalServerError,
+    sf_errors.RequestTimeoutError,
+    sf_errors.TooManyRequests,
+    sf_errors.OtherHTTPRetryableError,
+)
+_TRANSIENT_LOGIN = re.compile(
+    r"Service is unavailable|Could not connect (?:to Snowflake backend )?after \d+ attempt|"
+    r"HTTP 50[234]",
+    re.IGNORECASE,
+)
+# SQLSTATE the connector gives a login whose credentials the server rejected.
+_CREDENTIALS_REJECTED = "28000"
 
 # Snowflake error numbers for a statement that gave up waiting on another transaction's lock.
 _LOCKED = {625, 630}
@@ -245,15 +265,31 @@ class SnowflakeTarget(Block):
 
         try:
             return await asyncio.to_thread(run)
-        except sf_errors.DatabaseError as exc:
+        except sf_errors.Error as exc:
             where = f"Snowflake table {self.table!r}"
-            reason = _TERMINAL.get(exc.errno or 0)
+            reason = terminal_reason(exc)
+            said = scrub_urls(str(exc.msg))  # a login error may quote an SSO or OAuth URL
             if reason:
                 raise TargetTerminalError(
-                    f"{where}: {action} failed because {reason} ({exc.errno}): {exc.msg}"
+                    f"{where}: {action} failed because {reason} ({exc.errno}): {said}"
                 ) from None
             hint = _LOCKED_HINT if exc.errno in _LOCKED else ""
-            raise TargetError(f"{where}: {action} failed ({exc.errno}): {exc.msg}{hint}") from None
+            raise TargetError(f"{where}: {action} failed ({exc.errno}): {said}{hint}") from None
+
+
+def terminal_reason(exc: sf_errors.Error) -> str | None:
+    """Why no retry will fix `exc`, or None when a retry may: classified by cause (SQLSTATE,
+    the connector's error class, its message), since one errno (250001) covers both kinds."""
+    message = str(exc.msg or "")
+    if "incorrect username or password" in message.lower():
+        return _TERMINAL[390100]
+    if exc.sqlstate == _CREDENTIALS_REJECTED:
+        return _TERMINAL.get(exc.errno or 0, "the credentials were refused")
+    if isinstance(exc, _RETRYABLE_HTTP) or _TRANSIENT_LOGIN.search(message):
+        return None
+    if isinstance(exc, sf_errors.ForbiddenError):
+        return "the account name is wrong or the login was forbidden (HTTP 403)"
+    return _TERMINAL.get(exc.errno or 0)
 
 
 def _bounds(window: Window) -> tuple[datetime, datetime]:

@@ -3,6 +3,9 @@
 Each table is one block: its `type` names the block class, `name` the saved name, the other keys
 its fields. `${VAR}` anywhere in a string is replaced by the environment variable VAR (so CI and
 secret managers inject credentials; a missing variable is an error, never an empty secret).
+In a URL (`scheme://...`), a value that lands in the user info or the query string is
+percent-encoded, so a password such as `s3cr3t!@#` cannot break the URL apart; a variable that
+holds a whole URL is taken as written.
 
     [ledger]
     type = "ledgerflow-ledger-database"
@@ -26,6 +29,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from prefect.blocks.core import Block
 from pydantic.v1 import ValidationError
@@ -35,6 +39,7 @@ from ledgerflow.blocks.config import explain
 from ledgerflow.errors import ConfigError
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 def slug_of(block: type[Block] | Block) -> str:
@@ -46,11 +51,14 @@ BLOCKS: dict[str, type[Block]] = {slug_of(b): b for b in ALL_BLOCKS}
 
 def _expand(value: Any, where: str, env: Mapping[str, str]) -> Any:
     if isinstance(value, str):
+        encoded = _encoded_spans(value)
 
         def swap(match: re.Match[str]) -> str:
             var = match.group(1)
             if var not in env:
                 raise ConfigError(f"{where} needs environment variable {var}, which is not set")
+            if any(lo <= match.start() < hi for lo, hi in encoded):
+                return quote(env[var], safe="")
             return env[var]
 
         return _VAR.sub(swap, value)
@@ -59,6 +67,29 @@ def _expand(value: Any, where: str, env: Mapping[str, str]) -> Any:
     if isinstance(value, list):
         return [_expand(v, f"{where}[{i}]", env) for i, v in enumerate(value)]
     return value
+
+
+def _encoded_spans(template: str) -> list[tuple[int, int]]:
+    """Where in a URL template a substituted value must be percent-encoded: the user info
+    (between `://` and the `@` before the host) and the query string. The template's own `@`
+    and `?` mark them; the values, which may hold those characters, are not in it yet."""
+    scheme = _SCHEME.match(template)
+    if not scheme:
+        return []
+    spans = []
+    authority_end = len(template)
+    for mark in "/?#":
+        found = template.find(mark, scheme.end())
+        if found >= 0:
+            authority_end = min(authority_end, found)
+    at = template.rfind("@", scheme.end(), authority_end)
+    if at >= 0:
+        spans.append((scheme.end(), at))
+    query = template.find("?", scheme.end())
+    if query >= 0:
+        end = template.find("#", query)
+        spans.append((query, len(template) if end < 0 else end))
+    return spans
 
 
 def build_blocks(

@@ -29,6 +29,7 @@ from ledgerflow.ledger.models import (
     Status,
     UTCDateTime,
 )
+from ledgerflow.redact import scrub_url, scrub_urls
 from ledgerflow.windows import Window
 
 COMPONENT = "pipeline_records"
@@ -576,8 +577,10 @@ class _Guarded:
         try:
             conn: AsyncConnection = await self._cm.__aenter__()
         except (OSError, OperationalError, DBAPIError) as exc:
-            url = self._engine.url.render_as_string(hide_password=True)
-            raise LedgerUnavailable(f"cannot reach the ledger at {url}: {exc}") from exc
+            url = scrub_url(self._engine.url.render_as_string(hide_password=True))
+            raise LedgerUnavailable(
+                f"cannot reach the ledger at {url}: {scrub_urls(str(exc))}"
+            ) from exc
         return conn
 
     async def __aexit__(self, *exc: Any) -> None:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 import socket
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
+import aiohttp
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -186,12 +190,17 @@ STAMP_FORMS: list[Any] = [
 
 async def server_stamps(es: AsyncElasticsearch, index: str) -> dict[str, str]:
     """The server's own formatting of each document's timestamp (docvalue_fields)."""
+    return {k: v[0] for k, v in (await server_values(es, index)).items()}
+
+
+async def server_values(es: AsyncElasticsearch, index: str) -> dict[str, list[str]]:
+    """Every value of each document's timestamp, as the server formats it."""
     response = await es.search(
         index=index,
         size=100,
         docvalue_fields=[{"field": "@timestamp", "format": "strict_date_optional_time_nanos"}],
     )
-    return {h["_id"]: h["fields"]["@timestamp"][0] for h in response["hits"]["hits"]}
+    return {h["_id"]: h["fields"]["@timestamp"] for h in response["hits"]["hits"]}
 
 
 def as_micros(stamp: str) -> datetime:
@@ -468,3 +477,205 @@ async def test_a_node_timing_out_mid_extraction_is_retried_and_never_partly_stag
     assert pipeline.warehouse_rows("_id") == (1000, 1000)
     staged = list((tmp_path / "stage").rglob("*.parquet"))
     assert sum(pq.ParquetFile(p).metadata.num_rows for p in staged) == 1000
+
+
+# --- source fidelity: the server's own reading is the oracle ---------------------------------
+
+BEFORE = Window(START - timedelta(hours=1), START, START.date(), "1h")
+# 1741514400000 ms is START; every spelling below sits on or just around it, as JSON text.
+BOUNDARY_SPELLINGS = {
+    "frac-4": "1741514399999.9995",  # a float rounds this onto START; the server truncates
+    "frac-6": "1741514399999.999999",
+    "frac-half": "1741514399999.5",
+    "frac-text": '"1741514399999.9995"',
+    "millis-before": "1741514399999",
+    "at-float": "1741514400000.0",
+    "at": "1741514400000",
+    "after-frac": "1741514400000.000001",
+    "after-frac-text": '"1741514400000.0005"',
+    "iso-nanos": '"2025-03-09T09:59:59.999999999Z"',
+    "iso-offset": '"2025-03-09T10:59:59.9999999+01:00"',
+    "iso-at": '"2025-03-09T10:00:00Z"',
+}
+
+
+async def bulk_text(
+    es: AsyncElasticsearch, index: str, docs: dict[str, str], ts_type: str = "date"
+) -> None:
+    """Index documents given as JSON text, so numbers and escapes reach the server as written
+    (a Python client would re-spell them). Only the timestamp is mapped."""
+    await es.indices.create(
+        index=index,
+        mappings={"dynamic": False, "properties": {"@timestamp": {"type": ts_type}}},
+    )
+    lines = []
+    for doc_id, text in docs.items():
+        lines += [f'{{"index": {{"_index": "{index}", "_id": "{doc_id}"}}}}', text]
+    body: Any = "\n".join(lines) + "\n"  # the client passes text through as written
+    result = await es.bulk(operations=body, refresh=True)
+    assert not result["errors"], result
+
+
+def stamped(stamps: dict[str, str]) -> dict[str, str]:
+    """Documents (as JSON text) that hold only a timestamp, given as JSON text."""
+    return {k: f'{{"@timestamp": {v}}}' for k, v in stamps.items()}
+
+
+async def server_ids(es: AsyncElasticsearch, index: str, window: Window) -> set[str]:
+    """Which documents the server's own range query puts in the window."""
+    query = source("http://unused", index=index)._window_query(window)
+    response = await es.search(index=index, query=query, size=1000, source=False)
+    return {h["_id"] for h in response["hits"]["hits"]}
+
+
+async def extracted(src: ElasticsearchSource, window: Window) -> dict[str, dict[str, Any]]:
+    rows: dict[str, dict[str, Any]] = {}
+    async for batch in src.extract(window):
+        rows |= {row["_id"]: row for row in batch.to_pylist()}
+    return rows
+
+
+@pytest.mark.parametrize("ts_type", ["date", "date_nanos"])
+async def test_epoch_millis_with_a_fraction_land_where_the_server_puts_them(
+    es: AsyncElasticsearch, osmem_url: str, ts_type: str
+) -> None:
+    await bulk_text(es, "edges", stamped(BOUNDARY_SPELLINGS), ts_type)
+    oracle = {k: as_micros(v) for k, v in (await server_stamps(es, "edges")).items()}
+    src = source(osmem_url, index="edges")
+    seen: dict[str, dict[str, Any]] = {}
+    for window in (BEFORE, WINDOW):
+        rows = await extracted(src, window)
+        assert set(rows) == await server_ids(es, "edges", window), window
+        assert await src.count(window) == len(rows)
+        for doc_id, row in rows.items():
+            assert window.start <= row["ts"] < window.end, (doc_id, row["ts"])
+        seen |= rows
+    assert set(seen) == set(BOUNDARY_SPELLINGS)  # the two windows hold every document once
+    assert {k: r["ts"] for k, r in seen.items()} == oracle
+    assert src._stamps_from_source  # read from _source, not fetched from the server
+
+
+async def test_a_lone_surrogate_loads_as_the_server_returned_it(
+    es: AsyncElasticsearch, osmem_url: str
+) -> None:
+    docs = {f"plain{i}": f'{{"@timestamp": "{iso(START)}", "n": {i}}}' for i in range(30)}
+    docs["lone"] = f'{{"@timestamp": "{iso(START)}", "s": "a\\ud800b", "k\\udc00": ["\\ud83d"]}}'
+    docs["pair"] = f'{{"@timestamp": "{iso(START)}", "s": "\\ud83d\\ude00"}}'
+    await bulk_text(es, "events", docs)
+    src = source(osmem_url, page_size=10, columns={"s": "s"})
+    rows = await extracted(src, WINDOW)
+    assert set(rows) == set(docs)
+    lone = rows["lone"]
+    # The unpaired surrogate stays the JSON escape the server sent: valid UTF-8 text that a
+    # JSON reader turns back into the same code unit.
+    assert "\\ud800" in lone["document"] and "\\udc00" in lone["document"]
+    assert lone["s"] == "a\\ud800b"
+    assert json.loads(lone["document"]) == {
+        "@timestamp": iso(START),
+        "s": "a\ud800b",
+        "k\udc00": ["\ud83d"],
+    }
+    assert json.loads(rows["pair"]["document"]) == {"@timestamp": iso(START), "s": "\U0001f600"}
+    assert json.loads(rows["plain7"]["document"]) == {"@timestamp": iso(START), "n": 7}
+    table = pa.Table.from_pylist(list(rows.values()))
+    pq.write_table(table, io.BytesIO())  # the stage can write it
+
+
+BIG_NUMBERS = (
+    '{"@timestamp": "2025-03-09T10:00:00Z", "u65": 18446744073709551617,'
+    ' "neg": -18446744073709551617, "u64": 18446744073709551615, "i63": -9223372036854775808,'
+    ' "dec": 1.10000000000000000001, "long_dec": 12345678901234567890.123456789,'
+    ' "tiny": 1e-400, "list": [1, 18446744073709551616, 0.30000000000000000001]}'
+)
+
+
+@pytest.mark.parametrize("paging", ["auto", "never"])
+async def test_big_numbers_round_trip_exactly(
+    es: AsyncElasticsearch, osmem_url: str, paging: str
+) -> None:
+    docs = {f"plain{i}": f'{{"@timestamp": "{iso(START)}", "n": {i}.5}}' for i in range(30)}
+    docs["big"] = BIG_NUMBERS
+    await bulk_text(es, "events", docs)
+    rows = await extracted(source(osmem_url, page_size=10, point_in_time=paging), WINDOW)
+    async with aiohttp.ClientSession() as http, http.get(f"{osmem_url}/events/_doc/big") as got:
+        served = json.loads(await got.read(), parse_float=Decimal)["_source"]  # the raw bytes
+    assert set(rows) == set(docs)
+
+    def exact(text: str) -> Any:
+        return json.loads(text, parse_float=Decimal)
+
+    assert exact(rows["big"]["document"]) == exact(BIG_NUMBERS)
+    assert exact(rows["big"]["document"]) == served
+    assert exact(rows["plain3"]["document"]) == {"@timestamp": iso(START), "n": Decimal("3.5")}
+
+
+ARRAY_STAMPS = {
+    "spans-up": '["2025-03-09T09:30:00Z", "2025-03-09T10:30:00Z"]',
+    "spans-down": '["2025-03-09T10:30:00Z", "2025-03-09T09:30:00Z"]',
+    "spans-mixed": '[1741514400500, "2025-03-09T09:59:59.999Z"]',  # epoch millis and ISO
+    "inside": '["2025-03-09T10:40:00Z", "2025-03-09T10:20:00Z"]',
+    "from-earlier": '["2025-03-09T08:00:00Z", "2025-03-09T10:10:00Z"]',  # a third window's
+    "single": '"2025-03-09T10:05:00Z"',
+}
+
+
+@pytest.mark.parametrize("ts_type", ["date", "date_nanos"])
+async def test_an_array_timestamp_belongs_to_the_window_of_its_earliest_value(
+    es: AsyncElasticsearch, osmem_url: str, ts_type: str
+) -> None:
+    await bulk_text(es, "arrays", stamped(ARRAY_STAMPS), ts_type)
+    # The oracle: every value as the server reads it; the earliest decides.
+    earliest = {
+        k: min(as_micros(v) for v in values)
+        for k, values in (await server_values(es, "arrays")).items()
+    }
+    src = source(osmem_url, index="arrays", slices=2, page_size=10)
+    seen: list[str] = []
+    for window in (BEFORE, WINDOW):
+        rows = await extracted(src, window)
+        assert await src.count(window) == len(rows)
+        expected = {k for k, v in earliest.items() if window.start <= v < window.end}
+        assert set(rows) == expected, window
+        assert {k: r["ts"] for k, r in rows.items()} == {k: earliest[k] for k in expected}
+        seen += rows
+    assert sorted(seen) == sorted(set(ARRAY_STAMPS) - {"from-earlier"})  # each once
+
+
+@pytest.mark.usefixtures("prefect_harness")
+async def test_boundary_documents_and_exact_numbers_load_once_end_to_end(
+    es: AsyncElasticsearch, osmem_url: str, tmp_path: Any
+) -> None:
+    """The way a float lost a document: stamped with the next window's start, loaded there, and
+    deleted by that window's replace. Every boundary document lands once; the odd one is intact."""
+    import duckdb
+    from ledgerflow.demo import DEMO_START
+    from ledgerflow.flows.pipeline import windowed_pipeline
+
+    from .kit import Pipeline
+
+    first = DEMO_START.astimezone(UTC)
+    docs: dict[str, str] = {}
+    for k in range(1, 4):  # the 2h windows' inner boundaries
+        millis = int((first + timedelta(hours=2 * k)).timestamp() * 1000)
+        docs |= stamped({f"edge{k}": f"{millis - 1}.9995", f"at{k}": str(millis)})
+    odd = BIG_NUMBERS.replace("2025-03-09T10:00:00Z", iso(first + timedelta(minutes=30)))
+    docs["odd"] = odd.replace('"list"', '"s": "a\\ud800b", "list"')
+    await bulk_text(es, "events", docs)
+    pipeline = Pipeline(tmp_path, rows=10)
+    await source(osmem_url, page_size=10).save(pipeline.name)
+    name = await pipeline.save(
+        source_block=f"ledgerflow-elasticsearch-source/{pipeline.name}",
+        end=first + timedelta(hours=8),
+    )
+    state = await windowed_pipeline(config_block=name, return_state=True)
+    assert state.is_completed(), state.message
+    records = await pipeline.records()
+    assert len(records) == 4 and {r.pipeline_status for r in records} == {"COMPLETED"}
+    assert pipeline.warehouse_rows("_id") == (len(docs), len(docs))
+    con = duckdb.connect(str(pipeline.warehouse))
+    try:
+        row = con.execute("SELECT document FROM web_events WHERE _id = 'odd'").fetchone()
+    finally:
+        con.close()
+    assert row is not None
+    assert json.loads(row[0], parse_float=Decimal) == json.loads(docs["odd"], parse_float=Decimal)

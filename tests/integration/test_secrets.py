@@ -1,21 +1,28 @@
 """Distinctive secrets in every block, a run that fails: no secret in logs, ledger, artifacts or
-the notification mail."""
+the notification mail. Also credentials inside URLs: a ledger URL's `?password=`, a password
+substituted from the environment by `blocks register`, an Elasticsearch host with user info."""
 
 from __future__ import annotations
 
+import socket
 from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import sqlalchemy as sa
 from elasticsearch import AsyncElasticsearch
 from ledgerflow.blocks.elasticsearch import ElasticsearchSource, PlainJsonNode
+from ledgerflow.blocks.ledger_db import LedgerDatabase
+from ledgerflow.cli import app
 from ledgerflow.demo import DEMO_START
+from ledgerflow.deployments.register import register_file
 from ledgerflow.flows.pipeline import windowed_pipeline
 from ledgerflow.ledger import Ledger
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+from typer.testing import CliRunner
 
 from .kit import DriftingTarget, Pipeline
 from .mail_kit import SMTP_PASSWORD, Inbox, server
@@ -26,6 +33,11 @@ ES_KEY = "LF-es-ApiKey-93ab"
 SECRETS = (PG_PASSWORD, ES_KEY, SMTP_PASSWORD)
 AWS_SECRET = "LF-aws-SecretKey-5e2f"
 SNOWFLAKE_PASSWORD = "LF-snowflake-Pw-c4d8"
+QUERY_PASSWORD = "LF-pg-QueryPw-81f0"
+# Characters that break a URL unencoded; the encoded form is a secret too.
+ENV_PASSWORD = "LF-env-s3cr3t!@#"
+ENV_FORMS = (ENV_PASSWORD, quote(ENV_PASSWORD, safe=""), "s3cr3t", "!@#")
+ES_URL_PASSWORD = "LF-es-UrlPw-0b7e"
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
@@ -33,16 +45,24 @@ async def test_no_secret_leaks_from_a_failed_run(
     tmp_path: Path, pg_url: str, osmem_url: str, smtp: tuple[int, Inbox]
 ) -> None:
     port, inbox = smtp
-    await seed_events(osmem_url, "events")
-
     # The test Postgres trusts loopback, so any password connects: it only has to be carried.
     url = sa.engine.make_url(pg_url).set(password=PG_PASSWORD).render_as_string(hide_password=False)
-    pipeline = Pipeline(tmp_path, rows=10, ledger_url=url)
+    state, name = await failing_run(tmp_path, url, osmem_url, port)
+    await assert_no_secret(state, url, name, inbox, SECRETS)
+
+
+async def failing_run(
+    tmp_path: Path, ledger_url: str, osmem_url: str, smtp_port: int, index: str = "events"
+) -> tuple[Any, str]:
+    """A run on the given ledger whose audit fails (a drifting target), with an Elasticsearch
+    source that holds an API key and a mail notification; its final state and config name."""
+    await seed_events(osmem_url, index)
+    pipeline = Pipeline(tmp_path, rows=10, ledger_url=ledger_url)
     name = pipeline.name
     await ElasticsearchSource.parse_obj(
-        {"hosts": [osmem_url], "index": "events", "compatibility_headers": False, "api_key": ES_KEY}
+        {"hosts": [osmem_url], "index": index, "compatibility_headers": False, "api_key": ES_KEY}
     ).save(name, overwrite=True)
-    await server(port).save(name, overwrite=True)
+    await server(smtp_port).save(name, overwrite=True)
     await pipeline.save(
         source_block=f"ledgerflow-elasticsearch-source/{name}",
         target=DriftingTarget,
@@ -51,9 +71,76 @@ async def test_no_secret_leaks_from_a_failed_run(
         email_list=["oncall@example.com"],
     )
     state = await windowed_pipeline(config_block=name, return_state=True)
-    assert state.is_failed()  # the drifting target fails the audit
+    assert state.is_failed()  # the drifting target fails the audit (or the ledger is away)
+    return state, name
 
-    await assert_no_secret(state, url, name, inbox, SECRETS)
+
+async def test_a_ledger_password_in_the_query_string_never_leaks(
+    tmp_path: Path, pg_url: str, osmem_url: str, smtp: tuple[int, Inbox]
+) -> None:
+    port, inbox = smtp
+    url = sa.engine.make_url(pg_url).update_query_dict({"password": QUERY_PASSWORD})
+    text = url.render_as_string(hide_password=False)
+    state, name = await failing_run(tmp_path, text, osmem_url, port)
+    await assert_no_secret(state, text, name, inbox, (QUERY_PASSWORD,))
+
+
+async def test_an_unreachable_ledger_names_its_url_without_the_password(
+    tmp_path: Path, osmem_url: str, smtp: tuple[int, Inbox]
+) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    url = f"postgresql+asyncpg://postgres:{quote(ENV_PASSWORD, safe='')}@127.0.0.1:{closed}/x"
+    url += f"?password={QUERY_PASSWORD}"
+    port, inbox = smtp
+    state, _ = await failing_run(tmp_path, url, osmem_url, port)
+    message = str(state.message)
+    assert f"127.0.0.1:{closed}" in message, message  # it says where, scrubbed
+    for secret in (*ENV_FORMS, QUERY_PASSWORD):
+        assert secret not in message, f"{secret} leaked into the state: {message}"
+        assert secret not in await run_logs(state), f"{secret} leaked into the logs"
+        assert all(secret not in m.as_string() for m in inbox.messages), "leaked into mail"
+
+
+async def test_a_password_from_the_environment_works_in_the_url_and_never_leaks(
+    tmp_path: Path, pg_url: str, osmem_url: str, smtp: tuple[int, Inbox]
+) -> None:
+    """`blocks register --file`: a password with `!@#` is encoded into the ledger URL's user
+    info, reaches Postgres intact and appears nowhere, in no form."""
+    parsed = sa.engine.make_url(pg_url)
+    template = f"postgresql+asyncpg://{parsed.username}:${{LF_LEDGER_PW}}@{parsed.host}"
+    template += f":{parsed.port}/{parsed.database}"
+    path = tmp_path / "blocks.toml"
+    path.write_text(
+        f'[ledger]\ntype = "ledgerflow-ledger-database"\nname = "env"\nurl = "{template}"\n'
+    )
+    await register_file(path, env={"LF_LEDGER_PW": ENV_PASSWORD})
+    ledger_db = await LedgerDatabase.load("env")
+    url = ledger_db.url.get_secret_value()
+    assert sa.engine.make_url(url).password == ENV_PASSWORD
+    assert all(form not in ledger_db.display_url() for form in ENV_FORMS)
+    port, inbox = smtp
+    state, name = await failing_run(tmp_path, url, osmem_url, port)
+    await assert_no_secret(state, url, name, inbox, ENV_FORMS)  # the run reached the ledger
+
+
+def test_an_elasticsearch_host_with_credentials_is_refused_without_echoing_them(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "blocks.toml"
+    path.write_text(
+        '[source]\ntype = "ledgerflow-elasticsearch-source"\nname = "es"\nindex = "events"\n'
+        'hosts = ["http://elastic:${LF_ES_PW}@127.0.0.1:9200"]\n'
+    )
+    result = CliRunner().invoke(
+        app, ["blocks", "register", "--file", str(path)], env={"LF_ES_PW": ES_URL_PASSWORD}
+    )
+    output = result.output + str(result.exception or "")
+    assert result.exit_code != 0
+    assert "carries credentials in the URL" in output and "username and password" in output
+    assert "http://***@127.0.0.1:9200" in output
+    assert ES_URL_PASSWORD not in output and "elastic:" not in output
 
 
 async def test_no_secret_leaks_from_a_failed_run_on_the_production_path(
@@ -101,6 +188,17 @@ async def seed_events(url: str, index: str) -> None:
     await es.close()
 
 
+async def run_logs(state: Any) -> str:
+    async with get_client() as client:
+        logs = await client.read_logs(
+            log_filter=LogFilter(
+                flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id])
+            )
+        )
+    assert logs, "no logs to inspect: the test proves nothing"
+    return " ".join(log.message for log in logs)
+
+
 async def assert_no_secret(
     state: Any, url: str, name: str, inbox: Inbox, secrets: tuple[str, ...]
 ) -> None:
@@ -108,16 +206,11 @@ async def assert_no_secret(
         rows = await ledger.windows(name)
     ledger_text = " ".join(str(r.model_dump()) for r in rows)
     async with get_client() as client:
-        logs = await client.read_logs(
-            log_filter=LogFilter(
-                flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id])
-            )
-        )
         artifacts = await client.read_artifacts()
-    log_text = " ".join(log.message for log in logs)
+    log_text = await run_logs(state)
     artifact_text = " ".join(str(a.data) for a in artifacts)
     mail_text = " ".join(m.as_string() for m in inbox.messages)
-    assert rows and logs and artifacts and inbox.messages, (
+    assert rows and log_text and artifacts and inbox.messages, (
         "nothing to inspect: the test proves nothing"
     )
     for secret in secrets:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import pytest
-from ledgerflow.blocks.elasticsearch import _parse_stamps, _source_value
+from ledgerflow.blocks.elasticsearch import ExactJsonSerializer, _parse_stamps, _source_value
 
 
 def micros(*parts: int) -> int:
@@ -29,6 +30,12 @@ def micros(*parts: int) -> int:
         (1741514400000, micros(2025, 3, 9, 10)),
         (1741514400000.5, micros(2025, 3, 9, 10) + 500),
         ("1741514400000", micros(2025, 3, 9, 10)),
+        # Fractions are floored from the exact decimal, never rounded through a float.
+        (Decimal("1741514399999.9995"), micros(2025, 3, 9, 10) - 1),
+        ("1741514399999.9995", micros(2025, 3, 9, 10) - 1),
+        ("1741514399999.999999", micros(2025, 3, 9, 10) - 1),
+        (1741514399999.25, micros(2025, 3, 9, 10) - 750),
+        ("-0.5", -500),
         (["2025-03-09T10:00:00Z"], None),  # an array: the server decides
         ({"gte": "2025"}, None),
         (None, None),
@@ -46,3 +53,12 @@ def test_a_field_path_is_a_dotted_key_or_nested_objects() -> None:
     assert _source_value({"event.created": 1}, "event.created") == 1
     assert _source_value({"event": {"created": 2}}, "event.created") == 2
     assert _source_value({"event": 3}, "event.created") is None
+
+
+def test_the_decoder_keeps_what_orjson_would_change_and_only_then_pays_for_it() -> None:
+    decode = ExactJsonSerializer().loads
+    common = decode(b'{"ts": 1741514399999.5, "ip": "10.100.100.100", "id": 1234567890123456}')
+    assert type(common["ts"]) is float  # the fast decoder: no number here loses anything
+    exact = decode(b'{"ts": 1741514399999.9995, "big": 18446744073709551617}')
+    assert exact == {"ts": Decimal("1741514399999.9995"), "big": 18446744073709551617}
+    assert decode(b'{"s": "\\ud800"}') == {"s": "\ud800"}
