@@ -130,12 +130,13 @@ async def rescan(
     done = await ledger.windows(
         pipeline_id, statuses=[Status.COMPLETED.value], limit=last, newest_first=True
     )
-    sources, targets = await asyncio.gather(
-        asyncio.gather(*(source.count(r.window) for r in done)),
-        asyncio.gather(*(target.count(r.window) for r in done)),
-    )
     result = Rescan(checked=len(done))
-    for record, source_now, target_now in zip(done, sources, targets, strict=True):
+    for record in done:
+        # One window at a time, both sides at once: the load on the source and the warehouse
+        # stays that of one worker, however many windows are rescanned.
+        source_now, target_now = await asyncio.gather(
+            source.count(record.window), target.count(record.window)
+        )
         reason = rescan_reason(record, source_now, target_now)
         if reason is None:
             continue
