@@ -55,7 +55,11 @@ def shown_percent(source: int, target: int, tolerance: Decimal | None = None) ->
         Decimal("0.01") if exact >= Decimal("0.01") else Decimal(1).scaleb(exact.adjusted() - 1)
     )
     shown = exact.quantize(places)
-    while tolerance is not None and (shown <= tolerance) != (exact <= tolerance) and places > 1e-12:
+    while (
+        tolerance is not None
+        and (shown <= tolerance) != (exact <= tolerance)
+        and places > Decimal("1e-12")
+    ):
         places /= 10
         shown = exact.quantize(places)
     return f"{_plain(shown)}%"

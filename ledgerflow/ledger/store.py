@@ -556,9 +556,9 @@ class Ledger:
     ) -> list[PipelineRecord]:
         """`force=None` keeps each window's `force_reload` as it is."""
         stamp = now or utcnow()
-        stage: dict[str, Any] = dict(_LOAD_RESET if keep_stage else _ALL_RESET)
+        cleared: dict[str, Any] = dict(_LOAD_RESET if keep_stage else _ALL_RESET)
         if force is not None:
-            stage["force_reload"] = force
+            cleared["force_reload"] = force
         conditions = [
             RECORDS.c.pipeline_id == pipeline_id,
             RECORDS.c.pipeline_status.in_([s.value for s in statuses]),
@@ -578,7 +578,8 @@ class Ledger:
                 lease_token=None,
                 pipeline_locked_at=None,
                 error_message=reason,
-                **stage,
+                pipeline_end_time=None,
+                **cleared,
                 record_last_updated_time=stamp,
             )
             .returning(*RECORDS.columns)

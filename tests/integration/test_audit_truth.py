@@ -19,8 +19,8 @@ import sqlalchemy as sa
 from ledgerflow.blocks.duckdb_target import DuckDBTarget
 from ledgerflow.cli import app
 from ledgerflow.demo import DEMO_START
-from ledgerflow.flows.pipeline import LEASE_LOST, windowed_pipeline
-from ledgerflow.ledger import AuditResult, Ledger, PipelineRecord, Status
+from ledgerflow.flows.pipeline import LEASE_LOST
+from ledgerflow.ledger import AuditResult, Ledger, Phase, PhaseStatus, PipelineRecord, Status
 from ledgerflow.ledger.audit import judge
 from ledgerflow.ledger.models import RECORDS
 from ledgerflow.ports import Manifest
@@ -162,9 +162,7 @@ async def test_a_target_far_larger_than_its_source_is_recorded_not_overflowed(
 
 def test_a_late_row_between_a_failed_load_and_the_retry_is_loaded(tmp_path: Path) -> None:
     pipeline = Pipeline(tmp_path, rows=1000)
-    name = asyncio.run(
-        pipeline.save(source=CountingSource, target=BrokenLoadTarget, end=FIRST_END)
-    )
+    name = asyncio.run(pipeline.save(source=CountingSource, target=BrokenLoadTarget, end=FIRST_END))
     broken = pipeline.warehouse.with_suffix(".broken")
     broken.write_text("this is not parquet")
     assert cli("run", "-c", name, code=1)["state"] == "FAILED"
@@ -343,3 +341,50 @@ def test_a_window_another_worker_completed_is_not_counted_as_completed_by_this_r
     row = one(pipeline)
     assert (row.pipeline_status, row.lease_token) == (Status.COMPLETED, "another-worker")
     assert target_ids(pipeline, row) == source_ids(pipeline, row)
+
+
+# --- 7/8. typed phase bookkeeping; reopened windows show nothing stale ----------------------------
+
+
+async def test_phase_methods_and_reopen_keep_the_ledger_honest(ledger: Ledger) -> None:
+    windows = windows_between(DEMO_START, DEMO_START + timedelta(hours=4), LA, "2h")
+    await ledger.register([build_record("typed", w, LA) for w in windows])
+    lease = await ledger.claim("typed", "r", cutoff=FAR)
+    assert lease is not None
+    await ledger.record_counts(lease, 10, 9)
+    started = await ledger.start_phase(lease, Phase.SOURCE_TO_STAGE)
+    assert started.source_to_stage_ingestion_status == PhaseStatus.IN_PROGRESS
+    staged = await ledger.finish_phase(lease, Phase.SOURCE_TO_STAGE, rows=10, manifest="{}")
+    assert (staged.phase_completed, staged.extracted_count, staged.stage_manifest) == (
+        Phase.SOURCE_TO_STAGE,
+        10,
+        "{}",
+    )
+    with pytest.raises(ValueError, match="phase 'PRE_VALIDATION' has no status columns; allowed"):
+        await ledger.start_phase(lease, Phase.PRE_VALIDATION)
+    failed = await ledger.finish_phase(lease, Phase.STAGE_TO_TARGET, failed=True)
+    assert failed.stage_to_target_ingestion_status == PhaseStatus.FAILED
+    assert failed.phase_completed == Phase.SOURCE_TO_STAGE  # a failed phase is not a resume point
+    await ledger.fail(lease, "[stage to target] the warehouse refused the load")
+
+    # retry: the stage stays (resume), the load's and the audit's results go.
+    [retried] = await ledger.reset_failed("typed")
+    assert retried.phase_completed == Phase.SOURCE_TO_STAGE and retried.stage_manifest == "{}"
+    assert retried.extracted_count == 10
+    assert (retried.audit_result, retried.source_count, retried.target_count) == (None,) * 3
+    assert retried.percentage_difference is None and retried.pipeline_end_time is None
+    assert retried.stage_to_target_ingestion_status == PhaseStatus.PENDING
+
+    # MATCH, then an operator's reopen: nothing of it is left.
+    lease = await ledger.claim("typed", "r", cutoff=FAR)
+    assert lease is not None
+    done = await ledger.skip_transfer(lease, 7, 7)
+    assert (done.pipeline_status, done.audit_result) == (Status.COMPLETED, AuditResult.MATCH)
+    [reopened] = await ledger.reopen("typed", [lease.id], "operator reload", force=True)
+    assert reopened.force_reload and reopened.phase_completed is None
+    assert (reopened.audit_result, reopened.source_count, reopened.audit_status) == (
+        None,
+        None,
+        PhaseStatus.PENDING,
+    )
+    assert reopened.source_to_stage_ingestion_status == PhaseStatus.PENDING
