@@ -63,12 +63,12 @@ def windows_table(records: list[PipelineRecord], timezone: str, title: str) -> T
         ("local window", "left"),
         ("status", "left"),
         ("phase", "left"),
-        ("audit: what was compared, and the verdict", "left"),
+        ("audit", "left"),
         ("tries", "right"),
         ("secs", "right"),
     ]:
         # The audit's sentence may wrap; the rest must stay readable in a narrow terminal.
-        wrap = name.startswith("audit")
+        wrap = name == "audit"
         table.add_column(name, justify=justify, no_wrap=not wrap)  # type: ignore[arg-type]
     for r in records:
         window = r.window
