@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
+from ledgerflow.errors import AuditMismatch
 from ledgerflow.ledger.models import AuditResult, PipelineRecord
 
 STORED_PLACES = Decimal("0.0001")
@@ -124,6 +125,12 @@ class AuditVerdict:
 
     def explain(self) -> str:
         return explain(self.source, self.target, self.result, self.tolerance)
+
+    def mismatch(self) -> AuditMismatch:
+        """The error a failed audit raises; its text is the window's error_message."""
+        return AuditMismatch(
+            self.source, self.target, self.percentage, self.tolerance, self.explain()
+        )
 
 
 def judge(source: int, target: int, tolerance: float | Decimal | str) -> AuditVerdict:

@@ -458,7 +458,7 @@ class Ledger:
         }
         if verdict.passed:
             return await self.complete(lease, values, now=stamp)
-        return await self.fail(lease, f"audit failed: {verdict.explain()}", values, now=stamp)
+        return await self.fail(lease, str(verdict.mismatch()), values, now=stamp)
 
     # --- operator actions ---------------------------------------------------------------------
 

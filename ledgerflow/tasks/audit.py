@@ -32,9 +32,7 @@ async def audit(parts: Parts, settings: RunSettings, lease: Lease) -> AuditVerdi
         verdict = judge(source, target, settings.audit_tolerance_percent)
         await ledger.finish_audit(lease, verdict, started=started)
         if not verdict.passed:
-            error = AuditMismatch(
-                source, target, verdict.percentage, verdict.tolerance, verdict.explain()
-            )
+            error = verdict.mismatch()
             # The window is FAILED already; nothing after this may turn the mismatch into a
             # retry, so the explanation is best effort.
             try:
