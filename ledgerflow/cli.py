@@ -435,7 +435,7 @@ def rescan(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Report without reopening")] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Late-data detection: recount the source and reopen windows whose count changed."""
+    """Recount source and target; reopen windows whose counts disagree or changed since loading."""
     from ledgerflow.flows.pipeline import close_parts, load_parts
     from ledgerflow.operate import rescan as do_rescan
 
@@ -446,7 +446,9 @@ def rescan(
         async with open_pipeline(config) as (cfg, ledger):
             parts = await load_parts(cfg)
             try:
-                return await do_rescan(ledger, parts.source, cfg.pipeline_id, last, dry_run=dry_run)
+                return await do_rescan(
+                    ledger, parts.source, parts.target, cfg.pipeline_id, last, dry_run=dry_run
+                )
             finally:
                 await close_parts(parts)
 
@@ -457,10 +459,7 @@ def rescan(
     console.print(f"checked {result.checked} window(s); {len(result.changed)} changed")
     for item in result.changed:
         action = "reopened" if item.reopened else "would reopen"
-        console.print(
-            f"  id={item.record_id} {item.window_start}: loaded {item.loaded}, source now "
-            f"{item.source_now} -> {action}"
-        )
+        console.print(f"  id={item.record_id} {item.window_start}: {item.reason} -> {action}")
 
 
 blocks_app = typer.Typer(help="Create the pipeline's blocks.", no_args_is_help=True)

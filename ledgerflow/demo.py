@@ -27,7 +27,7 @@ from ledgerflow.blocks.duckdb_target import DuckDBTarget
 from ledgerflow.blocks.ledger_db import LedgerDatabase
 from ledgerflow.blocks.local_stage import LocalStage
 from ledgerflow.errors import LedgerflowError
-from ledgerflow.ledger import Ledger
+from ledgerflow.ledger import AuditResult, Ledger
 from ledgerflow.report import windows_table
 
 LA = ZoneInfo("America/Los_Angeles")
@@ -182,7 +182,7 @@ async def run_demo(root: Path, rows: int, console: Console) -> None:
     try:
         records = await ledger.windows(config.pipeline_id)
         console.print(windows_table(records, config.timezone, f"windows of {config.pipeline_id}"))
-        audited = sum(r.audit_result in ("PASS", "MATCH") for r in records)
+        audited = sum(r.audit_result in (AuditResult.PASS, AuditResult.MATCH) for r in records)
         loaded = sum(r.target_count or 0 for r in records)
 
         console.print("\n[bold]run 2[/]: the same flow again")

@@ -7,6 +7,8 @@ retry decisions look only at that class.
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 
 class LedgerflowError(Exception):
     """A ledgerflow operation failed."""
@@ -105,15 +107,20 @@ class LoadCountMismatch(TerminalError):
 class AuditMismatch(TerminalError):
     """Source and target counts disagree beyond the audit tolerance."""
 
-    def __init__(self, source_count: int, target_count: int, pct: float, tolerance: float) -> None:
+    def __init__(
+        self,
+        source_count: int,
+        target_count: int,
+        pct: Decimal,
+        tolerance: Decimal,
+        detail: str,
+    ) -> None:
         self.source_count = source_count
         self.target_count = target_count
         self.percentage_difference = pct
         self.tolerance = tolerance
-        super().__init__(
-            f"audit failed: source has {source_count} rows, target has {target_count} "
-            f"({pct:.2f}% difference, tolerance {tolerance:.2f}%)"
-        )
+        self.detail = detail
+        super().__init__(f"audit failed: {detail}")
 
 
 def is_retryable(exc: BaseException) -> bool:

@@ -1,4 +1,4 @@
-"""Operator actions behind the CLI: retry, release, backfill and late-data rescan.
+"""Operator actions behind the CLI: retry, release, backfill and rescan (late data, target drift).
 
 Each returns plain data (for `--json`) and changes the ledger only through `Ledger`'s methods.
 """
@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ledgerflow.ledger import Ledger, PipelineRecord, Status
-from ledgerflow.ports import Source
+from ledgerflow.ports import Source, Target
 from ledgerflow.windows import build_record, windows_between
 
 BACKFILL_PRIORITY = -1
@@ -80,10 +80,15 @@ async def backfill(
 
 @dataclass(frozen=True)
 class RescanResult:
+    """One window whose recounts disagree with each other or with what the ledger recorded."""
+
     window_start: str
     record_id: int
-    loaded: int | None
+    loaded: int | None  # the target count the ledger recorded
+    source_then: int | None  # the source count the ledger recorded
     source_now: int
+    target_now: int
+    reason: str
     reopened: bool
 
 
@@ -96,38 +101,64 @@ class Rescan:
         return {"checked": self.checked, "changed": [r.__dict__ for r in self.changed]}
 
 
+def rescan_reason(record: PipelineRecord, source_now: int, target_now: int) -> str | None:
+    """Why a COMPLETED window needs loading again, or None when its recounts and the ledger's
+    counts all agree."""
+    reasons = []
+    if source_now != target_now:
+        reasons.append(f"source {source_now:,} != target {target_now:,} now")
+    if record.source_count != source_now:
+        reasons.append(f"source count {_num(record.source_count)} -> {source_now:,}")
+    if record.target_count != target_now:
+        reasons.append(f"target count {_num(record.target_count)} -> {target_now:,}")
+    return "; ".join(reasons) or None
+
+
 async def rescan(
-    ledger: Ledger, source: Source, pipeline_id: str, last: int, *, dry_run: bool
+    ledger: Ledger,
+    source: Source,
+    target: Target,
+    pipeline_id: str,
+    last: int,
+    *,
+    dry_run: bool,
 ) -> Rescan:
-    """Recount the source for the newest `last` COMPLETED windows; reopen those that changed,
-    so late documents get loaded on the next run."""
+    """Recount the source and the target for the newest `last` COMPLETED windows; reopen those
+    whose recounts disagree or differ from the recorded counts, so the next run loads them again
+    (late documents in the source, rows lost or duplicated in the target behind the ledger's
+    back)."""
     done = await ledger.windows(
         pipeline_id, statuses=[Status.COMPLETED.value], limit=last, newest_first=True
     )
-    counts = await asyncio.gather(*(source.count(r.window) for r in done))
     result = Rescan(checked=len(done))
-    changed: list[PipelineRecord] = []
-    for record, now_count in zip(done, counts, strict=True):
-        loaded = record.target_count
-        if now_count != loaded:
-            changed.append(record)
-            result.changed.append(
-                RescanResult(
-                    window_start=record.window.to_dict()["start"],
-                    record_id=record.id or 0,
-                    loaded=loaded,
-                    source_now=now_count,
-                    reopened=not dry_run,
-                )
+    for record in done:
+        # One window at a time, both sides at once: the load on the source and the warehouse
+        # stays that of one worker, however many windows are rescanned.
+        source_now, target_now = await asyncio.gather(
+            source.count(record.window), target.count(record.window)
+        )
+        reason = rescan_reason(record, source_now, target_now)
+        if reason is None:
+            continue
+        if not dry_run:
+            await ledger.reopen(pipeline_id, [record.id or 0], f"rescan: {reason}")
+        result.changed.append(
+            RescanResult(
+                window_start=record.window.to_dict()["start"],
+                record_id=record.id or 0,
+                loaded=record.target_count,
+                source_then=record.source_count,
+                source_now=source_now,
+                target_now=target_now,
+                reason=reason,
+                reopened=not dry_run,
             )
-    if changed and not dry_run:
-        for record, item in zip(changed, result.changed, strict=True):
-            await ledger.reopen(
-                pipeline_id,
-                [record.id or 0],
-                f"late data: source count {item.loaded} -> {item.source_now} on rescan",
-            )
+        )
     return result
+
+
+def _num(value: int | None) -> str:
+    return "unknown" if value is None else f"{value:,}"
 
 
 def parse_age(text: str) -> timedelta:

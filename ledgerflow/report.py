@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from rich.table import Table
 
-from ledgerflow.ledger import LedgerSummary, PipelineRecord
+from ledgerflow.ledger import AuditResult, LedgerSummary, PipelineRecord
+from ledgerflow.ledger.audit import explain_record
 from ledgerflow.windows import check_granularity
+
+AUDIT_STYLE = {
+    AuditResult.PASS: "[green]PASS[/]",
+    AuditResult.MATCH: "[green]MATCH[/]",
+    AuditResult.FAIL: "[bold red]FAIL[/]",
+}
 
 STATUS_STYLE = {
     "COMPLETED": "green",
@@ -38,6 +46,10 @@ def record_dict(record: PipelineRecord, timezone: str) -> dict[str, Any]:
         "source_count": record.source_count,
         "target_count": record.target_count,
         "audit_result": record.audit_result,
+        "audit": explain_record(record),
+        "count_difference": record.count_difference,
+        "percentage_difference": _decimal(record.percentage_difference),
+        "audit_tolerance_percent": _decimal(record.audit_tolerance_percent),
         "retry_attempt": record.retry_attempt,
         "seconds": _duration(record),
         "dag_run_id": record.dag_run_id,
@@ -51,13 +63,13 @@ def windows_table(records: list[PipelineRecord], timezone: str, title: str) -> T
         ("local window", "left"),
         ("status", "left"),
         ("phase", "left"),
-        ("source", "right"),
-        ("target", "right"),
         ("audit", "left"),
         ("tries", "right"),
         ("secs", "right"),
     ]:
-        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+        # The audit's sentence may wrap; the rest must stay readable in a narrow terminal.
+        wrap = name == "audit"
+        table.add_column(name, justify=justify, no_wrap=not wrap)  # type: ignore[arg-type]
     for r in records:
         window = r.window
         lo, hi = window.local(timezone)
@@ -68,11 +80,7 @@ def windows_table(records: list[PipelineRecord], timezone: str, title: str) -> T
             f"{lo:%a %m-%d %H:%M %Z} - {hi:%H:%M %Z}{odd}",
             f"[{style}]{r.pipeline_status}[/]",
             r.phase_completed or "-",
-            _num(r.source_count),
-            _num(r.target_count),
-            {"PASS": "[green]PASS[/]", "FAIL": "[bold red]FAIL[/]", "MATCH": "[green]MATCH[/]"}.get(
-                r.audit_result or "", "-"
-            ),
+            _audit_cell(r),
             str(r.retry_attempt),
             "-" if secs is None else f"{secs:.2f}",
         )
@@ -118,3 +126,15 @@ def _nominal(record: PipelineRecord) -> float:
 
 def _num(value: int | None) -> str:
     return "-" if value is None else f"{value:,}"
+
+
+def _audit_cell(record: PipelineRecord) -> str:
+    """`FAIL source 1,000, target 999: 1 missing (0.1%) > tolerance 0%`, the verdict coloured."""
+    verdict = AUDIT_STYLE.get(record.audit_result or "", "")  # type: ignore[call-overload]
+    text = " ".join(part for part in (verdict, explain_record(record)) if part)
+    return text or "-"
+
+
+def _decimal(value: Decimal | None) -> str | None:
+    """A Decimal for JSON as exact text (a float would not be)."""
+    return None if value is None else str(value)

@@ -19,7 +19,7 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.states import State
 
 from ledgerflow.blocks.config import PipelineConfig, load_final_config
-from ledgerflow.tasks.common import logger
+from ledgerflow.tasks.common import artifact_key, logger
 
 
 def failure_message(
@@ -37,7 +37,7 @@ def failure_message(
             f"what failed: {state.message or 'no message'}",
             "",
             f"see `ledgerflow status -c <config>` and the run's artifact "
-            f"ledgerflow-{config.pipeline_id}",
+            f"{artifact_key(config.pipeline_id)}",
         ]
     )
     return subject, body

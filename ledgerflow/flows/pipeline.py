@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar, cast
@@ -29,10 +28,11 @@ from ledgerflow.blocks.ledger_db import LedgerDatabase
 from ledgerflow.errors import ConfigError, LeaseLost, LedgerflowError
 from ledgerflow.flows.notify import on_flow_failure, retry_notifier
 from ledgerflow.ledger import Lease, PipelineRecord, Status
+from ledgerflow.ledger.audit import explain_record
 from ledgerflow.ports import Source, Stage, Target
 from ledgerflow.tasks.audit import audit
 from ledgerflow.tasks.cleanup_stale_locks import cleanup_stale_locks
-from ledgerflow.tasks.common import Parts, RunSettings, retry_options
+from ledgerflow.tasks.common import Parts, RunSettings, artifact_key, logger, retry_options
 from ledgerflow.tasks.pre_validation_count_check import Counts, pre_validation_count_check
 from ledgerflow.tasks.source_to_stage import source_to_stage
 from ledgerflow.tasks.stage_to_target import stage_to_target
@@ -41,9 +41,14 @@ from ledgerflow.tasks.store_and_validate import claim_window, register_windows
 T = TypeVar("T")
 
 
+LEASE_LOST = "LEASE_LOST"
+"""A WindowOutcome status: this run lost the window's lease, so whatever the ledger says now was
+written by another worker or an operator, not by this run."""
+
+
 @dataclass(frozen=True)
 class WindowOutcome:
-    """One row of a run's summary."""
+    """One row of a run's summary: what this run did to one window."""
 
     id: int
     window_start: str
@@ -53,24 +58,31 @@ class WindowOutcome:
     source_count: int | None
     target_count: int | None
     audit_result: str | None
+    audit: str
     seconds: float
     message: str
 
     @classmethod
     def of(
-        cls, record: PipelineRecord, timezone: str, seconds: float, message: str
+        cls, record: PipelineRecord, lease: Lease, timezone: str, seconds: float, message: str
     ) -> WindowOutcome:
         window = record.window
         lo, hi = window.local(timezone)
+        # The row still carries this run's token unless someone claimed, released or reopened
+        # the window since: only then is its status this run's doing.
+        ours = record.lease_token == lease.token
+        if not ours:
+            message = f"{message}; the ledger now says {record.pipeline_status}, not by this run"
         return cls(
             id=record.id or 0,
             window_start=window.to_dict()["start"],
             window_end=window.to_dict()["end"],
             local_window=f"{lo:%Y-%m-%d %H:%M %Z} - {hi:%H:%M %Z}",
-            status=record.pipeline_status,
+            status=record.pipeline_status if ours else LEASE_LOST,
             source_count=record.source_count,
             target_count=record.target_count,
             audit_result=record.audit_result,
+            audit=explain_record(record),
             seconds=round(seconds, 3),
             message=message,
         )
@@ -204,7 +216,9 @@ async def process_window(
     async with parts.ledger.open() as ledger:
         record = await ledger.get(lease.id)
     assert record is not None
-    return WindowOutcome.of(record, settings.timezone, time.perf_counter() - started, message)
+    return WindowOutcome.of(
+        record, lease, settings.timezone, time.perf_counter() - started, message
+    )
 
 
 class _PhaseFailed(Exception):
@@ -220,10 +234,6 @@ async def _failure(state: State[Any], phase: str) -> _PhaseFailed:
     else:
         detail = f"{type(exc).__name__}: {exc}"
     return _PhaseFailed(f"[{phase}] {detail}")
-
-
-def artifact_key(pipeline_id: str) -> str:
-    return "ledgerflow-" + re.sub(r"[^a-z0-9-]+", "-", pipeline_id.lower()).strip("-")
 
 
 @flow(
@@ -275,10 +285,13 @@ async def windowed_pipeline(config_block: str, max_windows: int | None = None) -
     if cleanup.is_failed():
         return Failed(message=f"stale-lock cleanup failed: {cleanup.message}")
     failed = [o for o in outcomes if o.status != Status.COMPLETED]
-    counts = {st: sum(o.status == st for o in outcomes) for st in (Status.COMPLETED, Status.FAILED)}
+    lost = sum(o.status == LEASE_LOST for o in outcomes)
     summary = (
-        f"{len(outcomes)} window(s): {counts[Status.COMPLETED]} completed, {len(failed)} failed"
+        f"{len(outcomes)} window(s): {len(outcomes) - len(failed)} completed, "
+        f"{len(failed) - lost} failed"
     )
+    if lost:
+        summary += f", {lost} lost to another worker"
     if not outcomes and idle:
         summary += f"; {idle[0]}"
     rows = [asdict(o) for o in outcomes]
@@ -293,23 +306,27 @@ async def windowed_pipeline(config_block: str, max_windows: int | None = None) -
 async def publish_summary(
     config: PipelineConfig, outcomes: list[WindowOutcome], seconds: float
 ) -> None:
-    """The run's table artifact: one row per window, with counts, audit and duration."""
+    """The run's table artifact: one row per window, with counts, audit and duration. A failure
+    to publish it is logged; it never changes the run's outcome."""
     table = [
         {
             "window (local)": o.local_window,
             "status": o.status,
             "source": o.source_count,
             "target": o.target_count,
-            "audit": o.audit_result,
+            "audit": f"{o.audit_result}: {o.audit}" if o.audit_result else None,
             "seconds": o.seconds,
             "message": o.message,
         }
         for o in outcomes
     ]
-    await create_table_artifact(  # type: ignore[misc]
-        key=artifact_key(config.pipeline_id),
-        table=table or [{"window (local)": "-", "status": "nothing to do"}],
-        description=(
-            f"ledgerflow `{config.pipeline_id}`: {len(outcomes)} window(s) in {seconds:.1f}s"
-        ),
-    )
+    try:
+        await create_table_artifact(  # type: ignore[misc]
+            key=artifact_key(config.pipeline_id),
+            table=table or [{"window (local)": "-", "status": "nothing to do"}],
+            description=(
+                f"ledgerflow `{config.pipeline_id}`: {len(outcomes)} window(s) in {seconds:.1f}s"
+            ),
+        )
+    except Exception as exc:
+        logger().warning("run artifact for %s not created: %s", config.pipeline_id, exc)

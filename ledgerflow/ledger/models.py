@@ -3,8 +3,11 @@
 Added to the seed's columns: `pipeline_id` with a unique `(pipeline_id, window_start_time)` so
 registration is idempotent; `lease_token` for fencing; `priority` so fresh windows go before a
 backfill; `error_message`, `extracted_count`, `loaded_count` and `stage_manifest` so an operator
-sees why and a re-claimed window can resume. `percentage_difference` is DECIMAL(9,2), wider than
-the seed's (5,2), because a target far larger than its source exceeds 999.99%.
+sees why and a re-claimed window can resume; `audit_tolerance_percent` so the audit's verdict can
+be explained later. `percentage_difference` is DECIMAL(25,4), wider than the seed's (5,2): with
+BIGINT counts and a source of at least one row it is at most (2**63 - 1) * 100, 21 integer digits,
+so no pair of counts can overflow it (DECIMAL(9,2) overflowed on Postgres at a target 10**5 times
+its source). It is for display; the audit decides on the exact integer counts.
 """
 
 from __future__ import annotations
@@ -60,6 +63,14 @@ class PhaseStatus(StrEnum):
     COMPLETED = "COMPLETED"
     SKIPPED = "SKIPPED"
     FAILED = "FAILED"
+
+
+class AuditResult(StrEnum):
+    """Values of audit_result."""
+
+    PASS = "PASS"  # recounted after the load, within the tolerance
+    FAIL = "FAIL"  # recounted after the load, beyond the tolerance: the window is FAILED
+    MATCH = "MATCH"  # equal before the load: the transfer was skipped
 
 
 class Phase(StrEnum):
@@ -123,7 +134,8 @@ class PipelineRecord(SQLModel):
     source_count: int | None = Field(default=None, sa_type=sa.BigInteger)
     target_count: int | None = Field(default=None, sa_type=sa.BigInteger)
     count_difference: int | None = Field(default=None, sa_type=sa.BigInteger)
-    percentage_difference: Decimal | None = Field(default=None, sa_type=sa.Numeric(9, 2))
+    percentage_difference: Decimal | None = Field(default=None, sa_type=sa.Numeric(25, 4))
+    audit_tolerance_percent: Decimal | None = Field(default=None, sa_type=sa.Numeric(9, 6))
 
     # Pipeline management
     pipeline_start_time: datetime | None = _ts()

@@ -21,9 +21,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import NullPool
 
 from ledgerflow.errors import LeaseLost, LedgerSchemaError, TransientError
+from ledgerflow.ledger.audit import AuditVerdict
 from ledgerflow.ledger.models import (
     RECORDS,
     SCHEMA_VERSION,
+    AuditResult,
+    Phase,
+    PhaseStatus,
     PipelineRecord,
     SchemaVersion,
     Status,
@@ -362,6 +366,101 @@ class Ledger:
             now=stamp,
         )
 
+    async def start_phase(
+        self, lease: Lease, phase: Phase, *, now: datetime | None = None
+    ) -> PipelineRecord:
+        """A transfer phase or the audit begins: its status IN_PROGRESS, its start stamped."""
+        stamp = now or utcnow()
+        prefix = _phase_prefix(phase)
+        values = {f"{prefix}_status": PhaseStatus.IN_PROGRESS.value, f"{prefix}_start_time": stamp}
+        return await self.update(lease, f"{phase.value} start", values, now=stamp)
+
+    async def finish_phase(
+        self,
+        lease: Lease,
+        phase: Phase,
+        *,
+        failed: bool = False,
+        rows: int | None = None,
+        manifest: str | None = None,
+        now: datetime | None = None,
+    ) -> PipelineRecord:
+        """A transfer phase ended: COMPLETED (and recorded as the window's last phase, so a
+        re-claimed window can resume after it) or FAILED. `rows` is what the phase moved
+        (extracted_count for SOURCE_TO_STAGE, loaded_count for STAGE_TO_TARGET); `manifest` is
+        the stage's manifest (SOURCE_TO_STAGE)."""
+        stamp = now or utcnow()
+        prefix = _phase_prefix(phase)
+        status = PhaseStatus.FAILED if failed else PhaseStatus.COMPLETED
+        values: dict[str, Any] = {f"{prefix}_status": status.value, f"{prefix}_end_time": stamp}
+        if rows is not None:
+            values[_PHASE_ROWS[phase]] = rows
+        if manifest is not None:
+            values["stage_manifest"] = manifest
+        if not failed:
+            values["phase_completed"] = phase.value
+        return await self.update(lease, f"{phase.value} {status.value.lower()}", values, now=stamp)
+
+    async def record_counts(
+        self, lease: Lease, source: int, target: int, *, now: datetime | None = None
+    ) -> PipelineRecord:
+        """Pre-validation counted both sides and the window will be transferred."""
+        values = {
+            "source_count": source,
+            "target_count": target,
+            "phase_completed": Phase.PRE_VALIDATION.value,
+        }
+        return await self.update(lease, "pre-validation", values, now=now)
+
+    async def skip_transfer(
+        self, lease: Lease, source: int, target: int, *, now: datetime | None = None
+    ) -> PipelineRecord:
+        """Pre-validation found equal counts: complete the window with audit MATCH and its
+        transfer phases SKIPPED."""
+        stamp = now or utcnow()
+        values = {
+            "source_count": source,
+            "target_count": target,
+            "count_difference": source - target,
+            "percentage_difference": 0,
+            "audit_tolerance_percent": None,
+            "source_to_stage_ingestion_status": PhaseStatus.SKIPPED.value,
+            "stage_to_target_ingestion_status": PhaseStatus.SKIPPED.value,
+            "audit_status": PhaseStatus.SKIPPED.value,
+            "audit_result": AuditResult.MATCH.value,
+            "audit_start_time": stamp,
+            "audit_end_time": stamp,
+            "phase_completed": Phase.PRE_VALIDATION.value,
+        }
+        return await self.complete(lease, values, now=stamp)
+
+    async def finish_audit(
+        self,
+        lease: Lease,
+        verdict: AuditVerdict,
+        *,
+        started: datetime,
+        now: datetime | None = None,
+    ) -> PipelineRecord:
+        """Record the audit's recounts and verdict; complete the window when it passed, fail it
+        (with the verdict's explanation as its error) when it did not."""
+        stamp = now or utcnow()
+        values = {
+            "audit_start_time": started,
+            "audit_end_time": stamp,
+            "audit_status": PhaseStatus.COMPLETED.value,
+            "audit_result": verdict.result.value,
+            "source_count": verdict.source,
+            "target_count": verdict.target,
+            "count_difference": verdict.source - verdict.target,
+            "percentage_difference": verdict.percentage,
+            "audit_tolerance_percent": verdict.tolerance,
+            "phase_completed": Phase.AUDIT.value,
+        }
+        if verdict.passed:
+            return await self.complete(lease, values, now=stamp)
+        return await self.fail(lease, str(verdict.mismatch()), values, now=stamp)
+
     # --- operator actions ---------------------------------------------------------------------
 
     async def release_stale(
@@ -412,9 +511,10 @@ class Ledger:
     ) -> list[PipelineRecord]:
         """FAILED windows (all, chosen ids, or those starting in `[start, end)`) back to PENDING.
 
-        The stage record is kept: a window that failed while loading resumes at the load."""
+        The stage record is kept: a window that failed while loading resumes at the load. A
+        pending forced reload stays forced: `force_reload` is cleared only by a completed load."""
         return await self._reopen(
-            pipeline_id, [Status.FAILED], ids, start, end, None, now, keep_stage=True
+            pipeline_id, [Status.FAILED], ids, start, end, None, now, keep_stage=True, force=None
         )
 
     async def reopen(
@@ -453,12 +553,13 @@ class Ledger:
         now: datetime | None,
         *,
         keep_stage: bool,
-        force: bool = False,
+        force: bool | None = False,
     ) -> list[PipelineRecord]:
+        """`force=None` keeps each window's `force_reload` as it is."""
         stamp = now or utcnow()
-        stage: dict[str, Any] = (
-            {} if keep_stage else {"phase_completed": None, "stage_manifest": None}
-        )
+        cleared: dict[str, Any] = dict(_LOAD_RESET if keep_stage else _ALL_RESET)
+        if force is not None:
+            cleared["force_reload"] = force
         conditions = [
             RECORDS.c.pipeline_id == pipeline_id,
             RECORDS.c.pipeline_status.in_([s.value for s in statuses]),
@@ -478,8 +579,8 @@ class Ledger:
                 lease_token=None,
                 pipeline_locked_at=None,
                 error_message=reason,
-                force_reload=force,
-                **stage,
+                pipeline_end_time=None,
+                **cleared,
                 record_last_updated_time=stamp,
             )
             .returning(*RECORDS.columns)
@@ -585,6 +686,62 @@ class _Guarded:
 
     async def __aexit__(self, *exc: Any) -> None:
         await self._cm.__aexit__(*exc)
+
+
+_PHASE_COLUMNS = {
+    Phase.SOURCE_TO_STAGE: "source_to_stage_ingestion",
+    Phase.STAGE_TO_TARGET: "stage_to_target_ingestion",
+    Phase.AUDIT: "audit",
+}
+"""The prefix of each phase's `_status`, `_start_time` and `_end_time` columns."""
+
+_PHASE_ROWS = {Phase.SOURCE_TO_STAGE: "extracted_count", Phase.STAGE_TO_TARGET: "loaded_count"}
+
+
+def _phase_prefix(phase: Phase) -> str:
+    try:
+        return _PHASE_COLUMNS[phase]
+    except KeyError:
+        raise ValueError(
+            f"phase {phase.value!r} has no status columns; allowed: "
+            f"{[p.value for p in _PHASE_COLUMNS]}"
+        ) from None
+
+
+def _phase_reset(phase: Phase) -> dict[str, Any]:
+    """A phase's columns as before it ran."""
+    prefix = _PHASE_COLUMNS[phase]
+    values: dict[str, Any] = {
+        f"{prefix}_status": PhaseStatus.PENDING.value,
+        f"{prefix}_start_time": None,
+        f"{prefix}_end_time": None,
+    }
+    if phase in _PHASE_ROWS:
+        values[_PHASE_ROWS[phase]] = None
+    return values
+
+
+_AUDIT_RESET = {
+    **_phase_reset(Phase.AUDIT),
+    "audit_result": None,
+    "source_count": None,
+    "target_count": None,
+    "count_difference": None,
+    "percentage_difference": None,
+    "audit_tolerance_percent": None,
+}
+"""A reopened window shows no counts or verdict from the load it is about to replace."""
+
+_LOAD_RESET = {**_phase_reset(Phase.STAGE_TO_TARGET), **_AUDIT_RESET}
+"""What `retry` clears: the load and the audit. The stage is kept, so a load can resume."""
+
+_ALL_RESET = {
+    **_phase_reset(Phase.SOURCE_TO_STAGE),
+    **_LOAD_RESET,
+    "phase_completed": None,
+    "stage_manifest": None,
+}
+"""What a reopen clears: the window is extracted again."""
 
 
 def _claim_statement(newest_first: bool) -> sa.Update:

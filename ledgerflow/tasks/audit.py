@@ -9,26 +9,19 @@
 from __future__ import annotations
 
 import asyncio
-from decimal import Decimal
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
 from ledgerflow import failpoints
 from ledgerflow.errors import AuditMismatch
-from ledgerflow.ledger import Lease, Phase, PhaseStatus
-from ledgerflow.tasks.common import Parts, RunSettings, now, timed
-
-
-def percentage_difference(source: int, target: int) -> Decimal:
-    """|source - target| as a percentage of source; 100% when source is empty but target is not."""
-    if source == 0:
-        return Decimal(0) if target == 0 else Decimal(100)
-    return (Decimal(abs(source - target)) * 100 / Decimal(source)).quantize(Decimal("0.01"))
+from ledgerflow.ledger import Lease
+from ledgerflow.ledger.audit import AuditVerdict, judge
+from ledgerflow.tasks.common import Parts, RunSettings, artifact_key, logger, now, timed
 
 
 @task(name="audit", persist_result=False)
-async def audit(parts: Parts, settings: RunSettings, lease: Lease) -> dict[str, object]:
+async def audit(parts: Parts, settings: RunSettings, lease: Lease) -> AuditVerdict:
     """Recount, record the audit columns, and complete or fail the window."""
     async with timed("audit", lease), parts.ledger.open() as ledger:
         started = now()
@@ -36,26 +29,18 @@ async def audit(parts: Parts, settings: RunSettings, lease: Lease) -> dict[str, 
             parts.source.count(lease.window), parts.target.count(lease.window)
         )
         failpoints.hit("mid_audit")
-        pct = percentage_difference(source, target)
-        passed = pct <= Decimal(str(settings.audit_tolerance_percent))
-        values: dict[str, object] = {
-            "audit_start_time": started,
-            "audit_end_time": now(),
-            "audit_status": PhaseStatus.COMPLETED,
-            "audit_result": "PASS" if passed else "FAIL",
-            "source_count": source,
-            "target_count": target,
-            "count_difference": source - target,
-            "percentage_difference": pct,
-            "phase_completed": Phase.AUDIT,
-        }
-        if not passed:
-            error = AuditMismatch(source, target, float(pct), settings.audit_tolerance_percent)
-            await ledger.fail(lease, str(error), values)
-            await explain_mismatch(settings, lease, error)
+        verdict = judge(source, target, settings.audit_tolerance_percent)
+        await ledger.finish_audit(lease, verdict, started=started)
+        if not verdict.passed:
+            error = verdict.mismatch()
+            # The window is FAILED already; nothing after this may turn the mismatch into a
+            # retry, so the explanation is best effort.
+            try:
+                await explain_mismatch(settings, lease, error)
+            except Exception as exc:
+                logger().warning("audit artifact for window id=%s not created: %s", lease.id, exc)
             raise error
-        await ledger.complete(lease, values)
-    return values
+    return verdict
 
 
 async def explain_mismatch(settings: RunSettings, lease: Lease, error: AuditMismatch) -> None:
@@ -64,7 +49,7 @@ async def explain_mismatch(settings: RunSettings, lease: Lease, error: AuditMism
     lo, hi = window.local(settings.timezone)
     more = "more" if error.target_count > error.source_count else "fewer"
     await create_markdown_artifact(  # type: ignore[misc]
-        key=f"ledgerflow-audit-{settings.pipeline_id.lower().replace('_', '-')}"[:100],
+        key=artifact_key(settings.pipeline_id, "audit"),
         description=f"audit mismatch in {settings.pipeline_id}",
         markdown="\n".join(
             [
@@ -77,8 +62,7 @@ async def explain_mismatch(settings: RunSettings, lease: Lease, error: AuditMism
                 f"| ledger id | {lease.id} |",
                 f"| source rows | {error.source_count:,} |",
                 f"| target rows | {error.target_count:,} |",
-                f"| difference | {error.source_count - error.target_count:+,} "
-                f"({error.percentage_difference:.2f}%, tolerance {error.tolerance:.2f}%) |",
+                f"| audit | {error.detail} |",
                 "",
                 f"The target holds {more} rows than the source for this window after the load, "
                 "so the window is FAILED and was not retried. Usual causes: a concurrent writer "

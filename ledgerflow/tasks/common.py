@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -157,3 +158,13 @@ def retry_options(
 
 def now() -> datetime:
     return datetime.now(UTC)
+
+
+def artifact_key(pipeline_id: str, kind: str = "") -> str:
+    """The key of a pipeline's Prefect artifact (`kind` "audit" for the mismatch note).
+
+    Prefect allows only lowercase letters, digits and dashes in a key, while a pipeline_id may
+    hold `.`, `_` and capitals: every other run of characters becomes one dash. Every artifact
+    ledgerflow creates or names takes its key from here."""
+    words = ["ledgerflow", kind, pipeline_id.lower()]
+    return "-".join(w for w in (re.sub(r"[^a-z0-9]+", "-", w).strip("-") for w in words) if w)

@@ -16,8 +16,8 @@ from typing import Any
 from prefect import task
 from prefect.states import Completed, State
 
-from ledgerflow.ledger import Lease, Phase, PhaseStatus
-from ledgerflow.tasks.common import Parts, RunSettings, now, timed
+from ledgerflow.ledger import Lease
+from ledgerflow.tasks.common import Parts, RunSettings, timed
 
 
 @dataclass(frozen=True)
@@ -36,29 +36,11 @@ async def pre_validation_count_check(
         source, target = await asyncio.gather(
             parts.source.count(lease.window), parts.target.count(lease.window)
         )
-        counts = {"source_count": source, "target_count": target}
         if source != target or lease.record.force_reload:
-            await ledger.update(
-                lease, "pre-validation", {**counts, "phase_completed": Phase.PRE_VALIDATION}
-            )
+            await ledger.record_counts(lease, source, target)
             why = "forced reload" if source == target else f"source {source} != target {target}"
             return Completed(message=f"{why}: transfer", data=Counts(source, target, False))
-        stamp = now()
-        await ledger.complete(
-            lease,
-            {
-                **counts,
-                "count_difference": 0,
-                "percentage_difference": 0,
-                "source_to_stage_ingestion_status": PhaseStatus.SKIPPED,
-                "stage_to_target_ingestion_status": PhaseStatus.SKIPPED,
-                "audit_status": PhaseStatus.SKIPPED,
-                "audit_result": "MATCH",
-                "audit_start_time": stamp,
-                "audit_end_time": stamp,
-                "phase_completed": Phase.PRE_VALIDATION,
-            },
-        )
+        await ledger.skip_transfer(lease, source, target)
     return Completed(
         message=f"skipped: source and target both hold {source} row(s)",
         data=Counts(source, target, True),

@@ -1,7 +1,8 @@
 """The seed's Source to Stage Transfer: clear the window's stage location, stream the source in.
 
-A re-claimed window whose stage phase completed and whose staged files are intact (same names,
-same sizes as the recorded manifest) is not extracted again.
+A re-claimed window whose stage phase completed, whose staged files are intact (same names, same
+sizes as the recorded manifest) and whose staged rows equal the source's current count is not
+extracted again.
 """
 
 from __future__ import annotations
@@ -13,19 +14,31 @@ from prefect import task
 
 from ledgerflow import failpoints
 from ledgerflow.errors import ExtractCountMismatch
-from ledgerflow.ledger import Lease, Phase, PhaseStatus
+from ledgerflow.ledger import Lease, Phase
 from ledgerflow.ports import Manifest
-from ledgerflow.tasks.common import Parts, RunSettings, heartbeat, logger, now, timed
+from ledgerflow.tasks.common import Parts, RunSettings, heartbeat, logger, timed
 from ledgerflow.windows import stage_location
 
 
-async def resumable_manifest(parts: Parts, lease: Lease, location: str) -> Manifest | None:
-    """The recorded manifest, if this window already staged and the files are still there."""
+async def resumable_manifest(
+    parts: Parts, lease: Lease, location: str, source_count: int
+) -> Manifest | None:
+    """The recorded manifest, if this window already staged, the files are still there, and
+    they hold as many rows as the source counts now (a row that arrived after the staging must
+    not be left out)."""
     record = lease.record
     staged = record.phase_completed == Phase.SOURCE_TO_STAGE and record.stage_manifest
     if not staged:
         return None
     manifest = Manifest.from_json(record.stage_manifest or "")
+    if manifest.rows != source_count:
+        logger().info(
+            "window id=%s: the stage holds %s row(s), the source now counts %s: extracting again",
+            lease.id,
+            manifest.rows,
+            source_count,
+        )
+        return None
     return manifest if manifest.matches(await parts.stage.files(location)) else None
 
 
@@ -36,18 +49,11 @@ async def source_to_stage(
     """Stage the window as Parquet files and record the manifest; return it."""
     location = stage_location(settings.pipeline_id, lease.window)
     async with timed("source to stage", lease), parts.ledger.open() as ledger:
-        resumed = await resumable_manifest(parts, lease, location)
+        resumed = await resumable_manifest(parts, lease, location, source_count)
         if resumed is not None:
             logger().info("window id=%s: staged files intact, resuming at load", lease.id)
             return resumed
-        await ledger.update(
-            lease,
-            "source-to-stage start",
-            {
-                "source_to_stage_ingestion_status": PhaseStatus.IN_PROGRESS,
-                "source_to_stage_ingestion_start_time": now(),
-            },
-        )
+        await ledger.start_phase(lease, Phase.SOURCE_TO_STAGE)
         async with heartbeat(ledger, lease, settings.heartbeat_every):
             await parts.stage.clear(location)
             # Names carry the lease, so each attempt's files differ (Snowflake load metadata).
@@ -57,23 +63,11 @@ async def source_to_stage(
                 name_prefix=f"part-{lease.token[:8]}",
             )
         failpoints.hit("after_stage_before_ledger")
-        values = {"extracted_count": manifest.rows, "source_to_stage_ingestion_end_time": now()}
         if manifest.rows != source_count:
-            await ledger.update(
-                lease,
-                "source-to-stage mismatch",
-                {**values, "source_to_stage_ingestion_status": PhaseStatus.FAILED},
-            )
+            await ledger.finish_phase(lease, Phase.SOURCE_TO_STAGE, failed=True, rows=manifest.rows)
             raise ExtractCountMismatch(manifest.rows, source_count)
-        await ledger.update(
-            lease,
-            "source-to-stage done",
-            {
-                **values,
-                "source_to_stage_ingestion_status": PhaseStatus.COMPLETED,
-                "stage_manifest": manifest.to_json(),
-                "phase_completed": Phase.SOURCE_TO_STAGE,
-            },
+        await ledger.finish_phase(
+            lease, Phase.SOURCE_TO_STAGE, rows=manifest.rows, manifest=manifest.to_json()
         )
     return manifest
 

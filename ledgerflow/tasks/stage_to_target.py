@@ -5,9 +5,9 @@ from __future__ import annotations
 from prefect import task
 
 from ledgerflow import failpoints
-from ledgerflow.ledger import Lease, Phase, PhaseStatus
+from ledgerflow.ledger import Lease, Phase
 from ledgerflow.ports import Manifest
-from ledgerflow.tasks.common import Parts, RunSettings, heartbeat, now, timed
+from ledgerflow.tasks.common import Parts, RunSettings, heartbeat, timed
 
 
 @task(name="stage_to_target", persist_result=False)
@@ -16,25 +16,9 @@ async def stage_to_target(
 ) -> int:
     """Delete the window's rows and load the staged files in one target transaction."""
     async with timed("stage to target", lease), parts.ledger.open() as ledger:
-        await ledger.update(
-            lease,
-            "stage-to-target start",
-            {
-                "stage_to_target_ingestion_status": PhaseStatus.IN_PROGRESS,
-                "stage_to_target_ingestion_start_time": now(),
-            },
-        )
+        await ledger.start_phase(lease, Phase.STAGE_TO_TARGET)
         async with heartbeat(ledger, lease, settings.heartbeat_every):
             loaded = await parts.target.replace(lease.window, manifest)
         failpoints.hit("after_load_before_ledger")
-        await ledger.update(
-            lease,
-            "stage-to-target done",
-            {
-                "loaded_count": loaded,
-                "stage_to_target_ingestion_status": PhaseStatus.COMPLETED,
-                "stage_to_target_ingestion_end_time": now(),
-                "phase_completed": Phase.STAGE_TO_TARGET,
-            },
-        )
+        await ledger.finish_phase(lease, Phase.STAGE_TO_TARGET, rows=loaded)
     return loaded

@@ -36,7 +36,8 @@ def test_run_then_status_shows_counts_lag_and_failures(tmp_path: Path) -> None:
     assert status["counts"] == {"PENDING": 1, "IN_PROGRESS": 0, "COMPLETED": 0, "FAILED": 1}
     assert status["oldest_pending"]["start"] == "2025-03-08T10:00:00Z"
     assert status["oldest_pending"]["age_seconds"] > 0
-    assert status["failed"][0]["error"].startswith("audit failed: source has")
+    assert status["failed"][0]["error"].startswith("audit failed: source ")
+    assert "1 missing" in status["failed"][0]["error"]
     assert status["lag_seconds"] is None
 
     result = runner.invoke(app, ["status", "-c", name])
