@@ -192,6 +192,39 @@ def eligible_windows(
     return [w for w in windows_between(after, cutoff, timezone, granularity) if w.end <= cutoff]
 
 
+def last_window_ending_by(cutoff: datetime, timezone: str, granularity: str) -> Window:
+    """The latest window whose end is at or before `cutoff` (the latest eligible window)."""
+    holding = window_containing(cutoff - timedelta(microseconds=1), timezone, granularity)
+    if holding.end <= cutoff:
+        return holding
+    return window_containing(holding.start - timedelta(microseconds=1), timezone, granularity)
+
+
+def scheduled_windows(
+    watermark: datetime | None,
+    start: datetime | None,
+    end: datetime | None,
+    cutoff: datetime,
+    timezone: str,
+    granularity: str,
+) -> list[Window]:
+    """What the scheduled registration registers next: every window ending at or before `cutoff`,
+    from the registration watermark on (the end of what it registered before, a grid boundary),
+    else from the window holding `start`, else only the latest eligible window (no catch-up).
+    Windows starting at or after `end` are never registered."""
+    if watermark is not None:
+        begin = watermark
+    elif start is not None:
+        begin = start
+    else:
+        begin = last_window_ending_by(cutoff, timezone, granularity).start
+    return [
+        w
+        for w in windows_between(begin, cutoff, timezone, granularity)
+        if w.end <= cutoff and (end is None or w.start < end)
+    ]
+
+
 # --- record completeness: the seed's function_x/y/z and check_fields ------------------------
 
 KeyHook = Callable[[str, Window, str], "str | None"]

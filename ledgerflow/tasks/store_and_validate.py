@@ -8,7 +8,7 @@ task ends Completed with a message saying why: that is not a failure.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from prefect import task
@@ -17,7 +17,7 @@ from prefect.states import Completed, State
 from ledgerflow import failpoints
 from ledgerflow.ledger import Lease
 from ledgerflow.tasks.common import Parts, RunSettings, now, timed
-from ledgerflow.windows import build_record, eligible_windows
+from ledgerflow.windows import build_record, scheduled_windows
 
 
 @task(name="store_and_validate.register", persist_result=False)
@@ -29,16 +29,14 @@ async def register_windows(
     cutoff = settings.cutoff(moment)
     await parts.ledger.prepare()
     async with timed("register windows"), parts.ledger.open() as ledger:
-        begin = await ledger.last_window_end(settings.pipeline_id) or settings.start
-        if begin is None:  # no history and no start: begin with the latest eligible window
-            begin = cutoff - timedelta(microseconds=1)
-        windows = [
-            w
-            for w in eligible_windows(
-                begin, moment, settings.timezone, settings.granularity, settings.lag
-            )
-            if settings.end is None or w.start < settings.end
-        ]
+        windows = scheduled_windows(
+            await ledger.last_window_end(settings.pipeline_id),
+            settings.start,
+            settings.end,
+            cutoff,
+            settings.timezone,
+            settings.granularity,
+        )
         records = [
             build_record(
                 settings.pipeline_id, w, settings.timezone, settings.hooks, settings.check_fields
