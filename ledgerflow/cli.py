@@ -389,6 +389,51 @@ def backfill(
 
 
 @app.command()
+def retile(
+    at: Annotated[str, typer.Option(help="ISO instant from which the config's grid applies")],
+    config: ConfigOption = "default",
+    as_json: JsonOption = False,
+) -> None:
+    """Move the pipeline to the config's grid (timezone, granularity) from --at on.
+
+    Change the config first, then re-tile. --at must be a boundary of the new grid and the start
+    or end of a registered window, no later than the last scheduled one. PENDING windows from
+    --at on are removed; the next run registers the new grid's windows from --at, so nothing is
+    left out, nothing overlaps and no row is loaded twice. A window from --at on that is in
+    progress, loaded or failed refuses the re-tile: pick a later --at."""
+    from ledgerflow.windows import Grid
+
+    instant = parse_instant(at, "--at")
+
+    async def go() -> Any:
+        async with open_pipeline(config) as (cfg, ledger):
+            grid = Grid.of(cfg.timezone, cfg.granularity)
+            return await ledger.retile(cfg.pipeline_id, grid, instant)
+
+    done = run_async(go())
+    data = {
+        "pipeline_id": done.pipeline_id,
+        "at": done.at.isoformat(),
+        "old": None if done.old is None else done.old.__dict__,
+        "new": done.new.__dict__,
+        "removed_pending": done.removed,
+    }
+    if as_json:
+        typer.echo(json.dumps(data))
+        return
+    was = (
+        "an unrecorded grid"
+        if done.old is None
+        else f"{done.old.granularity} in {done.old.timezone}"
+    )
+    console.print(
+        f"{done.pipeline_id}: windows from {data['at']} on are {done.new.granularity} in "
+        f"{done.new.timezone} (were {was}); removed {done.removed} pending window(s), the next "
+        "run registers the new windows from there"
+    )
+
+
+@app.command()
 def rescan(
     last: Annotated[int, typer.Option(help="How many of the newest COMPLETED windows to recount")],
     config: ConfigOption = "default",

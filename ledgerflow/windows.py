@@ -18,6 +18,7 @@ times differently. pendulum DateTimes are accepted wherever a datetime is, since
 
 from __future__ import annotations
 
+import bisect
 import itertools
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -171,6 +172,68 @@ def windows_between(
 def window_containing(instant: datetime, timezone: str, granularity: str) -> Window:
     """The one window that holds `instant`."""
     return windows_between(instant, instant + timedelta(microseconds=1), timezone, granularity)[0]
+
+
+@dataclass(frozen=True)
+class Grid:
+    """What cuts a pipeline's time into windows: its timezone and its granularity.
+
+    Two configs with the same Grid produce the same windows; `granularity` is kept in its
+    shortest text (`120m` and `2h` are one grid)."""
+
+    timezone: str
+    granularity: str
+
+    @classmethod
+    def of(cls, timezone: str, granularity: str) -> Grid:
+        zone(timezone)
+        return cls(timezone, format_duration(check_granularity(granularity)))
+
+    def holds(self, start: datetime, end: datetime) -> bool:
+        """Whether `[start, end)` is one window of this grid."""
+        window = window_containing(start, self.timezone, self.granularity)
+        return (window.start, window.end) == (as_utc(start), as_utc(end))
+
+    def has_boundary(self, instant: datetime) -> bool:
+        return window_containing(instant, self.timezone, self.granularity).start == as_utc(instant)
+
+    def differences(self, new: Grid) -> list[str]:
+        """One phrase per field that differs: the field, this (stored) value and the new one."""
+        return [
+            f"{name}: the ledger has {old!r}, the config says {now!r}"
+            for name in ("timezone", "granularity")
+            if (old := getattr(self, name)) != (now := getattr(new, name))
+        ]
+
+
+def split_registered(
+    candidates: Sequence[Window], registered: Sequence[tuple[datetime, datetime]]
+) -> tuple[list[Window], tuple[Window, tuple[datetime, datetime]] | None]:
+    """Candidates not registered yet, and the first candidate that overlaps a registered window
+    with other bounds (with that window), if any: registering it would overlap.
+
+    `registered` must hold every registered window that overlaps the candidates' span."""
+    known = sorted(registered)
+    starts = [lo for lo, _ in known]
+    longest = max((hi - lo for lo, hi in known), default=timedelta(0))
+    fresh: list[Window] = []
+    for window in candidates:
+        # Registered windows overlapping this one start before its end; walk back from there
+        # while they could still reach into it (registered windows may overlap each other).
+        i = bisect.bisect_left(starts, window.end) - 1
+        duplicate = False
+        while i >= 0:
+            lo, hi = known[i]
+            if hi > window.start:
+                if (lo, hi) != (window.start, window.end):
+                    return fresh, (window, (lo, hi))
+                duplicate = True
+            elif lo < window.start - longest:
+                break
+            i -= 1
+        if not duplicate:
+            fresh.append(window)
+    return fresh, None
 
 
 def eligible_cutoff(now: datetime, x_time_back: timedelta) -> datetime:

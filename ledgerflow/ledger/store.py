@@ -9,7 +9,7 @@ and `LeaseLost` is raised, so a zombie worker can never commit.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,8 +20,9 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from ledgerflow.errors import LeaseLost, LedgerSchemaError, TransientError
+from ledgerflow.errors import ConfigError, LeaseLost, LedgerSchemaError, TransientError
 from ledgerflow.ledger.models import (
+    PIPELINES,
     RECORDS,
     SCHEMA_VERSION,
     PipelineRecord,
@@ -29,7 +30,7 @@ from ledgerflow.ledger.models import (
     Status,
     UTCDateTime,
 )
-from ledgerflow.windows import Window
+from ledgerflow.windows import Grid, Window, split_registered
 
 COMPONENT = "pipeline_records"
 UPDATABLE = frozenset(c.name for c in RECORDS.columns) - {
@@ -85,21 +86,44 @@ class LedgerSummary:
         return None if self.newest_completed_end is None else now - self.newest_completed_end
 
 
+Chooser = Callable[[datetime | None, datetime], Sequence[Window]]
+"""Picks the windows to register from (the registration watermark, the eligibility cutoff)."""
+
+
+@dataclass(frozen=True)
+class Registration:
+    """What one registration chose and inserted."""
+
+    windows: list[Window]
+    new: int
+    cutoff: datetime
+    watermark: datetime | None
+
+
+@dataclass(frozen=True)
+class Retile:
+    """What a re-tile changed."""
+
+    pipeline_id: str
+    at: datetime
+    old: Grid | None
+    new: Grid
+    removed: int
+
+
 def _row_to_record(row: sa.Row[Any]) -> PipelineRecord:
     # The driver and column types already produced typed values; validating again costs more
     # than the claim's round trip.
     return PipelineRecord.model_construct(**row._mapping)
 
 
-def _insert_ignoring_duplicates(dialect: str, table: sa.Table) -> Any:
+def _insert_ignoring_duplicates(
+    dialect: str, table: sa.Table, keys: Sequence[str] = ("pipeline_id", "window_start_time")
+) -> Any:
     if dialect == "postgresql":
-        return postgresql.insert(table).on_conflict_do_nothing(
-            index_elements=["pipeline_id", "window_start_time"]
-        )
+        return postgresql.insert(table).on_conflict_do_nothing(index_elements=list(keys))
     if dialect == "sqlite":
-        return sqlite.insert(table).on_conflict_do_nothing(
-            index_elements=["pipeline_id", "window_start_time"]
-        )
+        return sqlite.insert(table).on_conflict_do_nothing(index_elements=list(keys))
     raise LedgerSchemaError(
         f"ledger dialect {dialect!r} is not supported; use postgresql or sqlite"
     )
@@ -181,7 +205,7 @@ class Ledger:
             await conn.run_sync(
                 lambda sync: SchemaVersion.metadata.create_all(
                     sync,
-                    tables=[RECORDS, SchemaVersion.__table__],  # type: ignore[attr-defined]
+                    tables=[RECORDS, PIPELINES, SchemaVersion.__table__],  # type: ignore[attr-defined]
                 )
             )
             table = SchemaVersion.__table__  # type: ignore[attr-defined]
@@ -223,10 +247,173 @@ class Ledger:
         priority: int = 0,
         now: datetime | None = None,
     ) -> int:
-        """Insert windows that are not registered yet; return how many were new. Idempotent."""
+        """Insert windows that are not registered yet; return how many were new. Idempotent.
+
+        Low level: no grid check and no watermark. Pipelines register through
+        `register_windows`, which does both."""
         if not records:
             return 0
-        stamp = now or utcnow()
+        async with self._begin() as conn:
+            return await self._insert(conn, records, priority, now)
+
+    async def register_windows(
+        self,
+        pipeline_id: str,
+        grid: Grid,
+        choose: Chooser,
+        build: Callable[[Window], Mapping[str, Any]],
+        *,
+        lag: timedelta,
+        scheduled: bool,
+        priority: int = 0,
+        dry_run: bool = False,
+        now: datetime | None = None,
+    ) -> Registration:
+        """The one registration path, for scheduled runs and backfills alike, in one transaction:
+
+        lock the pipeline's identity (made from `grid` on first use; a ledger registered before
+        identities existed is adopted only if its last window lies on `grid`), refuse another
+        grid, read the database clock (`now` overrides it in tests), let `choose` pick windows
+        from the watermark and the cutoff (`now - lag`), refuse one that would overlap a
+        registered window with other bounds, insert the rest, and, for the scheduled
+        registration only, advance the watermark to the end of the last window chosen."""
+        async with self._connect() as conn:
+            transaction = await conn.begin()
+            try:
+                identity = await self._lock_identity(conn, pipeline_id, grid, now)
+                moment = now or await conn.scalar(sa.select(_clock(self.dialect)))
+                assert moment is not None
+                cutoff = moment - lag
+                watermark = _as_utc(identity.registered_until)
+                windows = list(choose(watermark, cutoff))
+                fresh = await self._unregistered(conn, pipeline_id, windows)
+                new = 0
+                if fresh and not dry_run:
+                    new = await self._insert(conn, [build(w) for w in fresh], priority, moment)
+                if scheduled and windows and (watermark is None or windows[-1].end > watermark):
+                    watermark = windows[-1].end
+                    await conn.execute(
+                        sa.update(PIPELINES)
+                        .where(PIPELINES.c.pipeline_id == pipeline_id)
+                        .values(registered_until=watermark, updated_at=_stamp(self.dialect, now))
+                    )
+            except BaseException:
+                await transaction.rollback()
+                raise
+            await (transaction.rollback() if dry_run else transaction.commit())
+        return Registration(windows, new if not dry_run else len(fresh), cutoff, watermark)
+
+    async def _lock_identity(
+        self, conn: AsyncConnection, pipeline_id: str, grid: Grid, now: datetime | None
+    ) -> sa.Row[Any]:
+        """The pipeline's identity row, locked until the transaction ends, checked against `grid`.
+
+        The first statement writes: on Postgres it locks the row, on SQLite it takes the write
+        lock before anything is read, so registrations and re-tiles of a pipeline never
+        interleave."""
+        mine = PIPELINES.c.pipeline_id == pipeline_id
+        row = (
+            await conn.execute(
+                sa.update(PIPELINES)
+                .where(mine)
+                .values(updated_at=PIPELINES.c.updated_at)
+                .returning(*PIPELINES.columns)
+            )
+        ).first()
+        if row is None:
+            watermark = await self._adoptable(conn, pipeline_id, grid)
+            stamp = _stamp(self.dialect, now)
+            await conn.execute(
+                _insert_ignoring_duplicates(self.dialect, PIPELINES, ("pipeline_id",)).values(
+                    pipeline_id=pipeline_id,
+                    timezone=grid.timezone,
+                    granularity=grid.granularity,
+                    registered_until=watermark,
+                    created_at=stamp,
+                    updated_at=stamp,
+                )
+            )
+            row = (await conn.execute(sa.select(PIPELINES).where(mine).with_for_update())).first()
+            assert row is not None
+        stored = Grid(row.timezone, row.granularity)
+        if stored != grid:
+            raise ConfigError(
+                f"pipeline {pipeline_id!r} cuts its windows on another grid ("
+                + "; ".join(stored.differences(grid))
+                + "): windows on two grids leave a gap or an overlap. Put the config back, or "
+                "re-tile from a boundary of both grids with "
+                "`ledgerflow retile -c <config> --at <instant>`"
+            )
+        return row
+
+    async def _adoptable(
+        self, conn: AsyncConnection, pipeline_id: str, grid: Grid
+    ) -> datetime | None:
+        """For a ledger whose windows were registered before identities existed: the watermark
+        to adopt (its last window's end), if its last window lies on `grid`; else ConfigError."""
+        last = (
+            await conn.execute(
+                sa.select(
+                    RECORDS.c.window_start_time,
+                    RECORDS.c.window_end_time,
+                    RECORDS.c.time_interval,
+                )
+                .where(RECORDS.c.pipeline_id == pipeline_id)
+                .order_by(RECORDS.c.window_start_time.desc())
+                .limit(1)
+            )
+        ).first()
+        if last is None:
+            return None
+        start, end = _as_utc(last.window_start_time), _as_utc(last.window_end_time)
+        assert start is not None and end is not None
+        if not grid.holds(start, end):
+            was = Grid(grid.timezone, last.time_interval)
+            why = "; ".join(was.differences(grid)) or f"timezone is not {grid.timezone!r}?"
+            raise ConfigError(
+                f"pipeline {pipeline_id!r} has registered windows that are not on the configured "
+                f"grid (timezone={grid.timezone!r}, granularity={grid.granularity!r}): its last "
+                f"window [{start.isoformat()}, {end.isoformat()}) is not one of its windows "
+                f"({why}). Put the config back to the grid that registered them, or re-tile "
+                "with `ledgerflow retile -c <config> --at <instant>`"
+            )
+        return end
+
+    async def _unregistered(
+        self, conn: AsyncConnection, pipeline_id: str, windows: Sequence[Window]
+    ) -> list[Window]:
+        """`windows` minus those already registered; ConfigError if one would overlap."""
+        if not windows:
+            return []
+        lo, hi = windows[0].start, windows[-1].end
+        known = await conn.execute(
+            sa.select(RECORDS.c.window_start_time, RECORDS.c.window_end_time).where(
+                RECORDS.c.pipeline_id == pipeline_id,
+                RECORDS.c.window_start_time < hi,
+                RECORDS.c.window_end_time > lo,
+            )
+        )
+        registered = [(_utc(a), _utc(b)) for a, b in known.all()]
+        fresh, clash = split_registered(windows, registered)
+        if clash is not None:
+            window, (a, b) = clash
+            raise ConfigError(
+                f"window [{window.start.isoformat()}, {window.end.isoformat()}) of pipeline "
+                f"{pipeline_id!r} overlaps the registered window [{a.isoformat()}, "
+                f"{b.isoformat()}), cut on an earlier grid; register only after the re-tile "
+                "instant, or choose a range the earlier windows do not cover"
+            )
+        return fresh
+
+    async def _insert(
+        self,
+        conn: AsyncConnection,
+        records: Sequence[Mapping[str, Any]],
+        priority: int,
+        now: datetime | None,
+    ) -> int:
+        # One reading of the database's clock stamps every row of the registration.
+        stamp = now or await conn.scalar(sa.select(_clock(self.dialect)))
         rows = [
             {
                 **r,
@@ -239,12 +426,149 @@ class Ledger:
         ]
         stmt = _insert_ignoring_duplicates(self.dialect, RECORDS).returning(RECORDS.c.id)
         inserted = 0
-        async with self._begin() as conn:
-            # Bounded batches keep each statement under the drivers' parameter limits.
-            for i in range(0, len(rows), 2000):
-                result = await conn.execute(stmt, rows[i : i + 2000])
-                inserted += len(result.all())
+        # Bounded batches keep each statement under the drivers' parameter limits.
+        for i in range(0, len(rows), 2000):
+            result = await conn.execute(stmt, rows[i : i + 2000])
+            inserted += len(result.all())
         return inserted
+
+    async def identity(self, pipeline_id: str) -> tuple[Grid, datetime | None] | None:
+        """The pipeline's stored grid and registration watermark, if it has registered yet."""
+        async with self._connect() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(PIPELINES).where(PIPELINES.c.pipeline_id == pipeline_id)
+                )
+            ).first()
+        if row is None:
+            return None
+        return Grid(row.timezone, row.granularity), _as_utc(row.registered_until)
+
+    async def retile(
+        self, pipeline_id: str, grid: Grid, at: datetime, *, now: datetime | None = None
+    ) -> Retile:
+        """Cut the pipeline's windows on `grid` from `at` on (an operator's explicit step).
+
+        `at` must be a boundary of `grid` and the start or end of a registered window that no
+        registered window straddles, at or before the registration watermark. PENDING windows
+        from `at` on are removed (none of their rows counts as loaded: the new windows replace
+        their spans in the target, so no row is loaded twice); any other window from `at` on
+        (in progress, loaded or failed) refuses the re-tile. The watermark goes back to `at`,
+        so the next scheduled run registers `grid`'s windows from there: no gap, no overlap."""
+        at = _utc(at)
+        if not grid.has_boundary(at):
+            raise ConfigError(
+                f"--at={at.isoformat()} is not a window boundary of the new grid "
+                f"(timezone={grid.timezone!r}, granularity={grid.granularity!r}); pick one of "
+                "its boundaries (see `ledgerflow plan`)"
+            )
+        mine = RECORDS.c.pipeline_id == pipeline_id
+        async with self._begin() as conn:
+            current = (
+                await conn.execute(
+                    sa.update(PIPELINES)
+                    .where(PIPELINES.c.pipeline_id == pipeline_id)
+                    .values(updated_at=PIPELINES.c.updated_at)
+                    .returning(*PIPELINES.columns)
+                )
+            ).first()
+            old = None if current is None else Grid(current.timezone, current.granularity)
+            bounds = (
+                await conn.execute(
+                    sa.select(
+                        sa.func.count(),
+                        sa.func.max(RECORDS.c.window_end_time),
+                        sa.func.sum(
+                            sa.case(
+                                (
+                                    sa.or_(
+                                        RECORDS.c.window_start_time == at,
+                                        RECORDS.c.window_end_time == at,
+                                    ),
+                                    1,
+                                ),
+                                else_=0,
+                            )
+                        ),
+                    ).where(mine)
+                )
+            ).one()
+            registered, last_end, touching = int(bounds[0]), _as_utc(bounds[1]), bounds[2] or 0
+            watermark = last_end if current is None else _as_utc(current.registered_until)
+            if registered:
+                straddling = (
+                    await conn.execute(
+                        sa.select(RECORDS.c.window_start_time, RECORDS.c.window_end_time)
+                        .where(
+                            mine, RECORDS.c.window_start_time < at, RECORDS.c.window_end_time > at
+                        )
+                        .limit(1)
+                    )
+                ).first()
+                if straddling is not None:
+                    raise ConfigError(
+                        f"--at={at.isoformat()} falls inside the registered window "
+                        f"[{_utc(straddling[0]).isoformat()}, {_utc(straddling[1]).isoformat()})"
+                        f" of {pipeline_id!r}; re-tile at a boundary both grids share"
+                    )
+                if not touching:
+                    raise ConfigError(
+                        f"--at={at.isoformat()} is not the start or end of a registered window "
+                        f"of {pipeline_id!r}; re-tile at a boundary both grids share"
+                    )
+                if watermark is not None and at > watermark:
+                    raise ConfigError(
+                        f"--at={at.isoformat()} is after the registration watermark "
+                        f"{watermark.isoformat()} of {pipeline_id!r} (the end of the last "
+                        "scheduled window): re-tiling there would leave a gap; pick an instant "
+                        "at or before it"
+                    )
+            removed = await conn.execute(
+                sa.delete(RECORDS).where(
+                    mine,
+                    RECORDS.c.window_start_time >= at,
+                    RECORDS.c.pipeline_status == Status.PENDING.value,
+                )
+            )
+            # Checked after the delete, inside the transaction: a window claimed meanwhile is
+            # seen here and refuses the re-tile (the rollback restores what was removed).
+            kept = (
+                await conn.execute(
+                    sa.select(
+                        RECORDS.c.window_start_time, RECORDS.c.pipeline_status, sa.func.count()
+                    )
+                    .where(mine, RECORDS.c.window_start_time >= at)
+                    .group_by(RECORDS.c.window_start_time, RECORDS.c.pipeline_status)
+                    .order_by(RECORDS.c.window_start_time)
+                    .limit(3)
+                )
+            ).all()
+            if kept:
+                listed = ", ".join(f"{_utc(s).isoformat()} {status}" for s, status, _ in kept)
+                raise ConfigError(
+                    f"cannot re-tile {pipeline_id!r} at {at.isoformat()}: windows from there on "
+                    f"are already in progress, loaded or failed ({listed}, ...); re-tile at or "
+                    "after the end of the last of them"
+                )
+            values = {
+                "timezone": grid.timezone,
+                "granularity": grid.granularity,
+                "registered_until": at if registered else None,
+                "updated_at": _stamp(self.dialect, now),
+            }
+            if current is None:
+                await conn.execute(
+                    sa.insert(PIPELINES).values(
+                        pipeline_id=pipeline_id, created_at=_stamp(self.dialect, now), **values
+                    )
+                )
+            else:
+                await conn.execute(
+                    sa.update(PIPELINES)
+                    .where(PIPELINES.c.pipeline_id == pipeline_id)
+                    .values(**values)
+                )
+        return Retile(pipeline_id, at, old, grid, removed.rowcount)
 
     async def last_window_end(self, pipeline_id: str) -> datetime | None:
         """End of the latest registered window, where registration continues from."""
@@ -582,6 +906,36 @@ class _Guarded:
 
     async def __aexit__(self, *exc: Any) -> None:
         await self._cm.__aexit__(*exc)
+
+
+def _clock(dialect: str, back: sa.ColumnElement[Any] | None = None) -> sa.ColumnElement[datetime]:
+    """The database's current time, `back` seconds earlier when given, typed as the ledger's times.
+
+    Every stamp the ledger writes or compares comes from here (or an explicit `now=` override),
+    so workers whose clocks disagree still agree on lock ages and eligibility. Postgres: the
+    statement's start time. SQLite: 'now' (UTC) as text in the layout UTCDateTime stores
+    (`YYYY-MM-DD HH:MM:SS.ffffff`), padded from milliseconds to microseconds so that text order
+    stays time order when compared with stored values."""
+    if dialect == "postgresql":
+        now: sa.ColumnElement[Any] = sa.func.statement_timestamp()
+        if back is not None:
+            zero: list[sa.ColumnElement[Any]] = [sa.literal_column("0")] * 6
+            now = now - sa.func.make_interval(*zero, back)
+        return sa.type_coerce(now, UTCDateTime())
+    shift = [] if back is None else [sa.func.printf("-%.6f seconds", back)]
+    text = sa.func.strftime("%Y-%m-%d %H:%M:%f", "now", *shift).op("||")("000")
+    return sa.type_coerce(text, UTCDateTime())
+
+
+def _stamp(dialect: str, now: datetime | None) -> sa.ColumnElement[datetime]:
+    """`now` when a caller overrides the clock (tests), else the database's clock."""
+    return _clock(dialect) if now is None else sa.literal(now, UTCDateTime())
+
+
+def _utc(value: datetime | str) -> datetime:
+    result = _as_utc(value)
+    assert result is not None
+    return result
 
 
 def _claim_statement(newest_first: bool) -> sa.Update:

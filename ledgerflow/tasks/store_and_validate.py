@@ -16,37 +16,43 @@ from prefect.states import Completed, State
 
 from ledgerflow import failpoints
 from ledgerflow.ledger import Lease
-from ledgerflow.tasks.common import Parts, RunSettings, now, timed
-from ledgerflow.windows import build_record, scheduled_windows
+from ledgerflow.tasks.common import Parts, RunSettings, timed
+from ledgerflow.windows import Grid, Window, build_record, scheduled_windows
 
 
 @task(name="store_and_validate.register", persist_result=False)
 async def register_windows(
     parts: Parts, settings: RunSettings, at: datetime | None = None
 ) -> State[Any]:
-    """Register the windows that became eligible since the last run; return how many were new."""
-    moment = at or now()
-    cutoff = settings.cutoff(moment)
+    """Register the windows that became eligible since the last run; return how many were new.
+
+    `at` overrides the database's clock (tests). The ledger refuses a grid (timezone,
+    granularity) other than the one the pipeline's windows were registered on."""
+
+    def choose(watermark: datetime | None, cutoff: datetime) -> list[Window]:
+        return scheduled_windows(
+            watermark, settings.start, settings.end, cutoff, settings.timezone, settings.granularity
+        )
+
+    def build(window: Window) -> dict[str, object]:
+        return build_record(
+            settings.pipeline_id, window, settings.timezone, settings.hooks, settings.check_fields
+        )
+
     await parts.ledger.prepare()
     async with timed("register windows"), parts.ledger.open() as ledger:
-        windows = scheduled_windows(
-            await ledger.last_window_end(settings.pipeline_id),
-            settings.start,
-            settings.end,
-            cutoff,
-            settings.timezone,
-            settings.granularity,
+        done = await ledger.register_windows(
+            settings.pipeline_id,
+            Grid.of(settings.timezone, settings.granularity),
+            choose,
+            build,
+            lag=settings.lag,
+            scheduled=True,
+            now=at,
         )
-        records = [
-            build_record(
-                settings.pipeline_id, w, settings.timezone, settings.hooks, settings.check_fields
-            )
-            for w in windows
-        ]
-        added = await ledger.register(records)
     return Completed(
-        message=f"registered {added} new window(s); eligible up to {cutoff.isoformat()}",
-        data=added,
+        message=f"registered {done.new} new window(s); eligible up to {done.cutoff.isoformat()}",
+        data=done.new,
     )
 
 
