@@ -162,6 +162,12 @@ def status(config: ConfigOption = "default", as_json: JsonOption = False) -> Non
             f"oldest pending: {summary.oldest_pending.window_start_time.isoformat()} "
             f"(ended {human(age)} ago)"
         )
+    for fault in summary.faults:
+        console.print(
+            f"[bold red]{fault.kind}[/] in the registered windows: "
+            f"{fault.start.isoformat()} - {fault.end.isoformat()}"
+            + (" (never registered: backfill it)" if fault.kind == "gap" else " (registered twice)")
+        )
     if summary.in_progress:
         console.print(windows_table(summary.in_progress, cfg.timezone, "In progress"))
     if summary.failed:

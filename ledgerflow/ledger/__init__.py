@@ -1,7 +1,14 @@
 """The ledger: one table of windows and the only code that writes it."""
 
 from ledgerflow.ledger.models import Phase, PhaseStatus, PipelineRecord, Status
-from ledgerflow.ledger.store import Lease, Ledger, LedgerSummary, LedgerUnavailable, make_engine
+from ledgerflow.ledger.store import (
+    Lease,
+    Ledger,
+    LedgerSummary,
+    LedgerUnavailable,
+    TilingFault,
+    make_engine,
+)
 
 __all__ = [
     "Lease",
@@ -12,5 +19,6 @@ __all__ = [
     "PhaseStatus",
     "PipelineRecord",
     "Status",
+    "TilingFault",
     "make_engine",
 ]

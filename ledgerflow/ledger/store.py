@@ -71,6 +71,18 @@ class Lease:
 
 
 @dataclass(frozen=True)
+class TilingFault:
+    """A gap or an overlap between registered windows: `[start, end)` is left out or doubled."""
+
+    kind: str  # "gap" or "overlap"
+    start: datetime
+    end: datetime
+
+    def as_dict(self) -> dict[str, str]:
+        return {"start": self.start.isoformat(), "end": self.end.isoformat()}
+
+
+@dataclass(frozen=True)
 class LedgerSummary:
     """What an operator needs first: counts, the oldest pending window, the lag, the failures."""
 
@@ -80,6 +92,8 @@ class LedgerSummary:
     newest_completed_end: datetime | None
     in_progress: list[PipelineRecord] = field(default_factory=list)
     failed: list[PipelineRecord] = field(default_factory=list)
+    faults: list[TilingFault] = field(default_factory=list)
+    """Gaps and overlaps between the first and the last registered window (normally none)."""
 
     def lag(self, now: datetime) -> timedelta | None:
         """How far the loaded data trails `now`: now minus the end of the newest loaded window."""
@@ -871,7 +885,42 @@ class Ledger:
             newest_completed_end=_as_utc(newest),
             in_progress=running,
             failed=failed,
+            faults=await self.tiling_faults(pipeline_id),
         )
+
+    async def tiling_faults(self, pipeline_id: str, *, limit: int = 100) -> list[TilingFault]:
+        """Gaps and overlaps among the registered windows, oldest first (at most `limit`).
+
+        One pass in SQL: each window is compared with the furthest end of the windows that
+        start before it; a later start is a gap, an earlier one an overlap."""
+        reach = sa.func.max(RECORDS.c.window_end_time).over(
+            order_by=RECORDS.c.window_start_time, rows=(None, -1)
+        )
+        ordered = (
+            sa.select(
+                RECORDS.c.window_start_time.label("lo"),
+                RECORDS.c.window_end_time.label("hi"),
+                reach.label("reach"),
+            )
+            .where(RECORDS.c.pipeline_id == pipeline_id)
+            .subquery()
+        )
+        stmt = (
+            sa.select(ordered.c.lo, ordered.c.hi, ordered.c.reach)
+            .where(ordered.c.reach.is_not(None), ordered.c.lo != ordered.c.reach)
+            .order_by(ordered.c.lo)
+            .limit(limit)
+        )
+        async with self._connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        faults = []
+        for lo, hi, reach_ in rows:
+            start, end, furthest = _utc(lo), _utc(hi), _utc(reach_)
+            if start > furthest:
+                faults.append(TilingFault("gap", furthest, start))
+            else:
+                faults.append(TilingFault("overlap", start, min(end, furthest)))
+        return faults
 
     # --- plumbing -----------------------------------------------------------------------------
 

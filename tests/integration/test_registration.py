@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,6 +19,7 @@ from ledgerflow.operate import backfill
 from ledgerflow.tasks.store_and_validate import register_windows
 from ledgerflow.windows import (
     Grid,
+    Window,
     build_record,
     scheduled_windows,
     window_containing,
@@ -219,7 +221,6 @@ async def test_retile_from_a_shared_boundary_leaves_no_gap_and_no_overlap(ledger
 
 
 def test_a_changed_granularity_fails_the_run_until_the_operator_retiles(tmp_path: Path) -> None:
-    import asyncio
     import json
 
     from ledgerflow.cli import app
@@ -258,3 +259,37 @@ def test_a_changed_granularity_fails_the_run_until_the_operator_retiles(tmp_path
     expected = pipeline.source_rows_with_ts()
     loaded = pipeline.warehouse_rows()
     assert loaded[0] == loaded[1] == sum(r.target_count or 0 for r in rows) <= expected
+
+
+async def test_status_reports_gaps_and_overlaps_between_registered_windows(
+    tmp_path: Path, ledger_url: str
+) -> None:
+    import json
+
+    from ledgerflow.cli import app
+    from typer.testing import CliRunner
+
+    pipeline = Pipeline(tmp_path, rows=10, ledger_url=ledger_url)
+    name = await pipeline.save()
+    twos = windows_between(T0, T0 + timedelta(hours=12), LA, "2h")
+    stray = Window(T0 + timedelta(hours=11), T0 + timedelta(hours=15), T0.date(), "4h")
+    async with Ledger.from_url(ledger_url) as ledger:
+        await ledger.create_schema()
+        # Written the way older versions could: a missing window and one from another grid.
+        await ledger.register([build_record(name, w, LA) for w in [*twos[:2], *twos[3:], stray]])
+        faults = await ledger.tiling_faults(name)
+    assert [(f.kind, f.start, f.end) for f in faults] == [
+        ("gap", T0 + timedelta(hours=4), T0 + timedelta(hours=6)),
+        ("overlap", T0 + timedelta(hours=11), T0 + timedelta(hours=12)),
+    ]
+    result = await asyncio.to_thread(CliRunner().invoke, app, ["status", "-c", name, "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["gaps"] == [
+        {"start": "2025-03-01T12:00:00+00:00", "end": "2025-03-01T14:00:00+00:00"}
+    ]
+    assert data["overlaps"] == [
+        {"start": "2025-03-01T19:00:00+00:00", "end": "2025-03-01T20:00:00+00:00"}
+    ]
+    text = await asyncio.to_thread(CliRunner().invoke, app, ["status", "-c", name])
+    assert "gap in the registered windows" in text.output
