@@ -45,10 +45,6 @@ UPDATABLE = frozenset(c.name for c in RECORDS.columns) - {
 }
 
 
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
 class LedgerUnavailable(TransientError):
     """The ledger database could not be reached."""
 
@@ -228,8 +224,9 @@ class Ledger:
             )
             if found is None:
                 await conn.execute(
-                    _insert_ignoring_version(self.dialect, table),
-                    {"component": COMPONENT, "version": SCHEMA_VERSION, "applied_at": utcnow()},
+                    _insert_ignoring_version(self.dialect, table).values(
+                        component=COMPONENT, version=SCHEMA_VERSION, applied_at=_clock(self.dialect)
+                    )
                 )
             elif found != SCHEMA_VERSION:
                 raise _version_error(found)
@@ -601,27 +598,33 @@ class Ledger:
         pipeline_id: str,
         run_id: str,
         *,
-        cutoff: datetime,
+        lag: timedelta | None = None,
+        cutoff: datetime | None = None,
         newest_first: bool = False,
         now: datetime | None = None,
     ) -> Lease | None:
         """Atomically take the next eligible PENDING window, or None when there is none.
 
-        Eligible means `window_end_time <= cutoff`. Higher priority goes first, then the oldest
-        (or newest) window. Postgres skips rows another claimer holds (FOR UPDATE SKIP LOCKED);
-        SQLite runs the statement under its single write lock.
-        """
-        stamp = now or utcnow()
+        Eligible means `window_end_time <= cutoff`, where the cutoff is the database's clock
+        minus `lag` (x_time_back); an explicit `cutoff` (or `now`) overrides the clock. Higher
+        priority goes first, then the oldest (or newest) window. Postgres skips rows another
+        claimer holds (FOR UPDATE SKIP LOCKED); SQLite runs the statement under its single
+        write lock."""
+        if lag is None and cutoff is None:
+            raise ValueError("claim needs lag (x_time_back) or an explicit cutoff")
+        if cutoff is None and now is not None and lag is not None:
+            cutoff = now - lag
         token = str(uuid.uuid4())
         params = {
             "p_pipeline": pipeline_id,
             "p_cutoff": cutoff,
+            "p_back": (lag or timedelta(0)).total_seconds(),
             "p_run": run_id[:100],
-            "p_stamp": stamp,
+            "p_stamp": now,
             "p_token": token,
         }
         async with self._single() as conn:
-            row = (await conn.execute(_CLAIM[newest_first], params)).first()
+            row = (await conn.execute(_claim(self.dialect, newest_first), params)).first()
         return None if row is None else Lease(_row_to_record(row), token)
 
     # --- fenced writes ------------------------------------------------------------------------
@@ -636,7 +639,7 @@ class Ledger:
         unknown = set(values) - UPDATABLE
         if unknown:
             raise ValueError(f"cannot update ledger columns {sorted(unknown)}")
-        stamp = now or utcnow()
+        stamp = _stamp(self.dialect, now)
         stmt = (
             sa.update(RECORDS)
             .where(
@@ -661,7 +664,7 @@ class Ledger:
         self, lease: Lease, values: Mapping[str, Any] | None = None, *, now: datetime | None = None
     ) -> PipelineRecord:
         """Mark the window COMPLETED and drop the lease."""
-        stamp = now or utcnow()
+        stamp = _stamp(self.dialect, now)
         return await self.update(
             lease,
             "complete",
@@ -673,7 +676,7 @@ class Ledger:
                 "error_message": None,
                 "force_reload": False,
             },
-            now=stamp,
+            now=now,
         )
 
     async def fail(
@@ -685,7 +688,7 @@ class Ledger:
         now: datetime | None = None,
     ) -> PipelineRecord:
         """Mark the window FAILED, keeping the error text, and drop the lease."""
-        stamp = now or utcnow()
+        stamp = _stamp(self.dialect, now)
         return await self.update(
             lease,
             "fail",
@@ -696,7 +699,7 @@ class Ledger:
                 "pipeline_locked_at": None,
                 "error_message": error[:4000],
             },
-            now=stamp,
+            now=now,
         )
 
     # --- operator actions ---------------------------------------------------------------------
@@ -712,14 +715,20 @@ class Ledger:
         """IN_PROGRESS windows whose lock is older than `older_than` go back to PENDING with
         `retry_attempt + 1`, or to FAILED once `max_attempts` are used up. Their lease is revoked,
         so the stopped worker (if it ever wakes) cannot write."""
-        stamp = now or utcnow()
+        # The lock's age by the database's clock, the one that stamped it: a releaser whose
+        # own clock runs ahead must not revoke a live lease, nor one behind keep a dead one.
+        oldest = (
+            _clock(self.dialect, back=sa.literal(older_than.total_seconds(), sa.Float()))
+            if now is None
+            else sa.literal(now - older_than, UTCDateTime())
+        )
         attempts = RECORDS.c.retry_attempt + 1
         stmt = (
             sa.update(RECORDS)
             .where(
                 RECORDS.c.pipeline_id == pipeline_id,
                 RECORDS.c.pipeline_status == Status.IN_PROGRESS.value,
-                RECORDS.c.pipeline_locked_at < stamp - older_than,
+                RECORDS.c.pipeline_locked_at < oldest,
             )
             .values(
                 pipeline_status=sa.case(
@@ -728,9 +737,11 @@ class Ledger:
                 retry_attempt=attempts,
                 lease_token=None,
                 pipeline_locked_at=None,
-                record_last_updated_time=stamp,
+                record_last_updated_time=_stamp(self.dialect, now),
                 error_message=sa.func.coalesce(RECORDS.c.error_message, "")
-                + f"stale lock released at {stamp.isoformat()} (no heartbeat for {older_than}); ",
+                + "stale lock released at "
+                + _clock_text(self.dialect, now)
+                + f" (no heartbeat for {older_than}); ",
             )
             .returning(*RECORDS.columns)
         )
@@ -792,7 +803,7 @@ class Ledger:
         keep_stage: bool,
         force: bool = False,
     ) -> list[PipelineRecord]:
-        stamp = now or utcnow()
+        stamp = _stamp(self.dialect, now)
         stage: dict[str, Any] = (
             {} if keep_stage else {"phase_completed": None, "stage_manifest": None}
         )
@@ -981,15 +992,31 @@ def _stamp(dialect: str, now: datetime | None) -> sa.ColumnElement[datetime]:
     return _clock(dialect) if now is None else sa.literal(now, UTCDateTime())
 
 
+def _clock_text(dialect: str, now: datetime | None) -> sa.ColumnElement[str]:
+    """The database's current time (or `now`) as ISO 8601 UTC text, for messages."""
+    if now is not None:
+        return sa.literal(now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), sa.String())
+    if dialect == "postgresql":
+        utc = sa.func.timezone("UTC", sa.func.statement_timestamp())
+        return sa.func.to_char(utc, 'YYYY-MM-DD"T"HH24:MI:SS"Z"', type_=sa.String())
+    return sa.func.strftime("%Y-%m-%dT%H:%M:%SZ", "now", type_=sa.String())
+
+
 def _utc(value: datetime | str) -> datetime:
     result = _as_utc(value)
     assert result is not None
     return result
 
 
-def _claim_statement(newest_first: bool) -> sa.Update:
-    """The claim, built once per order with bound parameters (its cache key is computed once)."""
+def _claim_statement(dialect: str, newest_first: bool) -> sa.Update:
+    """The claim, built once per dialect and order with bound parameters (its cache key is
+    computed once). The stamp and the cutoff are the database's clock unless the caller
+    overrides them (`p_stamp`, `p_cutoff`), so one statement serves both."""
     order = RECORDS.c.window_start_time.desc() if newest_first else RECORDS.c.window_start_time
+    cutoff = sa.func.coalesce(
+        sa.bindparam("p_cutoff", type_=UTCDateTime()),
+        _clock(dialect, back=sa.bindparam("p_back", type_=sa.Float())),
+    )
     pick = (
         sa.select(RECORDS.c.id)
         .where(
@@ -997,14 +1024,14 @@ def _claim_statement(newest_first: bool) -> sa.Update:
             # A literal, not a parameter: a prepared (generic) plan can then prove the partial
             # claim index's predicate and use it.
             RECORDS.c.pipeline_status == sa.literal_column("'PENDING'"),
-            RECORDS.c.window_end_time <= sa.bindparam("p_cutoff", type_=UTCDateTime()),
+            RECORDS.c.window_end_time <= cutoff,
         )
         .order_by(RECORDS.c.priority.desc(), order)
         .limit(1)
         .with_for_update(skip_locked=True)
         .scalar_subquery()
     )
-    stamp = sa.bindparam("p_stamp", type_=UTCDateTime())
+    stamp = sa.func.coalesce(sa.bindparam("p_stamp", type_=UTCDateTime()), _clock(dialect))
     return (
         sa.update(RECORDS)
         .where(RECORDS.c.id == pick)
@@ -1022,7 +1049,14 @@ def _claim_statement(newest_first: bool) -> sa.Update:
     )
 
 
-_CLAIM = {False: _claim_statement(False), True: _claim_statement(True)}
+_CLAIMS: dict[tuple[str, bool], sa.Update] = {}
+
+
+def _claim(dialect: str, newest_first: bool) -> sa.Update:
+    key = (dialect, newest_first)
+    if key not in _CLAIMS:
+        _CLAIMS[key] = _claim_statement(dialect, newest_first)
+    return _CLAIMS[key]
 
 
 def _insert_ignoring_version(dialect: str, table: sa.Table) -> Any:

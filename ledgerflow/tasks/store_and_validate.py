@@ -58,19 +58,19 @@ async def register_windows(
 
 @task(name="store_and_validate.claim", persist_result=False)
 async def claim_window(parts: Parts, settings: RunSettings, run_id: str) -> State[Any]:
-    """Claim the next eligible PENDING window (row lock, fresh lease), or say why there is none."""
-    cutoff = settings.cutoff()
+    """Claim the next eligible PENDING window (row lock, fresh lease), or say why there is none.
+
+    Eligibility (`end <= now - x_time_back`) is judged by the database's clock, like the lease."""
     async with parts.ledger.open() as ledger:
         lease: Lease | None = await ledger.claim(
-            settings.pipeline_id, run_id, cutoff=cutoff, newest_first=settings.newest_first
+            settings.pipeline_id, run_id, lag=settings.lag, newest_first=settings.newest_first
         )
     failpoints.hit("after_claim")
     if lease is None:
         return Completed(
             message=(
-                "nothing to claim: no PENDING window ends before "
-                f"{cutoff.isoformat()} (now - x_time_back); others are done, failed or held by "
-                "another worker"
+                "nothing to claim: no PENDING window ends at or before the ledger's now - "
+                f"x_time_back ({settings.lag}); others are done, failed or held by another worker"
             ),
             data=None,
         )
