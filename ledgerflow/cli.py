@@ -32,7 +32,8 @@ T = TypeVar("T")
 
 
 def fail(message: str) -> typer.Exit:
-    Console(stderr=True).print(f"[bold red]error:[/] {message}")
+    # One line, unwrapped: operators grep for it and scripts read it.
+    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {message}")
     return typer.Exit(code=2)
 
 
@@ -309,6 +310,21 @@ def reload(
     console.print(f"{len(rows)} window(s) reopened; the next run reloads them")
 
 
+def refuse_unsafe_age(text: str, seconds: float, cfg: Any) -> None:
+    """A lock younger than two heartbeat intervals may belong to a healthy worker: its age
+    reaches one interval plus the beat's own latency just before every beat."""
+    from ledgerflow.errors import ConfigError
+    from ledgerflow.flows.pipeline import settings_from
+
+    every = settings_from(cfg).heartbeat_every
+    if seconds < 2 * every:
+        raise ConfigError(
+            f"--older-than={text} is shorter than two heartbeat intervals of this pipeline "
+            f"(2 x {every:g}s, a quarter of stale_threshold_hours each, at most 5 min): it "
+            f"would take leases from healthy workers; allowed: at least {2 * every:g}s"
+        )
+
+
 @app.command()
 def release(
     config: ConfigOption = "default",
@@ -328,6 +344,8 @@ def release(
 
     async def go() -> list[Any]:
         async with open_pipeline(config) as (cfg, ledger):
+            if age is not None:
+                refuse_unsafe_age(older_than or "", age.total_seconds(), cfg)
             return await ledger.release_stale(
                 cfg.pipeline_id,
                 older_than=age if age is not None else cfg.stale_after,
