@@ -343,9 +343,13 @@ def release(
         raise fail(str(exc)) from None
 
     async def go() -> list[Any]:
+        if age is not None:  # before the ledger is touched
+            from ledgerflow.blocks.config import load_final_config
+
+            refuse_unsafe_age(
+                older_than or "", age.total_seconds(), await load_final_config(config)
+            )
         async with open_pipeline(config) as (cfg, ledger):
-            if age is not None:
-                refuse_unsafe_age(older_than or "", age.total_seconds(), cfg)
             return await ledger.release_stale(
                 cfg.pipeline_id,
                 older_than=age if age is not None else cfg.stale_after,
