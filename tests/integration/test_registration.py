@@ -234,18 +234,8 @@ def test_a_changed_granularity_fails_the_run_until_the_operator_retiles(tmp_path
     state = asyncio.run(windowed_pipeline(config_block=name, return_state=True))
     assert state.is_failed()
     assert "granularity: the ledger has '2h', the config says '4h'" in (state.message or "")
-    bad = runner.invoke(
-        app,
-        [
-            "backfill",
-            "-c",
-            name,
-            "--start",
-            "2025-03-01T00:00:00Z",
-            "--end",
-            "2025-03-02T00:00:00Z",
-        ],
-    )
+    day = ("--start", "2025-03-01T00:00:00Z", "--end", "2025-03-02T00:00:00Z")
+    bad = runner.invoke(app, ["backfill", "-c", name, *day])
     assert bad.exit_code == 2 and "the ledger has '2h'" in " ".join(bad.output.split())
 
     at = (DEMO_START + timedelta(hours=12)).isoformat()
