@@ -18,6 +18,7 @@ from ledgerflow.windows import (
     eligible_windows,
     last_window_ending_by,
     scheduled_windows,
+    split_registered,
     window_containing,
     windows_between,
 )
@@ -194,6 +195,18 @@ def test_the_latest_eligible_window_ends_by_the_cutoff_and_its_successor_after(
     last = last_window_ending_by(cutoff, tz, granularity)
     assert last.end <= cutoff
     assert window_containing(last.end, tz, granularity).end > cutoff
+
+
+def test_split_registered_skips_duplicates_and_names_the_first_overlap() -> None:
+    twos = windows_between(z("2025-06-01T00:00:00Z"), z("2025-06-01T08:00:00Z"), "UTC", "2h")
+    known = [(w.start, w.end) for w in twos[1:3]]
+    assert split_registered(twos, known) == ([twos[0], twos[3]], None)
+    fours = windows_between(z("2025-06-01T00:00:00Z"), z("2025-06-01T08:00:00Z"), "UTC", "4h")
+    fresh, clash = split_registered(fours, known)
+    assert fresh == [] and clash == (fours[0], known[0])
+    # A long registered window reaching over several candidates is found too.
+    day = [(z("2025-05-31T00:00:00Z"), z("2025-06-01T04:00:00Z"))]
+    assert split_registered(twos, day)[1] == (twos[0], day[0])
 
 
 @pytest.mark.parametrize(
