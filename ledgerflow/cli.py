@@ -202,6 +202,12 @@ def status(config: ConfigOption = "default", as_json: JsonOption = False) -> Non
             f"oldest pending: {summary.oldest_pending.window_start_time.isoformat()} "
             f"(ended {human(age)} ago)"
         )
+    for fault in summary.faults:
+        console.print(
+            f"[bold red]{fault.kind}[/] in the registered windows: "
+            f"{fault.start.isoformat()} - {fault.end.isoformat()}"
+            + (" (never registered: backfill it)" if fault.kind == "gap" else " (registered twice)")
+        )
     if summary.in_progress:
         console.print(windows_table(summary.in_progress, cfg.timezone, "In progress"))
     if summary.failed:
@@ -343,6 +349,21 @@ def reload(
     console.print(f"{len(rows)} window(s) reopened; the next run reloads them")
 
 
+def refuse_unsafe_age(text: str, seconds: float, cfg: Any) -> None:
+    """A lock younger than two heartbeat intervals may belong to a healthy worker: its age
+    reaches one interval plus the beat's own latency just before every beat."""
+    from ledgerflow.errors import ConfigError
+    from ledgerflow.flows.pipeline import settings_from
+
+    every = settings_from(cfg).heartbeat_every
+    if seconds < 2 * every:
+        raise ConfigError(
+            f"--older-than={text} is shorter than two heartbeat intervals of this pipeline "
+            f"(2 x {every:g}s, a quarter of stale_threshold_hours each, at most 5 min): it "
+            f"would take leases from healthy workers; allowed: at least {2 * every:g}s"
+        )
+
+
 @app.command()
 def release(
     config: ConfigOption = "default",
@@ -361,6 +382,12 @@ def release(
         raise fail(str(exc)) from None
 
     async def go() -> list[Any]:
+        if age is not None:  # before the ledger is touched
+            from ledgerflow.blocks.config import load_final_config
+
+            refuse_unsafe_age(
+                older_than or "", age.total_seconds(), await load_final_config(config)
+            )
         async with open_pipeline(config) as (cfg, ledger):
             return await ledger.release_stale(
                 cfg.pipeline_id,
@@ -425,6 +452,51 @@ def backfill(
             if plan.skipped_not_eligible
             else ""
         )
+    )
+
+
+@app.command()
+def retile(
+    at: Annotated[str, typer.Option(help="ISO instant from which the config's grid applies")],
+    config: ConfigOption = "default",
+    as_json: JsonOption = False,
+) -> None:
+    """Move the pipeline to the config's grid (timezone, granularity) from --at on.
+
+    Change the config first, then re-tile. --at must be a boundary of the new grid and the start
+    or end of a registered window, no later than the last scheduled one. PENDING windows from
+    --at on are removed; the next run registers the new grid's windows from --at, so nothing is
+    left out, nothing overlaps and no row is loaded twice. A window from --at on that is in
+    progress, loaded or failed refuses the re-tile: pick a later --at."""
+    from ledgerflow.windows import Grid
+
+    instant = parse_instant(at, "--at")
+
+    async def go() -> Any:
+        async with open_pipeline(config) as (cfg, ledger):
+            grid = Grid.of(cfg.timezone, cfg.granularity)
+            return await ledger.retile(cfg.pipeline_id, grid, instant)
+
+    done = run_async(go())
+    data = {
+        "pipeline_id": done.pipeline_id,
+        "at": done.at.isoformat(),
+        "old": None if done.old is None else done.old.__dict__,
+        "new": done.new.__dict__,
+        "removed_pending": done.removed,
+    }
+    if as_json:
+        typer.echo(json.dumps(data))
+        return
+    was = (
+        "an unrecorded grid"
+        if done.old is None
+        else f"{done.old.granularity} in {done.old.timezone}"
+    )
+    console.print(
+        f"{done.pipeline_id}: windows from {data['at']} on are {done.new.granularity} in "
+        f"{done.new.timezone} (were {was}); removed {done.removed} pending window(s), the next "
+        "run registers the new windows from there"
     )
 
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from ledgerflow.ledger import Ledger, PipelineRecord, Status
 from ledgerflow.ports import Source, Target
-from ledgerflow.windows import build_record, windows_between
+from ledgerflow.windows import Grid, build_record, windows_between
 
 BACKFILL_PRIORITY = -1
 """Backfilled windows are claimed after fresh ones (Airflow#29479: a big backfill must not delay
@@ -43,39 +43,35 @@ async def backfill(
     progress: Callable[[int, int], None] | None = None,
     now: datetime | None = None,
 ) -> BackfillPlan:
-    """Register every eligible window overlapping [start, end) at backfill priority."""
-    cutoff = (now or datetime.now(UTC)) - config.lag
-    all_windows = windows_between(start, end, config.timezone, config.granularity)
-    eligible = [w for w in all_windows if w.end <= cutoff]
-    known = (
-        {
-            r.window_start_time
-            for r in await ledger.windows(config.pipeline_id, start=all_windows[0].start, end=end)
-        }
-        if all_windows
-        else set()
+    """Register every eligible window overlapping [start, end) at backfill priority.
+
+    Through the scheduled registration's own path (same grid check, same overlap check), but
+    only inside the range and without moving the registration watermark: the schedule still
+    registers everything between its watermark and now, whatever was backfilled."""
+    in_range = windows_between(start, end, config.timezone, config.granularity)
+    hooks, checks = config.key_hooks(), tuple(config.check_fields)
+    done = await ledger.register_windows(
+        config.pipeline_id,
+        Grid.of(config.timezone, config.granularity),
+        lambda _watermark, cutoff: [w for w in in_range if w.end <= cutoff],
+        lambda w: build_record(config.pipeline_id, w, config.timezone, hooks, checks),
+        lag=config.lag,
+        scheduled=False,
+        priority=BACKFILL_PRIORITY,
+        dry_run=dry_run,
+        now=now,
     )
-    fresh = [w for w in eligible if w.start not in known]
-    plan = BackfillPlan(
+    eligible = done.windows
+    if progress and not dry_run:
+        progress(done.new, done.new)
+    return BackfillPlan(
         windows=len(eligible),
-        new=len(fresh),
+        new=done.new,
         first=eligible[0].to_dict()["start"] if eligible else None,
         last=eligible[-1].to_dict()["start"] if eligible else None,
-        skipped_not_eligible=len(all_windows) - len(eligible),
+        skipped_not_eligible=len(in_range) - len(eligible),
+        registered=0 if dry_run else done.new,
     )
-    if dry_run or not fresh:
-        return plan
-    hooks, checks = config.key_hooks(), tuple(config.check_fields)
-    registered = 0
-    for i in range(0, len(fresh), 500):
-        chunk = fresh[i : i + 500]
-        records = [
-            build_record(config.pipeline_id, w, config.timezone, hooks, checks) for w in chunk
-        ]
-        registered += await ledger.register(records, priority=BACKFILL_PRIORITY)
-        if progress:
-            progress(min(i + 500, len(fresh)), len(fresh))
-    return BackfillPlan(**{**plan.as_dict(), "registered": registered})
 
 
 @dataclass(frozen=True)

@@ -106,6 +106,8 @@ def summary_dict(
         if summary.newest_completed_end is None
         else summary.newest_completed_end.isoformat(),
         "lag_seconds": None if lag is None else int(lag.total_seconds()),
+        "gaps": [f.as_dict() for f in summary.faults if f.kind == "gap"],
+        "overlaps": [f.as_dict() for f in summary.faults if f.kind == "overlap"],
         "in_progress": [record_dict(r, timezone) for r in summary.in_progress],
         "failed": [record_dict(r, timezone) for r in summary.failed],
     }

@@ -18,6 +18,7 @@ times differently. pendulum DateTimes are accepted wherever a datetime is, since
 
 from __future__ import annotations
 
+import bisect
 import itertools
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -173,6 +174,68 @@ def window_containing(instant: datetime, timezone: str, granularity: str) -> Win
     return windows_between(instant, instant + timedelta(microseconds=1), timezone, granularity)[0]
 
 
+@dataclass(frozen=True)
+class Grid:
+    """What cuts a pipeline's time into windows: its timezone and its granularity.
+
+    Two configs with the same Grid produce the same windows; `granularity` is kept in its
+    shortest text (`120m` and `2h` are one grid)."""
+
+    timezone: str
+    granularity: str
+
+    @classmethod
+    def of(cls, timezone: str, granularity: str) -> Grid:
+        zone(timezone)
+        return cls(timezone, format_duration(check_granularity(granularity)))
+
+    def holds(self, start: datetime, end: datetime) -> bool:
+        """Whether `[start, end)` is one window of this grid."""
+        window = window_containing(start, self.timezone, self.granularity)
+        return (window.start, window.end) == (as_utc(start), as_utc(end))
+
+    def has_boundary(self, instant: datetime) -> bool:
+        return window_containing(instant, self.timezone, self.granularity).start == as_utc(instant)
+
+    def differences(self, new: Grid) -> list[str]:
+        """One phrase per field that differs: the field, this (stored) value and the new one."""
+        return [
+            f"{name}: the ledger has {old!r}, the config says {now!r}"
+            for name in ("timezone", "granularity")
+            if (old := getattr(self, name)) != (now := getattr(new, name))
+        ]
+
+
+def split_registered(
+    candidates: Sequence[Window], registered: Sequence[tuple[datetime, datetime]]
+) -> tuple[list[Window], tuple[Window, tuple[datetime, datetime]] | None]:
+    """Candidates not registered yet, and the first candidate that overlaps a registered window
+    with other bounds (with that window), if any: registering it would overlap.
+
+    `registered` must hold every registered window that overlaps the candidates' span."""
+    known = sorted(registered)
+    starts = [lo for lo, _ in known]
+    longest = max((hi - lo for lo, hi in known), default=timedelta(0))
+    fresh: list[Window] = []
+    for window in candidates:
+        # Registered windows overlapping this one start before its end; walk back from there
+        # while they could still reach into it (registered windows may overlap each other).
+        i = bisect.bisect_left(starts, window.end) - 1
+        duplicate = False
+        while i >= 0:
+            lo, hi = known[i]
+            if hi > window.start:
+                if (lo, hi) != (window.start, window.end):
+                    return fresh, (window, (lo, hi))
+                duplicate = True
+            elif lo < window.start - longest:
+                break
+            i -= 1
+        if not duplicate:
+            fresh.append(window)
+    return fresh, None
+
+
 def eligible_cutoff(now: datetime, x_time_back: timedelta) -> datetime:
     """Future-data protection: a window is eligible only when `end <= now - x_time_back`."""
     if x_time_back < timedelta(0):
@@ -190,6 +253,39 @@ def eligible_windows(
     """Windows from the one containing `after` up to the latest eligible one."""
     cutoff = eligible_cutoff(now, x_time_back)
     return [w for w in windows_between(after, cutoff, timezone, granularity) if w.end <= cutoff]
+
+
+def last_window_ending_by(cutoff: datetime, timezone: str, granularity: str) -> Window:
+    """The latest window whose end is at or before `cutoff` (the latest eligible window)."""
+    holding = window_containing(cutoff - timedelta(microseconds=1), timezone, granularity)
+    if holding.end <= cutoff:
+        return holding
+    return window_containing(holding.start - timedelta(microseconds=1), timezone, granularity)
+
+
+def scheduled_windows(
+    watermark: datetime | None,
+    start: datetime | None,
+    end: datetime | None,
+    cutoff: datetime,
+    timezone: str,
+    granularity: str,
+) -> list[Window]:
+    """What the scheduled registration registers next: every window ending at or before `cutoff`,
+    from the registration watermark on (the end of what it registered before, a grid boundary),
+    else from the window holding `start`, else only the latest eligible window (no catch-up).
+    Windows starting at or after `end` are never registered."""
+    if watermark is not None:
+        begin = watermark
+    elif start is not None:
+        begin = start
+    else:
+        begin = last_window_ending_by(cutoff, timezone, granularity).start
+    return [
+        w
+        for w in windows_between(begin, cutoff, timezone, granularity)
+        if w.end <= cutoff and (end is None or w.start < end)
+    ]
 
 
 # --- record completeness: the seed's function_x/y/z and check_fields ------------------------

@@ -317,6 +317,25 @@ class PipelineConfig(Block):
         return v
 
     @root_validator(skip_on_failure=True)
+    def _backoff_fits(cls, values: dict[str, Any]) -> dict[str, Any]:
+        # Prefect waits backoff * 2^k before retry k+1 (exponential_backoff), b * (2^n - 1) in
+        # all. A window that spends longer than the stale threshold in retries holds its lease
+        # past the point where everyone else takes it for dead.
+        retries, backoff = values["max_retry_task"], values["retry_backoff_seconds"]
+        stale = values["stale_threshold_hours"] * 3600
+        total = backoff * (2**retries - 1)
+        if total > stale:
+            raise ValueError(
+                f"retry_backoff_seconds={backoff:g} with max_retry_task={retries} waits "
+                f"{backoff:g} x (2^{retries} - 1) = {total:g}s between retries in all, longer "
+                f"than stale_threshold_hours={values['stale_threshold_hours']:g} ({stale:g}s); "
+                "allowed: retry_backoff_seconds x (2^max_retry_task - 1) <= "
+                "stale_threshold_hours x 3600 (lower the backoff or the retries, or raise the "
+                "threshold)"
+            )
+        return values
+
+    @root_validator(skip_on_failure=True)
     def _default_record(cls, values: dict[str, Any]) -> dict[str, Any]:
         record: DefaultRecord = values["default_record"]
         if record.pipeline_id is None:

@@ -32,7 +32,14 @@ from ledgerflow.ledger.audit import explain_record
 from ledgerflow.ports import Source, Stage, Target
 from ledgerflow.tasks.audit import audit
 from ledgerflow.tasks.cleanup_stale_locks import cleanup_stale_locks
-from ledgerflow.tasks.common import Parts, RunSettings, artifact_key, logger, retry_options
+from ledgerflow.tasks.common import (
+    LedgerProvider,
+    Parts,
+    RunSettings,
+    artifact_key,
+    logger,
+    retry_options,
+)
 from ledgerflow.tasks.pre_validation_count_check import Counts, pre_validation_count_check
 from ledgerflow.tasks.source_to_stage import source_to_stage
 from ledgerflow.tasks.stage_to_target import stage_to_target
@@ -171,6 +178,37 @@ async def _error_of(state: State[Any]) -> BaseException | None:
     return result if isinstance(result, BaseException) else None
 
 
+def keep_alive(ledgers: LedgerProvider, lease: Lease, every: float) -> asyncio.Task[None]:
+    """Heartbeat `lease` every `every` seconds until the returned task is cancelled.
+
+    It runs for the whole chain of a window, so the lease stays fresh through the count phases
+    and Prefect's retry waits as well as the transfers (whose own heartbeats stop a phase when
+    the lease is lost). Once the lease is gone (completed, failed or taken) it stops quietly:
+    the phases' fenced writes are what report a lost lease."""
+
+    async def beat() -> None:
+        try:
+            async with ledgers.open() as ledger:
+                while True:
+                    await asyncio.sleep(every)
+                    try:
+                        await ledger.heartbeat(lease)
+                    except LeaseLost:
+                        return
+                    except LedgerflowError as exc:  # a missed beat is not fatal; retry next
+                        logger().warning("keepalive for id=%s: %s", lease.id, exc)
+        except LedgerflowError as exc:
+            logger().warning("keepalive for id=%s stopped: %s", lease.id, exc)
+
+    return asyncio.create_task(beat())
+
+
+async def _stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 async def process_window(
     parts: Parts, settings: RunSettings, lease: Lease, options: dict[str, Any]
 ) -> WindowOutcome:
@@ -179,6 +217,7 @@ async def process_window(
     p, s, l_ = as_is(parts), as_is(settings), as_is(lease)
     message = "loaded"
     phase = "pre-validation"
+    beating = keep_alive(parts.ledger, lease, settings.heartbeat_every)
     try:
         state = await pre_validation_count_check.with_options(**options)(
             p, s, l_, return_state=True
@@ -213,6 +252,8 @@ async def process_window(
             # LeaseLost: the audit already failed it, or another worker owns it now.
             with contextlib.suppress(LeaseLost):
                 await ledger.fail(lease, message)
+    finally:
+        await _stop(beating)
     async with parts.ledger.open() as ledger:
         record = await ledger.get(lease.id)
     assert record is not None

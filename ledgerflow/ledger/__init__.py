@@ -1,7 +1,14 @@
 """The ledger: one table of windows and the only code that writes it."""
 
 from ledgerflow.ledger.models import AuditResult, Phase, PhaseStatus, PipelineRecord, Status
-from ledgerflow.ledger.store import Lease, Ledger, LedgerSummary, LedgerUnavailable, make_engine
+from ledgerflow.ledger.store import (
+    Lease,
+    Ledger,
+    LedgerSummary,
+    LedgerUnavailable,
+    TilingFault,
+    make_engine,
+)
 
 __all__ = [
     "AuditResult",
@@ -13,5 +20,6 @@ __all__ = [
     "PhaseStatus",
     "PipelineRecord",
     "Status",
+    "TilingFault",
     "make_engine",
 ]

@@ -182,6 +182,24 @@ class PipelineRecordRow(PipelineRecord, table=True):
     )
 
 
+class PipelineIdentity(SQLModel, table=True):
+    """One row per pipeline: the grid its windows are cut on, and the registration watermark.
+
+    Windows cut on two grids leave a gap or an overlap, so a run with another timezone or
+    granularity is refused until an operator re-tiles (`ledgerflow retile`). Only the scheduled
+    registration advances `registered_until` (the end of the last window it registered); a
+    backfill never does, so the schedule never skips what lies between."""
+
+    __tablename__ = "ledgerflow_pipelines"
+
+    pipeline_id: str = Field(primary_key=True, max_length=100)
+    timezone: str = Field(max_length=64)
+    granularity: str = Field(max_length=10)
+    registered_until: datetime | None = _ts()
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    updated_at: datetime = Field(sa_type=UTCDateTime)
+
+
 class SchemaVersion(SQLModel, table=True):
     """One row per ledger component: which schema version the database holds."""
 
@@ -194,3 +212,5 @@ class SchemaVersion(SQLModel, table=True):
 
 RECORDS = PipelineRecordRow.__table__  # type: ignore[attr-defined]
 """The Core table, for the ledger's SQL."""
+PIPELINES = PipelineIdentity.__table__  # type: ignore[attr-defined]
+"""The pipelines' identities and watermarks, for the ledger's SQL."""

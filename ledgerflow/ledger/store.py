@@ -9,7 +9,7 @@ and `LeaseLost` is raised, so a zombie worker can never commit.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,9 +20,10 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from ledgerflow.errors import LeaseLost, LedgerSchemaError, TransientError
+from ledgerflow.errors import ConfigError, LeaseLost, LedgerSchemaError, TransientError
 from ledgerflow.ledger.audit import AuditVerdict
 from ledgerflow.ledger.models import (
+    PIPELINES,
     RECORDS,
     SCHEMA_VERSION,
     AuditResult,
@@ -34,7 +35,7 @@ from ledgerflow.ledger.models import (
     UTCDateTime,
 )
 from ledgerflow.redact import scrub_url, scrub_urls
-from ledgerflow.windows import Window
+from ledgerflow.windows import Grid, Window, split_registered
 
 COMPONENT = "pipeline_records"
 UPDATABLE = frozenset(c.name for c in RECORDS.columns) - {
@@ -47,10 +48,6 @@ UPDATABLE = frozenset(c.name for c in RECORDS.columns) - {
     "lease_token",
     "record_first_created_time",
 }
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 class LedgerUnavailable(TransientError):
@@ -75,6 +72,18 @@ class Lease:
 
 
 @dataclass(frozen=True)
+class TilingFault:
+    """A gap or an overlap between registered windows: `[start, end)` is left out or doubled."""
+
+    kind: str  # "gap" or "overlap"
+    start: datetime
+    end: datetime
+
+    def as_dict(self) -> dict[str, str]:
+        return {"start": self.start.isoformat(), "end": self.end.isoformat()}
+
+
+@dataclass(frozen=True)
 class LedgerSummary:
     """What an operator needs first: counts, the oldest pending window, the lag, the failures."""
 
@@ -84,10 +93,37 @@ class LedgerSummary:
     newest_completed_end: datetime | None
     in_progress: list[PipelineRecord] = field(default_factory=list)
     failed: list[PipelineRecord] = field(default_factory=list)
+    faults: list[TilingFault] = field(default_factory=list)
+    """Gaps and overlaps between the first and the last registered window (normally none)."""
 
     def lag(self, now: datetime) -> timedelta | None:
         """How far the loaded data trails `now`: now minus the end of the newest loaded window."""
         return None if self.newest_completed_end is None else now - self.newest_completed_end
+
+
+Chooser = Callable[[datetime | None, datetime], Sequence[Window]]
+"""Picks the windows to register from (the registration watermark, the eligibility cutoff)."""
+
+
+@dataclass(frozen=True)
+class Registration:
+    """What one registration chose and inserted."""
+
+    windows: list[Window]
+    new: int
+    cutoff: datetime
+    watermark: datetime | None
+
+
+@dataclass(frozen=True)
+class Retile:
+    """What a re-tile changed."""
+
+    pipeline_id: str
+    at: datetime
+    old: Grid | None
+    new: Grid
+    removed: int
 
 
 def _row_to_record(row: sa.Row[Any]) -> PipelineRecord:
@@ -96,15 +132,13 @@ def _row_to_record(row: sa.Row[Any]) -> PipelineRecord:
     return PipelineRecord.model_construct(**row._mapping)
 
 
-def _insert_ignoring_duplicates(dialect: str, table: sa.Table) -> Any:
+def _insert_ignoring_duplicates(
+    dialect: str, table: sa.Table, keys: Sequence[str] = ("pipeline_id", "window_start_time")
+) -> Any:
     if dialect == "postgresql":
-        return postgresql.insert(table).on_conflict_do_nothing(
-            index_elements=["pipeline_id", "window_start_time"]
-        )
+        return postgresql.insert(table).on_conflict_do_nothing(index_elements=list(keys))
     if dialect == "sqlite":
-        return sqlite.insert(table).on_conflict_do_nothing(
-            index_elements=["pipeline_id", "window_start_time"]
-        )
+        return sqlite.insert(table).on_conflict_do_nothing(index_elements=list(keys))
     raise LedgerSchemaError(
         f"ledger dialect {dialect!r} is not supported; use postgresql or sqlite"
     )
@@ -186,7 +220,7 @@ class Ledger:
             await conn.run_sync(
                 lambda sync: SchemaVersion.metadata.create_all(
                     sync,
-                    tables=[RECORDS, SchemaVersion.__table__],  # type: ignore[attr-defined]
+                    tables=[RECORDS, PIPELINES, SchemaVersion.__table__],  # type: ignore[attr-defined]
                 )
             )
             table = SchemaVersion.__table__  # type: ignore[attr-defined]
@@ -195,8 +229,9 @@ class Ledger:
             )
             if found is None:
                 await conn.execute(
-                    _insert_ignoring_version(self.dialect, table),
-                    {"component": COMPONENT, "version": SCHEMA_VERSION, "applied_at": utcnow()},
+                    _insert_ignoring_version(self.dialect, table).values(
+                        component=COMPONENT, version=SCHEMA_VERSION, applied_at=_clock(self.dialect)
+                    )
                 )
             elif found != SCHEMA_VERSION:
                 raise _version_error(found)
@@ -228,10 +263,173 @@ class Ledger:
         priority: int = 0,
         now: datetime | None = None,
     ) -> int:
-        """Insert windows that are not registered yet; return how many were new. Idempotent."""
+        """Insert windows that are not registered yet; return how many were new. Idempotent.
+
+        Low level: no grid check and no watermark. Pipelines register through
+        `register_windows`, which does both."""
         if not records:
             return 0
-        stamp = now or utcnow()
+        async with self._begin() as conn:
+            return await self._insert(conn, records, priority, now)
+
+    async def register_windows(
+        self,
+        pipeline_id: str,
+        grid: Grid,
+        choose: Chooser,
+        build: Callable[[Window], Mapping[str, Any]],
+        *,
+        lag: timedelta,
+        scheduled: bool,
+        priority: int = 0,
+        dry_run: bool = False,
+        now: datetime | None = None,
+    ) -> Registration:
+        """The one registration path, for scheduled runs and backfills alike, in one transaction:
+
+        lock the pipeline's identity (made from `grid` on first use; a ledger registered before
+        identities existed is adopted only if its last window lies on `grid`), refuse another
+        grid, read the database clock (`now` overrides it in tests), let `choose` pick windows
+        from the watermark and the cutoff (`now - lag`), refuse one that would overlap a
+        registered window with other bounds, insert the rest, and, for the scheduled
+        registration only, advance the watermark to the end of the last window chosen."""
+        async with self._connect() as conn:
+            transaction = await conn.begin()
+            try:
+                identity = await self._lock_identity(conn, pipeline_id, grid, now)
+                moment = now or await conn.scalar(sa.select(_clock(self.dialect)))
+                assert moment is not None
+                cutoff = moment - lag
+                watermark = _as_utc(identity.registered_until)
+                windows = list(choose(watermark, cutoff))
+                fresh = await self._unregistered(conn, pipeline_id, windows)
+                new = 0
+                if fresh and not dry_run:
+                    new = await self._insert(conn, [build(w) for w in fresh], priority, moment)
+                if scheduled and windows and (watermark is None or windows[-1].end > watermark):
+                    watermark = windows[-1].end
+                    await conn.execute(
+                        sa.update(PIPELINES)
+                        .where(PIPELINES.c.pipeline_id == pipeline_id)
+                        .values(registered_until=watermark, updated_at=_stamp(self.dialect, now))
+                    )
+            except BaseException:
+                await transaction.rollback()
+                raise
+            await (transaction.rollback() if dry_run else transaction.commit())
+        return Registration(windows, new if not dry_run else len(fresh), cutoff, watermark)
+
+    async def _lock_identity(
+        self, conn: AsyncConnection, pipeline_id: str, grid: Grid, now: datetime | None
+    ) -> sa.Row[Any]:
+        """The pipeline's identity row, locked until the transaction ends, checked against `grid`.
+
+        The first statement writes: on Postgres it locks the row, on SQLite it takes the write
+        lock before anything is read, so registrations and re-tiles of a pipeline never
+        interleave."""
+        mine = PIPELINES.c.pipeline_id == pipeline_id
+        row = (
+            await conn.execute(
+                sa.update(PIPELINES)
+                .where(mine)
+                .values(updated_at=PIPELINES.c.updated_at)
+                .returning(*PIPELINES.columns)
+            )
+        ).first()
+        if row is None:
+            watermark = await self._adoptable(conn, pipeline_id, grid)
+            stamp = _stamp(self.dialect, now)
+            await conn.execute(
+                _insert_ignoring_duplicates(self.dialect, PIPELINES, ("pipeline_id",)).values(
+                    pipeline_id=pipeline_id,
+                    timezone=grid.timezone,
+                    granularity=grid.granularity,
+                    registered_until=watermark,
+                    created_at=stamp,
+                    updated_at=stamp,
+                )
+            )
+            row = (await conn.execute(sa.select(PIPELINES).where(mine).with_for_update())).first()
+            assert row is not None
+        stored = Grid(row.timezone, row.granularity)
+        if stored != grid:
+            raise ConfigError(
+                f"pipeline {pipeline_id!r} cuts its windows on another grid ("
+                + "; ".join(stored.differences(grid))
+                + "): windows on two grids leave a gap or an overlap. Put the config back, or "
+                "re-tile from a boundary of both grids with "
+                "`ledgerflow retile -c <config> --at <instant>`"
+            )
+        return row
+
+    async def _adoptable(
+        self, conn: AsyncConnection, pipeline_id: str, grid: Grid
+    ) -> datetime | None:
+        """For a ledger whose windows were registered before identities existed: the watermark
+        to adopt (its last window's end), if its last window lies on `grid`; else ConfigError."""
+        last = (
+            await conn.execute(
+                sa.select(
+                    RECORDS.c.window_start_time,
+                    RECORDS.c.window_end_time,
+                    RECORDS.c.time_interval,
+                )
+                .where(RECORDS.c.pipeline_id == pipeline_id)
+                .order_by(RECORDS.c.window_start_time.desc())
+                .limit(1)
+            )
+        ).first()
+        if last is None:
+            return None
+        start, end = _as_utc(last.window_start_time), _as_utc(last.window_end_time)
+        assert start is not None and end is not None
+        if not grid.holds(start, end):
+            was = Grid(grid.timezone, last.time_interval)
+            why = "; ".join(was.differences(grid)) or f"timezone is not {grid.timezone!r}?"
+            raise ConfigError(
+                f"pipeline {pipeline_id!r} has registered windows that are not on the configured "
+                f"grid (timezone={grid.timezone!r}, granularity={grid.granularity!r}): its last "
+                f"window [{start.isoformat()}, {end.isoformat()}) is not one of its windows "
+                f"({why}). Put the config back to the grid that registered them, or re-tile "
+                "with `ledgerflow retile -c <config> --at <instant>`"
+            )
+        return end
+
+    async def _unregistered(
+        self, conn: AsyncConnection, pipeline_id: str, windows: Sequence[Window]
+    ) -> list[Window]:
+        """`windows` minus those already registered; ConfigError if one would overlap."""
+        if not windows:
+            return []
+        lo, hi = windows[0].start, windows[-1].end
+        known = await conn.execute(
+            sa.select(RECORDS.c.window_start_time, RECORDS.c.window_end_time).where(
+                RECORDS.c.pipeline_id == pipeline_id,
+                RECORDS.c.window_start_time < hi,
+                RECORDS.c.window_end_time > lo,
+            )
+        )
+        registered = [(_utc(a), _utc(b)) for a, b in known.all()]
+        fresh, clash = split_registered(windows, registered)
+        if clash is not None:
+            window, (a, b) = clash
+            raise ConfigError(
+                f"window [{window.start.isoformat()}, {window.end.isoformat()}) of pipeline "
+                f"{pipeline_id!r} overlaps the registered window [{a.isoformat()}, "
+                f"{b.isoformat()}), cut on an earlier grid; register only after the re-tile "
+                "instant, or choose a range the earlier windows do not cover"
+            )
+        return fresh
+
+    async def _insert(
+        self,
+        conn: AsyncConnection,
+        records: Sequence[Mapping[str, Any]],
+        priority: int,
+        now: datetime | None,
+    ) -> int:
+        # One reading of the database's clock stamps every row of the registration.
+        stamp = now or await conn.scalar(sa.select(_clock(self.dialect)))
         rows = [
             {
                 **r,
@@ -244,12 +442,149 @@ class Ledger:
         ]
         stmt = _insert_ignoring_duplicates(self.dialect, RECORDS).returning(RECORDS.c.id)
         inserted = 0
-        async with self._begin() as conn:
-            # Bounded batches keep each statement under the drivers' parameter limits.
-            for i in range(0, len(rows), 2000):
-                result = await conn.execute(stmt, rows[i : i + 2000])
-                inserted += len(result.all())
+        # Bounded batches keep each statement under the drivers' parameter limits.
+        for i in range(0, len(rows), 2000):
+            result = await conn.execute(stmt, rows[i : i + 2000])
+            inserted += len(result.all())
         return inserted
+
+    async def identity(self, pipeline_id: str) -> tuple[Grid, datetime | None] | None:
+        """The pipeline's stored grid and registration watermark, if it has registered yet."""
+        async with self._connect() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(PIPELINES).where(PIPELINES.c.pipeline_id == pipeline_id)
+                )
+            ).first()
+        if row is None:
+            return None
+        return Grid(row.timezone, row.granularity), _as_utc(row.registered_until)
+
+    async def retile(
+        self, pipeline_id: str, grid: Grid, at: datetime, *, now: datetime | None = None
+    ) -> Retile:
+        """Cut the pipeline's windows on `grid` from `at` on (an operator's explicit step).
+
+        `at` must be a boundary of `grid` and the start or end of a registered window that no
+        registered window straddles, at or before the registration watermark. PENDING windows
+        from `at` on are removed (none of their rows counts as loaded: the new windows replace
+        their spans in the target, so no row is loaded twice); any other window from `at` on
+        (in progress, loaded or failed) refuses the re-tile. The watermark goes back to `at`,
+        so the next scheduled run registers `grid`'s windows from there: no gap, no overlap."""
+        at = _utc(at)
+        if not grid.has_boundary(at):
+            raise ConfigError(
+                f"--at={at.isoformat()} is not a window boundary of the new grid "
+                f"(timezone={grid.timezone!r}, granularity={grid.granularity!r}); pick one of "
+                "its boundaries (see `ledgerflow plan`)"
+            )
+        mine = RECORDS.c.pipeline_id == pipeline_id
+        async with self._begin() as conn:
+            current = (
+                await conn.execute(
+                    sa.update(PIPELINES)
+                    .where(PIPELINES.c.pipeline_id == pipeline_id)
+                    .values(updated_at=PIPELINES.c.updated_at)
+                    .returning(*PIPELINES.columns)
+                )
+            ).first()
+            old = None if current is None else Grid(current.timezone, current.granularity)
+            bounds = (
+                await conn.execute(
+                    sa.select(
+                        sa.func.count(),
+                        sa.func.max(RECORDS.c.window_end_time),
+                        sa.func.sum(
+                            sa.case(
+                                (
+                                    sa.or_(
+                                        RECORDS.c.window_start_time == at,
+                                        RECORDS.c.window_end_time == at,
+                                    ),
+                                    1,
+                                ),
+                                else_=0,
+                            )
+                        ),
+                    ).where(mine)
+                )
+            ).one()
+            registered, last_end, touching = int(bounds[0]), _as_utc(bounds[1]), bounds[2] or 0
+            watermark = last_end if current is None else _as_utc(current.registered_until)
+            if registered:
+                straddling = (
+                    await conn.execute(
+                        sa.select(RECORDS.c.window_start_time, RECORDS.c.window_end_time)
+                        .where(
+                            mine, RECORDS.c.window_start_time < at, RECORDS.c.window_end_time > at
+                        )
+                        .limit(1)
+                    )
+                ).first()
+                if straddling is not None:
+                    raise ConfigError(
+                        f"--at={at.isoformat()} falls inside the registered window "
+                        f"[{_utc(straddling[0]).isoformat()}, {_utc(straddling[1]).isoformat()})"
+                        f" of {pipeline_id!r}; re-tile at a boundary both grids share"
+                    )
+                if not touching:
+                    raise ConfigError(
+                        f"--at={at.isoformat()} is not the start or end of a registered window "
+                        f"of {pipeline_id!r}; re-tile at a boundary both grids share"
+                    )
+                if watermark is not None and at > watermark:
+                    raise ConfigError(
+                        f"--at={at.isoformat()} is after the registration watermark "
+                        f"{watermark.isoformat()} of {pipeline_id!r} (the end of the last "
+                        "scheduled window): re-tiling there would leave a gap; pick an instant "
+                        "at or before it"
+                    )
+            removed = await conn.execute(
+                sa.delete(RECORDS).where(
+                    mine,
+                    RECORDS.c.window_start_time >= at,
+                    RECORDS.c.pipeline_status == Status.PENDING.value,
+                )
+            )
+            # Checked after the delete, inside the transaction: a window claimed meanwhile is
+            # seen here and refuses the re-tile (the rollback restores what was removed).
+            kept = (
+                await conn.execute(
+                    sa.select(
+                        RECORDS.c.window_start_time, RECORDS.c.pipeline_status, sa.func.count()
+                    )
+                    .where(mine, RECORDS.c.window_start_time >= at)
+                    .group_by(RECORDS.c.window_start_time, RECORDS.c.pipeline_status)
+                    .order_by(RECORDS.c.window_start_time)
+                    .limit(3)
+                )
+            ).all()
+            if kept:
+                listed = ", ".join(f"{_utc(s).isoformat()} {status}" for s, status, _ in kept)
+                raise ConfigError(
+                    f"cannot re-tile {pipeline_id!r} at {at.isoformat()}: windows from there on "
+                    f"are already in progress, loaded or failed ({listed}, ...); re-tile at or "
+                    "after the end of the last of them"
+                )
+            values = {
+                "timezone": grid.timezone,
+                "granularity": grid.granularity,
+                "registered_until": at if registered else None,
+                "updated_at": _stamp(self.dialect, now),
+            }
+            if current is None:
+                await conn.execute(
+                    sa.insert(PIPELINES).values(
+                        pipeline_id=pipeline_id, created_at=_stamp(self.dialect, now), **values
+                    )
+                )
+            else:
+                await conn.execute(
+                    sa.update(PIPELINES)
+                    .where(PIPELINES.c.pipeline_id == pipeline_id)
+                    .values(**values)
+                )
+        return Retile(pipeline_id, at, old, grid, removed.rowcount)
 
     async def last_window_end(self, pipeline_id: str) -> datetime | None:
         """End of the latest registered window, where registration continues from."""
@@ -268,27 +603,33 @@ class Ledger:
         pipeline_id: str,
         run_id: str,
         *,
-        cutoff: datetime,
+        lag: timedelta | None = None,
+        cutoff: datetime | None = None,
         newest_first: bool = False,
         now: datetime | None = None,
     ) -> Lease | None:
         """Atomically take the next eligible PENDING window, or None when there is none.
 
-        Eligible means `window_end_time <= cutoff`. Higher priority goes first, then the oldest
-        (or newest) window. Postgres skips rows another claimer holds (FOR UPDATE SKIP LOCKED);
-        SQLite runs the statement under its single write lock.
-        """
-        stamp = now or utcnow()
+        Eligible means `window_end_time <= cutoff`, where the cutoff is the database's clock
+        minus `lag` (x_time_back); an explicit `cutoff` (or `now`) overrides the clock. Higher
+        priority goes first, then the oldest (or newest) window. Postgres skips rows another
+        claimer holds (FOR UPDATE SKIP LOCKED); SQLite runs the statement under its single
+        write lock."""
+        if lag is None and cutoff is None:
+            raise ValueError("claim needs lag (x_time_back) or an explicit cutoff")
+        if cutoff is None and now is not None and lag is not None:
+            cutoff = now - lag
         token = str(uuid.uuid4())
         params = {
             "p_pipeline": pipeline_id,
             "p_cutoff": cutoff,
+            "p_back": (lag or timedelta(0)).total_seconds(),
             "p_run": run_id[:100],
-            "p_stamp": stamp,
+            "p_stamp": now,
             "p_token": token,
         }
         async with self._single() as conn:
-            row = (await conn.execute(_CLAIM[newest_first], params)).first()
+            row = (await conn.execute(_claim(self.dialect, newest_first), params)).first()
         return None if row is None else Lease(_row_to_record(row), token)
 
     # --- fenced writes ------------------------------------------------------------------------
@@ -303,7 +644,7 @@ class Ledger:
         unknown = set(values) - UPDATABLE
         if unknown:
             raise ValueError(f"cannot update ledger columns {sorted(unknown)}")
-        stamp = now or utcnow()
+        stamp = _stamp(self.dialect, now)
         stmt = (
             sa.update(RECORDS)
             .where(
@@ -328,7 +669,7 @@ class Ledger:
         self, lease: Lease, values: Mapping[str, Any] | None = None, *, now: datetime | None = None
     ) -> PipelineRecord:
         """Mark the window COMPLETED and drop the lease."""
-        stamp = now or utcnow()
+        stamp = _stamp(self.dialect, now)
         return await self.update(
             lease,
             "complete",
@@ -340,7 +681,7 @@ class Ledger:
                 "error_message": None,
                 "force_reload": False,
             },
-            now=stamp,
+            now=now,
         )
 
     async def fail(
@@ -352,7 +693,7 @@ class Ledger:
         now: datetime | None = None,
     ) -> PipelineRecord:
         """Mark the window FAILED, keeping the error text, and drop the lease."""
-        stamp = now or utcnow()
+        stamp = _stamp(self.dialect, now)
         return await self.update(
             lease,
             "fail",
@@ -363,17 +704,17 @@ class Ledger:
                 "pipeline_locked_at": None,
                 "error_message": error[:4000],
             },
-            now=stamp,
+            now=now,
         )
 
     async def start_phase(
         self, lease: Lease, phase: Phase, *, now: datetime | None = None
     ) -> PipelineRecord:
         """A transfer phase or the audit begins: its status IN_PROGRESS, its start stamped."""
-        stamp = now or utcnow()
+        stamp = _stamp(self.dialect, now)
         prefix = _phase_prefix(phase)
         values = {f"{prefix}_status": PhaseStatus.IN_PROGRESS.value, f"{prefix}_start_time": stamp}
-        return await self.update(lease, f"{phase.value} start", values, now=stamp)
+        return await self.update(lease, f"{phase.value} start", values, now=now)
 
     async def finish_phase(
         self,
@@ -389,7 +730,7 @@ class Ledger:
         re-claimed window can resume after it) or FAILED. `rows` is what the phase moved
         (extracted_count for SOURCE_TO_STAGE, loaded_count for STAGE_TO_TARGET); `manifest` is
         the stage's manifest (SOURCE_TO_STAGE)."""
-        stamp = now or utcnow()
+        stamp = _stamp(self.dialect, now)
         prefix = _phase_prefix(phase)
         status = PhaseStatus.FAILED if failed else PhaseStatus.COMPLETED
         values: dict[str, Any] = {f"{prefix}_status": status.value, f"{prefix}_end_time": stamp}
@@ -399,7 +740,7 @@ class Ledger:
             values["stage_manifest"] = manifest
         if not failed:
             values["phase_completed"] = phase.value
-        return await self.update(lease, f"{phase.value} {status.value.lower()}", values, now=stamp)
+        return await self.update(lease, f"{phase.value} {status.value.lower()}", values, now=now)
 
     async def record_counts(
         self, lease: Lease, source: int, target: int, *, now: datetime | None = None
@@ -417,7 +758,7 @@ class Ledger:
     ) -> PipelineRecord:
         """Pre-validation found equal counts: complete the window with audit MATCH and its
         transfer phases SKIPPED."""
-        stamp = now or utcnow()
+        stamp = _stamp(self.dialect, now)
         values = {
             "source_count": source,
             "target_count": target,
@@ -432,7 +773,7 @@ class Ledger:
             "audit_end_time": stamp,
             "phase_completed": Phase.PRE_VALIDATION.value,
         }
-        return await self.complete(lease, values, now=stamp)
+        return await self.complete(lease, values, now=now)
 
     async def finish_audit(
         self,
@@ -444,7 +785,7 @@ class Ledger:
     ) -> PipelineRecord:
         """Record the audit's recounts and verdict; complete the window when it passed, fail it
         (with the verdict's explanation as its error) when it did not."""
-        stamp = now or utcnow()
+        stamp = _stamp(self.dialect, now)
         values = {
             "audit_start_time": started,
             "audit_end_time": stamp,
@@ -458,8 +799,8 @@ class Ledger:
             "phase_completed": Phase.AUDIT.value,
         }
         if verdict.passed:
-            return await self.complete(lease, values, now=stamp)
-        return await self.fail(lease, str(verdict.mismatch()), values, now=stamp)
+            return await self.complete(lease, values, now=now)
+        return await self.fail(lease, str(verdict.mismatch()), values, now=now)
 
     # --- operator actions ---------------------------------------------------------------------
 
@@ -474,14 +815,20 @@ class Ledger:
         """IN_PROGRESS windows whose lock is older than `older_than` go back to PENDING with
         `retry_attempt + 1`, or to FAILED once `max_attempts` are used up. Their lease is revoked,
         so the stopped worker (if it ever wakes) cannot write."""
-        stamp = now or utcnow()
+        # The lock's age by the database's clock, the one that stamped it: a releaser whose
+        # own clock runs ahead must not revoke a live lease, nor one behind keep a dead one.
+        oldest = (
+            _clock(self.dialect, back=sa.literal(older_than.total_seconds(), sa.Float()))
+            if now is None
+            else sa.literal(now - older_than, UTCDateTime())
+        )
         attempts = RECORDS.c.retry_attempt + 1
         stmt = (
             sa.update(RECORDS)
             .where(
                 RECORDS.c.pipeline_id == pipeline_id,
                 RECORDS.c.pipeline_status == Status.IN_PROGRESS.value,
-                RECORDS.c.pipeline_locked_at < stamp - older_than,
+                RECORDS.c.pipeline_locked_at < oldest,
             )
             .values(
                 pipeline_status=sa.case(
@@ -490,9 +837,11 @@ class Ledger:
                 retry_attempt=attempts,
                 lease_token=None,
                 pipeline_locked_at=None,
-                record_last_updated_time=stamp,
+                record_last_updated_time=_stamp(self.dialect, now),
                 error_message=sa.func.coalesce(RECORDS.c.error_message, "")
-                + f"stale lock released at {stamp.isoformat()} (no heartbeat for {older_than}); ",
+                + "stale lock released at "
+                + _clock_text(self.dialect, now)
+                + f" (no heartbeat for {older_than}); ",
             )
             .returning(*RECORDS.columns)
         )
@@ -556,7 +905,7 @@ class Ledger:
         force: bool | None = False,
     ) -> list[PipelineRecord]:
         """`force=None` keeps each window's `force_reload` as it is."""
-        stamp = now or utcnow()
+        stamp = _stamp(self.dialect, now)
         cleared: dict[str, Any] = dict(_LOAD_RESET if keep_stage else _ALL_RESET)
         if force is not None:
             cleared["force_reload"] = force
@@ -649,7 +998,42 @@ class Ledger:
             newest_completed_end=_as_utc(newest),
             in_progress=running,
             failed=failed,
+            faults=await self.tiling_faults(pipeline_id),
         )
+
+    async def tiling_faults(self, pipeline_id: str, *, limit: int = 100) -> list[TilingFault]:
+        """Gaps and overlaps among the registered windows, oldest first (at most `limit`).
+
+        One pass in SQL: each window is compared with the furthest end of the windows that
+        start before it; a later start is a gap, an earlier one an overlap."""
+        reach = sa.func.max(RECORDS.c.window_end_time).over(
+            order_by=RECORDS.c.window_start_time, rows=(None, -1)
+        )
+        ordered = (
+            sa.select(
+                RECORDS.c.window_start_time.label("lo"),
+                RECORDS.c.window_end_time.label("hi"),
+                reach.label("reach"),
+            )
+            .where(RECORDS.c.pipeline_id == pipeline_id)
+            .subquery()
+        )
+        stmt = (
+            sa.select(ordered.c.lo, ordered.c.hi, ordered.c.reach)
+            .where(ordered.c.reach.is_not(None), ordered.c.lo != ordered.c.reach)
+            .order_by(ordered.c.lo)
+            .limit(limit)
+        )
+        async with self._connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        faults = []
+        for lo, hi, reach_ in rows:
+            start, end, furthest = _utc(lo), _utc(hi), _utc(reach_)
+            if start > furthest:
+                faults.append(TilingFault("gap", furthest, start))
+            else:
+                faults.append(TilingFault("overlap", start, min(end, furthest)))
+        return faults
 
     # --- plumbing -----------------------------------------------------------------------------
 
@@ -744,9 +1128,55 @@ _ALL_RESET = {
 """What a reopen clears: the window is extracted again."""
 
 
-def _claim_statement(newest_first: bool) -> sa.Update:
-    """The claim, built once per order with bound parameters (its cache key is computed once)."""
+def _clock(dialect: str, back: sa.ColumnElement[Any] | None = None) -> sa.ColumnElement[datetime]:
+    """The database's current time, `back` seconds earlier when given, typed as the ledger's times.
+
+    Every stamp the ledger writes or compares comes from here (or an explicit `now=` override),
+    so workers whose clocks disagree still agree on lock ages and eligibility. Postgres: the
+    statement's start time. SQLite: 'now' (UTC) as text in the layout UTCDateTime stores
+    (`YYYY-MM-DD HH:MM:SS.ffffff`), padded from milliseconds to microseconds so that text order
+    stays time order when compared with stored values."""
+    if dialect == "postgresql":
+        now: sa.ColumnElement[Any] = sa.func.statement_timestamp()
+        if back is not None:
+            zero: list[sa.ColumnElement[Any]] = [sa.literal_column("0")] * 6
+            now = now - sa.func.make_interval(*zero, back)
+        return sa.type_coerce(now, UTCDateTime())
+    shift = [] if back is None else [sa.func.printf("-%.6f seconds", back)]
+    text = sa.func.strftime("%Y-%m-%d %H:%M:%f", "now", *shift).op("||")("000")
+    return sa.type_coerce(text, UTCDateTime())
+
+
+def _stamp(dialect: str, now: datetime | None) -> sa.ColumnElement[datetime]:
+    """`now` when a caller overrides the clock (tests), else the database's clock."""
+    return _clock(dialect) if now is None else sa.literal(now, UTCDateTime())
+
+
+def _clock_text(dialect: str, now: datetime | None) -> sa.ColumnElement[str]:
+    """The database's current time (or `now`) as ISO 8601 UTC text, for messages."""
+    if now is not None:
+        return sa.literal(now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), sa.String())
+    if dialect == "postgresql":
+        utc = sa.func.timezone("UTC", sa.func.statement_timestamp())
+        return sa.func.to_char(utc, 'YYYY-MM-DD"T"HH24:MI:SS"Z"', type_=sa.String())
+    return sa.func.strftime("%Y-%m-%dT%H:%M:%SZ", "now", type_=sa.String())
+
+
+def _utc(value: datetime | str) -> datetime:
+    result = _as_utc(value)
+    assert result is not None
+    return result
+
+
+def _claim_statement(dialect: str, newest_first: bool) -> sa.Update:
+    """The claim, built once per dialect and order with bound parameters (its cache key is
+    computed once). The stamp and the cutoff are the database's clock unless the caller
+    overrides them (`p_stamp`, `p_cutoff`), so one statement serves both."""
     order = RECORDS.c.window_start_time.desc() if newest_first else RECORDS.c.window_start_time
+    cutoff = sa.func.coalesce(
+        sa.bindparam("p_cutoff", type_=UTCDateTime()),
+        _clock(dialect, back=sa.bindparam("p_back", type_=sa.Float())),
+    )
     pick = (
         sa.select(RECORDS.c.id)
         .where(
@@ -754,14 +1184,14 @@ def _claim_statement(newest_first: bool) -> sa.Update:
             # A literal, not a parameter: a prepared (generic) plan can then prove the partial
             # claim index's predicate and use it.
             RECORDS.c.pipeline_status == sa.literal_column("'PENDING'"),
-            RECORDS.c.window_end_time <= sa.bindparam("p_cutoff", type_=UTCDateTime()),
+            RECORDS.c.window_end_time <= cutoff,
         )
         .order_by(RECORDS.c.priority.desc(), order)
         .limit(1)
         .with_for_update(skip_locked=True)
         .scalar_subquery()
     )
-    stamp = sa.bindparam("p_stamp", type_=UTCDateTime())
+    stamp = sa.func.coalesce(sa.bindparam("p_stamp", type_=UTCDateTime()), _clock(dialect))
     return (
         sa.update(RECORDS)
         .where(RECORDS.c.id == pick)
@@ -779,7 +1209,14 @@ def _claim_statement(newest_first: bool) -> sa.Update:
     )
 
 
-_CLAIM = {False: _claim_statement(False), True: _claim_statement(True)}
+_CLAIMS: dict[tuple[str, bool], sa.Update] = {}
+
+
+def _claim(dialect: str, newest_first: bool) -> sa.Update:
+    key = (dialect, newest_first)
+    if key not in _CLAIMS:
+        _CLAIMS[key] = _claim_statement(dialect, newest_first)
+    return _CLAIMS[key]
 
 
 def _insert_ignoring_version(dialect: str, table: sa.Table) -> Any:

@@ -8,7 +8,7 @@ task ends Completed with a message saying why: that is not a failure.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from prefect import task
@@ -16,57 +16,61 @@ from prefect.states import Completed, State
 
 from ledgerflow import failpoints
 from ledgerflow.ledger import Lease
-from ledgerflow.tasks.common import Parts, RunSettings, now, timed
-from ledgerflow.windows import build_record, eligible_windows
+from ledgerflow.tasks.common import Parts, RunSettings, timed
+from ledgerflow.windows import Grid, Window, build_record, scheduled_windows
 
 
 @task(name="store_and_validate.register", persist_result=False)
 async def register_windows(
     parts: Parts, settings: RunSettings, at: datetime | None = None
 ) -> State[Any]:
-    """Register the windows that became eligible since the last run; return how many were new."""
-    moment = at or now()
-    cutoff = settings.cutoff(moment)
+    """Register the windows that became eligible since the last run; return how many were new.
+
+    `at` overrides the database's clock (tests). The ledger refuses a grid (timezone,
+    granularity) other than the one the pipeline's windows were registered on."""
+
+    def choose(watermark: datetime | None, cutoff: datetime) -> list[Window]:
+        return scheduled_windows(
+            watermark, settings.start, settings.end, cutoff, settings.timezone, settings.granularity
+        )
+
+    def build(window: Window) -> dict[str, object]:
+        return build_record(
+            settings.pipeline_id, window, settings.timezone, settings.hooks, settings.check_fields
+        )
+
     await parts.ledger.prepare()
     async with timed("register windows"), parts.ledger.open() as ledger:
-        begin = await ledger.last_window_end(settings.pipeline_id) or settings.start
-        if begin is None:  # no history and no start: begin with the latest eligible window
-            begin = cutoff - timedelta(microseconds=1)
-        windows = [
-            w
-            for w in eligible_windows(
-                begin, moment, settings.timezone, settings.granularity, settings.lag
-            )
-            if settings.end is None or w.start < settings.end
-        ]
-        records = [
-            build_record(
-                settings.pipeline_id, w, settings.timezone, settings.hooks, settings.check_fields
-            )
-            for w in windows
-        ]
-        added = await ledger.register(records)
+        done = await ledger.register_windows(
+            settings.pipeline_id,
+            Grid.of(settings.timezone, settings.granularity),
+            choose,
+            build,
+            lag=settings.lag,
+            scheduled=True,
+            now=at,
+        )
     return Completed(
-        message=f"registered {added} new window(s); eligible up to {cutoff.isoformat()}",
-        data=added,
+        message=f"registered {done.new} new window(s); eligible up to {done.cutoff.isoformat()}",
+        data=done.new,
     )
 
 
 @task(name="store_and_validate.claim", persist_result=False)
 async def claim_window(parts: Parts, settings: RunSettings, run_id: str) -> State[Any]:
-    """Claim the next eligible PENDING window (row lock, fresh lease), or say why there is none."""
-    cutoff = settings.cutoff()
+    """Claim the next eligible PENDING window (row lock, fresh lease), or say why there is none.
+
+    Eligibility (`end <= now - x_time_back`) is judged by the database's clock, like the lease."""
     async with parts.ledger.open() as ledger:
         lease: Lease | None = await ledger.claim(
-            settings.pipeline_id, run_id, cutoff=cutoff, newest_first=settings.newest_first
+            settings.pipeline_id, run_id, lag=settings.lag, newest_first=settings.newest_first
         )
     failpoints.hit("after_claim")
     if lease is None:
         return Completed(
             message=(
-                "nothing to claim: no PENDING window ends before "
-                f"{cutoff.isoformat()} (now - x_time_back); others are done, failed or held by "
-                "another worker"
+                "nothing to claim: no PENDING window ends at or before the ledger's now - "
+                f"x_time_back ({settings.lag}); others are done, failed or held by another worker"
             ),
             data=None,
         )

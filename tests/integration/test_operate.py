@@ -112,13 +112,19 @@ def test_retry_and_release_bring_windows_back(tmp_path: Path) -> None:
 
     async def stuck() -> int:
         async with Ledger.from_url(pipeline.ledger_url) as ledger:
-            lease = await ledger.claim(name, "dead-worker", cutoff=datetime.now(UTC))
+            lease = await ledger.claim(
+                name,
+                "dead-worker",
+                cutoff=datetime.now(UTC),
+                now=datetime.now(UTC) - timedelta(hours=1),
+            )
             assert lease is not None
             return lease.id
 
     stuck_id = asyncio.run(stuck())
     assert cli("release", "-c", name)["released"] == []  # younger than the 2h threshold
-    released = cli("release", "-c", name, "--older-than", "0m")["released"]
+    # Was `--older-than 0m`, which now is refused: it takes leases from healthy workers.
+    released = cli("release", "-c", name, "--older-than", "30m")["released"]
     assert released == [{"id": stuck_id, "status": "PENDING"}]
 
 
@@ -127,6 +133,15 @@ def test_operator_commands_refuse_bad_input(tmp_path: Path) -> None:
     name = asyncio.run(pipeline.save(end=DEMO_END))
     bad = runner.invoke(app, ["release", "-c", name, "--older-than", "2 hours"])
     assert bad.exit_code == 2 and "not a duration" in bad.output
+    # The default 2h threshold heartbeats every 5 minutes: a lock younger than two beats
+    # may be a healthy worker's.
+    for age in ("0m", "9m"):
+        bad = runner.invoke(app, ["release", "-c", name, "--older-than", age])
+        assert bad.exit_code == 2, bad.output
+        assert f"--older-than={age} is shorter than two heartbeat intervals" in bad.output
+        assert "at least 600s" in bad.output and len(bad.output.strip().splitlines()) == 1
+    allowed = runner.invoke(app, ["release", "-c", name, "--older-than", "10m"])
+    assert "heartbeat" not in allowed.output  # (this ledger has no schema yet: another error)
     bad = runner.invoke(
         app,
         [

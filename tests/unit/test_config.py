@@ -72,6 +72,20 @@ def test_each_bad_value_names_field_value_and_what_is_allowed(
     assert field.split(".")[0] in message
 
 
+def test_a_retry_backoff_that_cannot_fit_inside_the_stale_threshold_is_refused() -> None:
+    # 600 x (2^4 - 1) = 9000s of waits against a 2h (7200s) threshold.
+    with pytest.raises(ConfigError) as info:
+        validate_config({**BASE, "retry_backoff_seconds": 600, "max_retry_task": 4})
+    message = str(info.value)
+    assert "retry_backoff_seconds=600 with max_retry_task=4" in message
+    assert "600 x (2^4 - 1) = 9000s" in message and "stale_threshold_hours=2 (7200s)" in message
+    # The same retries fit a longer threshold, and the edge itself fits.
+    validate_config(
+        {**BASE, "retry_backoff_seconds": 600, "max_retry_task": 4, "stale_threshold_hours": 3}
+    )
+    validate_config({**BASE, "retry_backoff_seconds": 480, "max_retry_task": 4})
+
+
 def test_several_bad_values_are_reported_together() -> None:
     with pytest.raises(ConfigError) as info:
         validate_config({**BASE, "granularity": "7h", "timezone": "Nowhere"})

@@ -16,6 +16,9 @@ from ledgerflow.windows import (
     build_record,
     check_granularity,
     eligible_windows,
+    last_window_ending_by,
+    scheduled_windows,
+    split_registered,
     window_containing,
     windows_between,
 )
@@ -151,6 +154,59 @@ def test_future_data_protection_needs_end_before_now_minus_lag() -> None:
         z("2025-05-31T00:00:00Z"), z("2025-06-02T04:00:00Z"), "UTC", "2h", timedelta(days=1)
     )
     assert exact[-1].end == z("2025-06-01T04:00:00Z")
+
+
+def test_unset_start_begins_with_the_latest_eligible_window_then_follows() -> None:
+    # Off a boundary: the window holding the cutoff is not eligible, the one before it is.
+    cutoff = z("2025-06-01T05:00:00Z")
+    [first] = scheduled_windows(None, None, None, cutoff, "UTC", "2h")
+    assert (first.start, first.end) == (z("2025-06-01T02:00:00Z"), z("2025-06-01T04:00:00Z"))
+    # On a boundary: the window ending exactly at the cutoff is eligible.
+    on_edge = last_window_ending_by(z("2025-06-01T04:00:00Z"), "UTC", "2h")
+    assert on_edge == first
+    # Later runs continue from the watermark (the end of what was registered), gap-free.
+    later = scheduled_windows(first.end, None, None, z("2025-06-01T09:30:00Z"), "UTC", "2h")
+    assert [w.start for w in later] == [z("2025-06-01T04:00:00Z"), z("2025-06-01T06:00:00Z")]
+    idle = z("2025-06-01T09:59:00Z")
+    assert scheduled_windows(later[-1].end, None, None, idle, "UTC", "2h") == []
+
+
+def test_scheduled_windows_start_at_start_and_stop_before_end() -> None:
+    cutoff = z("2025-03-11T00:00:00Z")
+    ws = scheduled_windows(
+        None, z("2025-03-09T09:00:00Z"), z("2025-03-09T16:00:00Z"), cutoff, LA, "2h"
+    )
+    assert_tiles(ws)
+    assert ws[0].start <= z("2025-03-09T09:00:00Z") < ws[0].end
+    assert ws[-1].start < z("2025-03-09T16:00:00Z") <= ws[-1].end
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    cutoff=st.datetimes(
+        min_value=datetime(2020, 1, 1), max_value=datetime(2030, 1, 1), timezones=st.just(UTC)
+    ),
+    tz=st.sampled_from([LA, "UTC", "Asia/Kolkata", "Australia/Lord_Howe", "Europe/London"]),
+    granularity=st.sampled_from(["15m", "1h", "2h", "3h", "1d", "7d"]),
+)
+def test_the_latest_eligible_window_ends_by_the_cutoff_and_its_successor_after(
+    cutoff: datetime, tz: str, granularity: str
+) -> None:
+    last = last_window_ending_by(cutoff, tz, granularity)
+    assert last.end <= cutoff
+    assert window_containing(last.end, tz, granularity).end > cutoff
+
+
+def test_split_registered_skips_duplicates_and_names_the_first_overlap() -> None:
+    twos = windows_between(z("2025-06-01T00:00:00Z"), z("2025-06-01T08:00:00Z"), "UTC", "2h")
+    known = [(w.start, w.end) for w in twos[1:3]]
+    assert split_registered(twos, known) == ([twos[0], twos[3]], None)
+    fours = windows_between(z("2025-06-01T00:00:00Z"), z("2025-06-01T08:00:00Z"), "UTC", "4h")
+    fresh, clash = split_registered(fours, known)
+    assert fresh == [] and clash == (fours[0], known[0])
+    # A long registered window reaching over several candidates is found too.
+    day = [(z("2025-05-31T00:00:00Z"), z("2025-06-01T04:00:00Z"))]
+    assert split_registered(twos, day)[1] == (twos[0], day[0])
 
 
 @pytest.mark.parametrize(
