@@ -224,6 +224,11 @@ def transient_reason(exc: BaseException) -> str | None:
     return "DuckDB reported a failure that may pass"
 
 
+# Held around CREATE TABLE: two creators of one table in one database conflict ("Catalog
+# write-write conflict"), and a file is written by one process at a time, so this is enough.
+creating_tables = threading.Lock()
+
+
 def table_exists(cur: duckdb.DuckDBPyConnection, quoted_table: str) -> bool:
     try:
         cur.execute(f"SELECT 1 FROM {quoted_table} LIMIT 0")

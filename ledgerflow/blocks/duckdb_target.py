@@ -9,7 +9,13 @@ from prefect.blocks.core import Block
 from pydantic.v1 import Field, validator
 
 from ledgerflow import failpoints
-from ledgerflow.blocks.duckdb_common import DuckDBHandle, FileBusy, table_exists, transient_reason
+from ledgerflow.blocks.duckdb_common import (
+    DuckDBHandle,
+    FileBusy,
+    creating_tables,
+    table_exists,
+    transient_reason,
+)
 from ledgerflow.errors import LoadCountMismatch, TargetError, TargetTerminalError
 from ledgerflow.ports import Manifest
 from ledgerflow.sqlident import quote_identifier
@@ -107,8 +113,8 @@ class DuckDBTarget(Block):
         """Whether the table exists, creating it from the staged files if allowed.
 
         The table is created in its own short transaction, before the window's: concurrent windows
-        then never conflict over the catalog inside their loads. Two first windows may still race
-        to create it; the loser sees a conflict, and then the winner's table.
+        then never conflict over the catalog inside their loads. Only this process can write the
+        file, and its creators take turns, so the first windows do not race to create it.
         """
         if table_exists(cur, table):
             return True
@@ -119,14 +125,11 @@ class DuckDBTarget(Block):
                 f"target table {self.table!r} does not exist in {self.path!r} and create_table "
                 "is off: create it, or set create_table"
             )
-        try:
+        with creating_tables:
             cur.execute(
                 f"CREATE TABLE IF NOT EXISTS {table} AS SELECT * FROM read_parquet(?) LIMIT 0",
                 [uris],
             )
-        except duckdb.TransactionException:
-            if not table_exists(cur, table):  # not a concurrent creator: let _guard judge it
-                raise
         return True
 
     def _names(self) -> tuple[str, str]:
