@@ -49,7 +49,9 @@ class Server:
         self.env.pop("PREFECT_PROFILES_PATH", None)
         self.procs: list[subprocess.Popen[bytes]] = []
         self.spawn("server", "start", "--host", "127.0.0.1", "--port", str(port))
-        deadline = time.monotonic() + 90
+        # Generous (why: a fresh server migrates its database first, and a machine busy with
+        # other tests took 20 s for that alone).
+        deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             try:
                 with urllib.request.urlopen(f"{self.api}/health", timeout=1) as r:
@@ -57,7 +59,7 @@ class Server:
                         return
             except OSError:
                 time.sleep(0.5)
-        raise RuntimeError("prefect server did not start in 90 s")
+        raise RuntimeError("prefect server did not start in 300 s")
 
     def spawn(self, *args: str) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(
@@ -78,7 +80,7 @@ class Server:
             env=self.env,
             capture_output=True,
             text=True,
-            timeout=180,
+            timeout=600,  # generous: each command imports Prefect, slow on a busy machine
         )
         assert done.returncode == 0, f"prefect {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
         return done.stdout
@@ -90,7 +92,7 @@ class Server:
             env=self.env,
             capture_output=True,
             text=True,
-            timeout=180,
+            timeout=600,  # generous: each command imports Prefect, slow on a busy machine
         )
         assert done.returncode == 0, done.stderr
         return done.stdout
@@ -128,7 +130,8 @@ def server(tmp_path: Path) -> Iterator[Server]:
         running.stop()
 
 
-def wait_for_runs(server: Server, ids: list[str], timeout: float = 240) -> list[str]:
+def wait_for_runs(server: Server, ids: list[str], timeout: float = 600) -> list[str]:
+    """Generous timeout (why: each run is a new process importing Prefect on a busy machine)."""
     deadline = time.monotonic() + timeout
     states: list[str] = []
     messages: list[str | None] = []
