@@ -29,6 +29,8 @@ from typing import TypeVar
 
 import duckdb
 
+from ledgerflow.errors import LedgerflowError, TerminalError, TransientError
+
 T = TypeVar("T")
 
 
@@ -227,6 +229,25 @@ def transient_reason(exc: BaseException) -> str | None:
 # Held around CREATE TABLE: two creators of one table in one database conflict ("Catalog
 # write-write conflict"), and a file is written by one process at a time, so this is enough.
 creating_tables = threading.Lock()
+
+
+# What the blocks translate: DuckDB's errors and a file that stayed busy.
+DUCKDB_ERRORS = (duckdb.Error, FileBusy)
+
+
+def translate(
+    exc: BaseException,
+    *,
+    where: str,
+    refused: str,
+    transient: type[TransientError],
+    terminal: type[TerminalError],
+) -> LedgerflowError:
+    """The block's error for `exc`: `transient` naming why a retry may pass, else `terminal`."""
+    reason = transient_reason(exc)
+    if reason is not None:
+        return transient(f"{where}: {reason}; will retry: {exc}")
+    return terminal(f"{where} {refused}: {exc}")
 
 
 def table_exists(cur: duckdb.DuckDBPyConnection, quoted_table: str) -> bool:

@@ -14,7 +14,7 @@ import pyarrow as pa
 from prefect.blocks.core import Block
 from pydantic.v1 import Field, root_validator, validator
 
-from ledgerflow.blocks.duckdb_common import DuckDBHandle, FileBusy, transient_reason
+from ledgerflow.blocks.duckdb_common import DUCKDB_ERRORS, DuckDBHandle, translate
 from ledgerflow.errors import SourceError, SourceTerminalError
 from ledgerflow.sqlident import quote_identifier
 from ledgerflow.windows import Window
@@ -170,10 +170,11 @@ class DuckDBSource(Block):
     async def _guard(self, awaitable: Any) -> Any:
         try:
             return await awaitable
-        except (duckdb.Error, FileBusy) as exc:
-            reason = transient_reason(exc)
-            if reason is not None:
-                raise SourceError(
-                    f"DuckDB source {self.path!r} cannot be read ({reason}); will retry: {exc}"
-                ) from exc
-            raise SourceTerminalError(f"DuckDB source {self.path!r}: {exc}") from exc
+        except DUCKDB_ERRORS as exc:
+            raise translate(
+                exc,
+                where=f"DuckDB source {self.path!r}",
+                refused="refused the query",
+                transient=SourceError,
+                terminal=SourceTerminalError,
+            ) from exc

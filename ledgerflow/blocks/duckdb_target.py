@@ -10,11 +10,11 @@ from pydantic.v1 import Field, validator
 
 from ledgerflow import failpoints
 from ledgerflow.blocks.duckdb_common import (
+    DUCKDB_ERRORS,
     DuckDBHandle,
-    FileBusy,
     creating_tables,
     table_exists,
-    transient_reason,
+    translate,
 )
 from ledgerflow.errors import LoadCountMismatch, TargetError, TargetTerminalError
 from ledgerflow.ports import Manifest
@@ -141,13 +141,11 @@ class DuckDBTarget(Block):
     async def _guard(self, awaitable: Any) -> Any:
         try:
             return await awaitable
-        except (duckdb.Error, FileBusy) as exc:
-            reason = transient_reason(exc)
-            if reason is not None:
-                raise TargetError(
-                    f"DuckDB target {self.path!r} table {self.table!r}: {reason}; will retry: {exc}"
-                ) from exc
-            raise TargetTerminalError(
-                f"DuckDB target {self.path!r} table {self.table!r} refused the load "
-                f"(a schema change?): {exc}"
+        except DUCKDB_ERRORS as exc:
+            raise translate(
+                exc,
+                where=f"DuckDB target {self.path!r} table {self.table!r}",
+                refused="refused the load (a schema change?)",
+                transient=TargetError,
+                terminal=TargetTerminalError,
             ) from exc
