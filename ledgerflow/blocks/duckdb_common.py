@@ -95,9 +95,10 @@ class DuckDBHandle:
                     db = _databases[key] = _Database(con=None, read_only=self.read_only)
                     break  # this thread opens it, below, without holding the condition
                 if not db.busy and self._can_share(db):
-                    db.users += 1
                     assert db.con is not None
-                    return _cursor(db.con)
+                    cur = _cursor(db.con)
+                    db.users += 1  # only once the cursor exists, so a failure leaks no count
+                    return cur
                 self._wait(db, deadline)
         try:
             con = _connect(self.path, self.read_only, deadline)
@@ -107,17 +108,20 @@ class DuckDBHandle:
                 _changed.notify_all()
             raise
         with _changed:
-            db.con, db.busy, db.users = con, False, 1
+            db.con, db.busy = con, False
             _changed.notify_all()
-            return _cursor(con)
+            cur = _cursor(con)
+            db.users += 1
+            return cur
 
     def close(self, cur: duckdb.DuckDBPyConnection) -> None:
         """End an operation: close its cursor, and the database when no operation uses it."""
-        cur.close()
         if self.path == ":memory:":
+            cur.close()
             return
         key = (os.getpid(), os.path.abspath(self.path))
         with _changed:
+            cur.close()  # under the lock, like cursor(): both change the database's cursor list
             db = _databases[key]
             db.users -= 1
             if db.users:
