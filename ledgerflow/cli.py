@@ -67,6 +67,9 @@ def parse_instant(text: str, option: str) -> datetime:
 @app.callback()
 def main() -> None:
     """Windowed batch ELT on Prefect 2: every window loaded exactly once."""
+    from ledgerflow.prefect_home import start_ephemeral_api
+
+    start_ephemeral_api()  # several commands may start at once on one fresh Prefect home
 
 
 @app.command()

@@ -17,7 +17,8 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 def _reachable(host: str, port: int) -> bool:
     try:
-        with socket.create_connection((host, port), timeout=0.5):
+        # A closed port refuses at once; the generous timeout only spares a busy machine.
+        with socket.create_connection((host, port), timeout=5):
             return True
     except OSError:
         return False

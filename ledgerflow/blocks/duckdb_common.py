@@ -1,62 +1,257 @@
-"""What the DuckDB source and target share: short-lived connections, used from worker threads.
+"""What the DuckDB source and target share: one database per file per process, and one error rule.
 
 A DuckDB file can be open read-write in one process at a time. Several worker processes (a work
-pool) share the embedded target, so a connection is opened per operation and closed after it, and
-an operation that finds the file locked by another process waits for it (up to `lock_timeout`)
-instead of failing. Within one process, connections to the same file share one database.
+pool) share the embedded target, so the file is held only while an operation runs, and an operation
+that finds the file locked by another process waits for it (up to `lock_timeout`) instead of
+failing.
+
+Within one process, threads must not each call `duckdb.connect(path)`: DuckDB 1.5 races on its
+own instance cache and sometimes answers "Unique file handle conflict ... already attached". So a
+process opens each file once, hands every operation its own cursor on that database (a cursor is a
+separate connection with its own transaction), and closes the database when the last operation
+using it ends, which releases the file to other processes.
+
+Errors are classified here by cause, not by exception class, for the source and the target alike:
+DuckDB raises the same `BinderException` for a file-handle race (retry) as for a missing column
+(do not).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 import duckdb
 
+from ledgerflow.errors import LedgerflowError, TerminalError, TransientError
+
 T = TypeVar("T")
 
 
+class FileBusy(TimeoutError):
+    """The DuckDB file stayed busy (another process's lock, or this process's read-only use of it
+    while a write waits) for longer than lock_timeout."""
+
+
+@dataclass
+class _Database:
+    """One open database for a file in this process, and how many operations use it now."""
+
+    con: duckdb.DuckDBPyConnection | None
+    read_only: bool
+    users: int = 0
+    busy: bool = True  # being opened or closed: others wait
+    writers_waiting: int = 0
+
+
+# Keyed by (pid, absolute path): a child process after fork must never use its parent's database.
+_databases: dict[tuple[int, str], _Database] = {}
+_changed = threading.Condition()
+
+
+def _forget_after_fork() -> None:
+    # The condition may have been held by another thread at fork time; the child starts afresh.
+    global _changed
+    _databases.clear()
+    _changed = threading.Condition()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+
+
 class DuckDBHandle:
-    """Opens `path` per operation; the session time zone is UTC, so TIMESTAMP (naive) columns are
-    read as UTC and compare correctly with the aware window bounds."""
+    """Operations on `path`; the session time zone is UTC, so TIMESTAMP (naive) columns are read
+    as UTC and compare correctly with the aware window bounds.
+
+    Read-only and read-write handles on one file in one process share its database: a read-only
+    operation uses the open read-write database (it only reads), and a read-write operation waits
+    until the read-only operations in progress end, then opens the file read-write. DuckDB refuses
+    to open one file with both configurations at once.
+    """
 
     def __init__(self, path: str, *, read_only: bool, lock_timeout: float = 120.0) -> None:
         self.path = path
         self.read_only = read_only
         self.lock_timeout = lock_timeout
 
-    def connect(self) -> duckdb.DuckDBPyConnection:
-        """A new connection, waiting while another process holds the file's lock."""
-        if self.path != ":memory:" and not self.read_only:
+    def open(self) -> duckdb.DuckDBPyConnection:
+        """A cursor of its own on this process's database for the file; give it back to close()."""
+        if self.path == ":memory:":  # each in-memory database is private: nothing to share
+            return _utc(duckdb.connect(self.path))
+        if not self.read_only:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        key = (os.getpid(), os.path.abspath(self.path))
         deadline = time.monotonic() + self.lock_timeout
-        delay = 0.05
-        while True:
-            try:
-                con = duckdb.connect(self.path, read_only=self.read_only)
-                break
-            except duckdb.IOException as exc:
-                if "lock" not in str(exc).lower() or time.monotonic() >= deadline:
-                    raise
-                time.sleep(delay)
-                delay = min(delay * 2, 1.0)
-        con.execute("SET TimeZone = 'UTC'")
-        return con
+        with _changed:
+            while True:
+                db = _databases.get(key)
+                if db is None:
+                    db = _databases[key] = _Database(con=None, read_only=self.read_only)
+                    break  # this thread opens it, below, without holding the condition
+                if not db.busy and self._can_share(db):
+                    assert db.con is not None
+                    cur = _cursor(db.con)
+                    db.users += 1  # only once the cursor exists, so a failure leaks no count
+                    return cur
+                self._wait(db, deadline)
+        try:
+            con = _connect(self.path, self.read_only, deadline)
+        except BaseException:
+            with _changed:
+                del _databases[key]
+                _changed.notify_all()
+            raise
+        with _changed:
+            db.con, db.busy = con, False
+            _changed.notify_all()
+            cur = _cursor(con)
+            db.users += 1
+            return cur
+
+    def close(self, cur: duckdb.DuckDBPyConnection) -> None:
+        """End an operation: close its cursor, and the database when no operation uses it."""
+        if self.path == ":memory:":
+            cur.close()
+            return
+        key = (os.getpid(), os.path.abspath(self.path))
+        with _changed:
+            cur.close()  # under the lock, like cursor(): both change the database's cursor list
+            db = _databases[key]
+            db.users -= 1
+            if db.users:
+                return
+            db.busy = True
+        try:
+            assert db.con is not None
+            db.con.close()  # releases the file's lock to other processes
+        finally:
+            with _changed:
+                del _databases[key]
+                _changed.notify_all()
 
     async def run(self, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
-        """Run `fn` on a fresh connection in a worker thread, and close it."""
+        """Run `fn` on a cursor of its own in a worker thread."""
 
         def call() -> T:
-            con = self.connect()
+            cur = self.open()
             try:
-                return fn(con)
+                return fn(cur)
             finally:
-                con.close()
+                self.close(cur)
 
         return await asyncio.to_thread(call)
+
+    def _can_share(self, db: _Database) -> bool:
+        if not db.read_only:
+            return True
+        # A waiting writer goes first, so a stream of short reads cannot starve it.
+        return self.read_only and not db.writers_waiting
+
+    def _wait(self, db: _Database, deadline: float) -> None:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise FileBusy(
+                f"DuckDB file {self.path!r} stayed busy in this process for longer than "
+                f"lock_timeout={self.lock_timeout}s (a write waits for the read-only "
+                "operations in progress to end)"
+            )
+        writer = not self.read_only and db.read_only and not db.busy
+        db.writers_waiting += writer
+        try:
+            _changed.wait(left)
+        finally:
+            db.writers_waiting -= writer
+
+
+def _connect(path: str, read_only: bool, deadline: float) -> duckdb.DuckDBPyConnection:
+    """Open the file, waiting while another process holds its lock."""
+    delay = 0.05
+    while True:
+        try:
+            return duckdb.connect(path, read_only=read_only)
+        except duckdb.Error as exc:
+            # A lock held by another process, or DuckDB's own cache racing with a connect that
+            # is not ours (another library in this process): both pass.
+            if transient_reason(exc) is None or time.monotonic() >= deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+
+def _cursor(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+    return _utc(con.cursor())
+
+
+def _utc(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+    con.execute("SET TimeZone = 'UTC'")
+    return con
+
+
+# (words in DuckDB's message, lower case; why retrying helps). Checked before the class: DuckDB's
+# BinderException covers both a file-handle race and a missing column.
+_TRANSIENT_CAUSES = (
+    ("unique file handle conflict", "another connection was attaching the same file"),
+    ("already attached", "another connection was attaching the same file"),
+    ("write-write conflict", "a concurrent transaction changed the same table"),
+    ("conflict on tuple", "a concurrent transaction changed the same rows"),
+    ("could not set lock", "another process holds the file's lock"),
+    ("different configuration than existing", "the file is open with another configuration"),
+)
+# Classes whose every other cause is the statement or the data, not the moment: no retry helps.
+_TERMINAL_CLASSES = (
+    duckdb.CatalogException,  # a table or schema is missing
+    duckdb.BinderException,  # a column is missing or a name does not bind
+    duckdb.ConversionException,  # a value does not fit the column's type
+    duckdb.ParserException,
+    duckdb.ConstraintException,
+)
+
+
+def transient_reason(exc: BaseException) -> str | None:
+    """Why retrying `exc` may succeed, or None when it will fail the same way again.
+
+    Anything not known to be a schema or data problem is transient (IO, transactions, a busy
+    file), like `errors.is_retryable` treats an unknown error: retries are bounded.
+    """
+    if isinstance(exc, FileBusy):
+        return "the file stayed busy"
+    message = str(exc).lower()
+    for words, reason in _TRANSIENT_CAUSES:
+        if words in message:
+            return reason
+    if isinstance(exc, _TERMINAL_CLASSES):
+        return None
+    return "DuckDB reported a failure that may pass"
+
+
+# Held around CREATE TABLE: two creators of one table in one database conflict ("Catalog
+# write-write conflict"), and a file is written by one process at a time, so this is enough.
+creating_tables = threading.Lock()
+
+
+# What the blocks translate: DuckDB's errors and a file that stayed busy.
+DUCKDB_ERRORS = (duckdb.Error, FileBusy)
+
+
+def translate(
+    exc: BaseException,
+    *,
+    where: str,
+    refused: str,
+    transient: type[TransientError],
+    terminal: type[TerminalError],
+) -> LedgerflowError:
+    """The block's error for `exc`: `transient` naming why a retry may pass, else `terminal`."""
+    reason = transient_reason(exc)
+    if reason is not None:
+        return transient(f"{where}: {reason}; will retry: {exc}")
+    return terminal(f"{where} {refused}: {exc}")
 
 
 def table_exists(cur: duckdb.DuckDBPyConnection, quoted_table: str) -> bool:

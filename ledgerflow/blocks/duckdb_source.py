@@ -14,7 +14,7 @@ import pyarrow as pa
 from prefect.blocks.core import Block
 from pydantic.v1 import Field, root_validator, validator
 
-from ledgerflow.blocks.duckdb_common import DuckDBHandle
+from ledgerflow.blocks.duckdb_common import DUCKDB_ERRORS, DuckDBHandle, translate
 from ledgerflow.errors import SourceError, SourceTerminalError
 from ledgerflow.sqlident import quote_identifier
 from ledgerflow.windows import Window
@@ -109,15 +109,16 @@ class DuckDBSource(Block):
         ts = quote_identifier(self.timestamp_column)
         cols = ", ".join(quote_identifier(c) for c in self.columns) if self.columns else "*"
         sql = f"SELECT {cols} FROM {relation} WHERE {ts} >= ? AND {ts} < ?"
+        handle = self.handle
 
         def open_reader() -> tuple[duckdb.DuckDBPyConnection, pa.RecordBatchReader]:
-            cur = self.handle.connect()
+            cur = handle.open()
             try:
                 self._check_timestamp(cur, relation, params)
                 cur.execute(sql, [*params, window.start, window.end])
                 return cur, cur.to_arrow_reader(self.batch_rows)
             except BaseException:
-                cur.close()
+                handle.close(cur)
                 raise
 
         def next_batch(reader: pa.RecordBatchReader) -> pa.RecordBatch | None:
@@ -132,13 +133,13 @@ class DuckDBSource(Block):
                 if batch.num_rows:
                     yield batch
         finally:
-            cur.close()
+            handle.close(cur)
 
     # --- helpers ------------------------------------------------------------------------------
 
     @property
     def handle(self) -> DuckDBHandle:
-        """Opens the file per operation (nothing stays open between them)."""
+        """Holds the file only while an operation runs (nothing stays open between them)."""
         return DuckDBHandle(self.path, read_only=self.path != ":memory:")
 
     def _relation(self) -> tuple[str, list[Any]]:
@@ -168,7 +169,11 @@ class DuckDBSource(Block):
     async def _guard(self, awaitable: Any) -> Any:
         try:
             return await awaitable
-        except (duckdb.CatalogException, duckdb.BinderException, duckdb.ParserException) as exc:
-            raise SourceTerminalError(f"DuckDB source {self.path!r}: {exc}") from exc
-        except duckdb.IOException as exc:
-            raise SourceError(f"DuckDB source {self.path!r} cannot be read: {exc}") from exc
+        except DUCKDB_ERRORS as exc:
+            raise translate(
+                exc,
+                where=f"DuckDB source {self.path!r}",
+                refused="refused the query",
+                transient=SourceError,
+                terminal=SourceTerminalError,
+            ) from exc

@@ -9,7 +9,13 @@ from prefect.blocks.core import Block
 from pydantic.v1 import Field, validator
 
 from ledgerflow import failpoints
-from ledgerflow.blocks.duckdb_common import DuckDBHandle, table_exists
+from ledgerflow.blocks.duckdb_common import (
+    DUCKDB_ERRORS,
+    DuckDBHandle,
+    creating_tables,
+    table_exists,
+    translate,
+)
 from ledgerflow.errors import LoadCountMismatch, TargetError, TargetTerminalError
 from ledgerflow.ports import Manifest
 from ledgerflow.sqlident import quote_identifier
@@ -55,7 +61,7 @@ class DuckDBTarget(Block):
 
     @property
     def handle(self) -> DuckDBHandle:
-        """Opens the file per operation (nothing stays open between them)."""
+        """Holds the file only while an operation runs (nothing stays open between them)."""
         return DuckDBHandle(self.path, read_only=False)
 
     async def count(self, window: Window) -> int:
@@ -76,19 +82,10 @@ class DuckDBTarget(Block):
         uris = [f.uri for f in manifest.files]
 
         def run(cur: duckdb.DuckDBPyConnection) -> int:
+            if not self._ensure_table(cur, table, uris):
+                return 0
             cur.execute("BEGIN TRANSACTION")
             try:
-                if not table_exists(cur, table):
-                    if not uris:
-                        cur.execute("ROLLBACK")
-                        return 0
-                    if not self.create_table:
-                        raise TargetTerminalError(
-                            f"target table {self.table!r} does not exist and create_table is off"
-                        )
-                    cur.execute(
-                        f"CREATE TABLE {table} AS SELECT * FROM read_parquet(?) LIMIT 0", [uris]
-                    )
                 cur.execute(
                     f"DELETE FROM {table} WHERE {ts} >= ? AND {ts} < ?", [window.start, window.end]
                 )
@@ -111,6 +108,29 @@ class DuckDBTarget(Block):
         result: int = await self._guard(self.handle.run(run))
         return result
 
+    def _ensure_table(self, cur: duckdb.DuckDBPyConnection, table: str, uris: list[str]) -> bool:
+        """Whether the table exists, creating it from the staged files if allowed.
+
+        The table is created in its own short transaction, before the window's: concurrent windows
+        then never conflict over the catalog inside their loads. Only this process can write the
+        file, and its creators take turns, so the first windows do not race to create it.
+        """
+        if table_exists(cur, table):
+            return True
+        if not uris:
+            return False  # nothing to load, and nothing to create the table from
+        if not self.create_table:
+            raise TargetTerminalError(
+                f"target table {self.table!r} does not exist in {self.path!r} and create_table "
+                "is off: create it, or set create_table"
+            )
+        with creating_tables:
+            cur.execute(
+                f"CREATE TABLE IF NOT EXISTS {table} AS SELECT * FROM read_parquet(?) LIMIT 0",
+                [uris],
+            )
+        return True
+
     def _names(self) -> tuple[str, str]:
         return (
             quote_identifier(self.table, field="table"),
@@ -120,14 +140,11 @@ class DuckDBTarget(Block):
     async def _guard(self, awaitable: Any) -> Any:
         try:
             return await awaitable
-        except (duckdb.BinderException, duckdb.CatalogException, duckdb.ConversionException) as exc:
-            raise TargetTerminalError(
-                f"DuckDB target {self.path!r} table {self.table!r} refused the load "
-                f"(a schema change?): {exc}"
+        except DUCKDB_ERRORS as exc:
+            raise translate(
+                exc,
+                where=f"DuckDB target {self.path!r} table {self.table!r}",
+                refused="refused the load (a schema change?)",
+                transient=TargetError,
+                terminal=TargetTerminalError,
             ) from exc
-        except duckdb.TransactionException as exc:
-            raise TargetError(
-                f"DuckDB target {self.path!r}: transaction conflict, retry: {exc}"
-            ) from exc
-        except duckdb.IOException as exc:
-            raise TargetError(f"DuckDB target {self.path!r} cannot be written: {exc}") from exc

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -66,6 +67,11 @@ _LOCKED_HINT = (
     "SHOW TRANSACTIONS and end it with SELECT SYSTEM$ABORT_TRANSACTION(<id>); the window is "
     "retried meanwhile, nothing was written"
 )
+
+# Tables this process created (or found), by account, host, database, schema and table, and the
+# lock its creators take turns under: a window's load need not create its table again.
+_created_tables: set[tuple[str, ...]] = set()
+_creating_tables = threading.Lock()
 
 
 class SnowflakeTarget(Block):
@@ -187,7 +193,7 @@ class SnowflakeTarget(Block):
             return loaded
 
         if self.create_table:
-            await self._session(self._create, "create table", transactional=False)
+            await self._create_once()
         return await self._session(run, "replace", transactional=True)
 
     # --- steps (separate so a test can fail one between DELETE and COMMIT) -------------------
@@ -209,11 +215,45 @@ class SnowflakeTarget(Block):
             )
         return sum(int(r.get("rows_loaded") or 0) for r in results)
 
+    async def _create_once(self) -> None:
+        """Create the table in its own session, once per process, before the window's load.
+
+        This process's windows take turns, so they never race to create it. Workers in other
+        processes still may: a concurrent CREATE TABLE IF NOT EXISTS can conflict (the emulator
+        answers a write-write conflict), and the table exists once one of them wins, so a
+        conflict is retried once here rather than costing the window a task retry.
+        """
+        key = self._table_key()
+        if key in _created_tables:
+            return
+        try:
+            await self._session(self._create, "create table", transactional=False)
+        except TargetError:
+            await self._session(self._create, "create table", transactional=False)
+
     def _create(self, cur: Any) -> None:
-        cur.execute(
-            sql.create_table_sql(
-                self.table, self.timestamp_column, self.window_start_column, self.loaded_at_column
+        with _creating_tables:
+            key = self._table_key()
+            if key in _created_tables:
+                return
+            cur.execute(
+                sql.create_table_sql(
+                    self.table,
+                    self.timestamp_column,
+                    self.window_start_column,
+                    self.loaded_at_column,
+                )
             )
+            _created_tables.add(key)
+
+    def _table_key(self) -> tuple[str, ...]:
+        credentials = self.connector.credentials
+        return (
+            credentials.account,
+            str(self.connect_args.get("host", "")),
+            self.connector.database,
+            self.connector.schema_,
+            self.table,
         )
 
     def _table_exists(self, cur: Any) -> bool:

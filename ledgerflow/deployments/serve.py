@@ -10,6 +10,7 @@ import argparse
 from prefect.client.schemas.schedules import CronSchedule
 
 from ledgerflow.flows.pipeline import windowed_pipeline
+from ledgerflow.prefect_home import start_ephemeral_api
 
 
 def serve(
@@ -19,6 +20,7 @@ def serve(
     name: str | None = None,
 ) -> None:
     """Serve a scheduled deployment of `windowed_pipeline` until interrupted."""
+    start_ephemeral_api()  # its flow runs are processes that share this Prefect home
     windowed_pipeline.serve(  # type: ignore[unused-coroutine]  # sync when called from sync code
         name=name or f"ledgerflow-{config_block}",
         schedule=CronSchedule(cron=cron, timezone=timezone),

@@ -184,7 +184,8 @@ class Bad:
 
     def es_source(self, url: str | None = None, **fields: Any) -> dict[str, str]:
         hosts = [url or self.request.getfixturevalue("osmem_url")]
-        base = {"index": "events", "compatibility_headers": False, "request_timeout": 2}
+        # A generous timeout (why: a machine busy with other tests); no case here waits it out.
+        base = {"index": "events", "compatibility_headers": False, "request_timeout": 10}
         es = ElasticsearchSource.parse_obj({"hosts": hosts, **base, "max_retries": 0, **fields})
         return self.save(es, "source")
 

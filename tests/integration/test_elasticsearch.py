@@ -418,7 +418,9 @@ async def stalling_proxy(osmem_url: str) -> AsyncIterator[tuple[str, dict[str, i
             state["pages"] += 1
             if state["pages"] == 3 and not state["stalls"]:
                 state["stalls"] += 1
-                await asyncio.sleep(3)  # longer than the client's request_timeout
+                # Far longer than the client's request_timeout (3 s, itself generous so that a
+                # normal page on a busy machine never times out): only this stall does.
+                await asyncio.sleep(10)
         async with session.request(
             request.method,
             osmem_url + request.path_qs,
@@ -460,7 +462,7 @@ async def test_a_node_timing_out_mid_extraction_is_retried_and_never_partly_stag
         es, [{"_id": f"d{i}", "@timestamp": iso(first + timedelta(seconds=i))} for i in range(1000)]
     )
     pipeline = Pipeline(tmp_path, rows=10)
-    await source(proxy, slices=1, page_size=100, request_timeout=1, max_retries=0).save(
+    await source(proxy, slices=1, page_size=100, request_timeout=3, max_retries=0).save(
         pipeline.name
     )
     name = await pipeline.save(

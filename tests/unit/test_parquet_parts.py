@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -26,11 +27,20 @@ class Publisher:
     def __init__(self, folder: Path, fail_at: int | None = None) -> None:
         self.folder, self.fail_at = folder, fail_at
         self.running = self.most = self.finished = 0
+        self.overlapped = asyncio.Event()
 
     async def __call__(self, part: Part) -> StagedFile:
         self.running += 1
         self.most = max(self.most, self.running)
+        if self.running > 1:
+            self.overlapped.set()
         try:
+            if self.finished == 0 and self.running == 1:
+                # The first upload stays busy until a second one starts, so the overlap is seen
+                # even when a busy machine encodes the next part slower than an upload takes.
+                # Generous (why: a loaded machine); a writer that never overlaps waits it out.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.overlapped.wait(), 30)
             await asyncio.sleep(0.05)
             if self.fail_at is not None and part.name.endswith(f"{self.fail_at:05d}.parquet"):
                 raise ConnectionError("upload refused")

@@ -1,0 +1,36 @@
+"""Prefect's ephemeral API, started safely by processes that share one PREFECT_HOME.
+
+Without PREFECT_API_URL, each process runs Prefect's API inside itself, over the SQLite database
+in PREFECT_HOME. The first start on a fresh home migrates that database and registers every block
+schema; two processes doing that at the same moment collide (`UNIQUE constraint failed:
+block_schema.checksum`, or a migration finding its index gone). `start_ephemeral_api` takes a file
+lock in PREFECT_HOME and starts the API under it, so the first process finishes that work before
+the next begins; after it Prefect skips the registration (remembered in memo_store.toml) and the
+migrations find nothing to do. With a Prefect server or Cloud there is nothing to do.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect.client.orchestration import get_client
+from prefect.settings import PREFECT_API_URL, PREFECT_HOME
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; processes there need one PREFECT_HOME each
+    fcntl = None  # type: ignore[assignment]
+
+LOCK_NAME = "ledgerflow-ephemeral-start.lock"
+
+
+def start_ephemeral_api() -> None:
+    """In ephemeral mode, start Prefect's API once under a lock shared by this home's processes."""
+    if PREFECT_API_URL.value() or fcntl is None:
+        return  # a server registers its block schemas once, at its own start
+    home = Path(PREFECT_HOME.value())
+    home.mkdir(parents=True, exist_ok=True)
+    with (home / LOCK_NAME).open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+        with get_client(sync_client=True) as client:  # runs the API's start: migrate, register
+            client.hello()

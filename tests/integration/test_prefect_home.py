@@ -1,0 +1,54 @@
+"""Several ledgerflow processes starting at once on one fresh Prefect home (ephemeral API).
+
+Each process runs Prefect's API in itself; the first start on a fresh home migrates its SQLite
+database and registers the block schemas. Unguarded, three processes started together failed
+about one in two here (`UNIQUE constraint failed: block_type.slug`, `block_schema.checksum`, or a
+migration finding its index gone).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+# Generous: three processes each importing Prefect and migrating a fresh database one after the
+# other, on a machine that other test runs keep busy (a migration alone took 22 s there).
+TIMEOUT = 600
+CLI = [sys.executable, "-c", "from ledgerflow.cli import app; app()"]
+
+
+def test_commands_started_together_on_a_fresh_prefect_home_all_succeed(tmp_path: Path) -> None:
+    home = tmp_path / "prefect-home"
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")},
+        "PREFECT_HOME": str(home),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    procs = []
+    for i in range(3):
+        blocks = tmp_path / f"blocks{i}.toml"
+        blocks.write_text(
+            f'[stage]\ntype = "ledgerflow-local-stage"\nname = "stage-{i}"\n'
+            f'root = "{tmp_path / f"stage{i}"}"\n'
+        )
+        procs.append(
+            subprocess.Popen(
+                [*CLI, "blocks", "register", "--file", str(blocks)],
+                cwd=tmp_path,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    outputs = [p.communicate(timeout=TIMEOUT)[0] for p in procs]
+    for proc, output in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, output
+        assert "UNIQUE constraint failed" not in output
+    assert all(f"ledgerflow-local-stage/stage-{i}" in out for i, out in enumerate(outputs))
