@@ -7,6 +7,8 @@ retry decisions look only at that class.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 
 class LedgerflowError(Exception):
     """A ledgerflow operation failed."""
@@ -71,15 +73,18 @@ class FencedOut(TerminalError):
 class RowsOutsideWindow(TerminalError):
     """Loaded rows have a timestamp outside the window (or none); the load was rolled back."""
 
-    def __init__(self, outside: int, loaded: int, window: str, example: str) -> None:
+    def __init__(
+        self, outside: int, loaded: int, start: datetime, end: datetime, example: str
+    ) -> None:
         self.outside = outside
         self.loaded = loaded
         self.example = example
         super().__init__(
             f"{outside} of the {loaded} loaded rows have a timestamp outside the window "
-            f"{window} or none at all (for example {example}); the load was rolled back. The "
-            "source returned rows its window's range does not hold (a timestamp array spanning "
-            "two windows?); fix the source's timestamp field or the staged data"
+            f"[{start.isoformat()}, {end.isoformat()}) or none at all (for example {example}); "
+            "the load was rolled back. The source returned rows its window's range does not "
+            "hold (a timestamp array spanning two windows?); fix the source's timestamp "
+            "field or the staged data"
         )
 
 

@@ -106,7 +106,9 @@ class PipelineRecord(SQLModel):
     pipeline_locked_at: datetime | None = _ts()
     lease_token: str | None = Field(default=None, max_length=36)
     # The target's fencing number: raised by every claim of the window (see Ledger.claim).
-    fence_token: int = Field(default=0, sa_type=sa.BigInteger, sa_column_kwargs={"server_default": "0"})
+    fence_token: int = Field(
+        default=0, sa_type=sa.BigInteger, sa_column_kwargs={"server_default": "0"}
+    )
 
     # Source to stage
     source_to_stage_ingestion_start_time: datetime | None = _ts()

@@ -48,7 +48,9 @@ async def source_to_stage(
                 "source_to_stage_ingestion_start_time": now(),
             },
         )
-        async with heartbeat(ledger, lease, settings.heartbeat_every):
+        async with heartbeat(
+            ledger, lease, settings.heartbeat_every, give_up_after=settings.ledger_silence_limit
+        ):
             await parts.stage.clear(location)
             # Names carry the lease, so each attempt's files differ (Snowflake load metadata).
             manifest = await parts.stage.write(
