@@ -19,13 +19,18 @@ from ledgerflow.tasks.common import Parts, RunSettings, heartbeat, logger, now, 
 from ledgerflow.windows import stage_location
 
 
-async def resumable_manifest(parts: Parts, lease: Lease, location: str) -> Manifest | None:
-    """The recorded manifest, if this window already staged and the files are still there."""
+async def resumable_manifest(
+    parts: Parts, lease: Lease, location: str, source_count: int
+) -> Manifest | None:
+    """The recorded manifest, if this window already staged, the files are still there and they
+    hold as many rows as the source does now (the source may have changed since: late data)."""
     record = lease.record
     staged = record.phase_completed == Phase.SOURCE_TO_STAGE and record.stage_manifest
     if not staged:
         return None
     manifest = Manifest.from_json(record.stage_manifest or "")
+    if manifest.rows != source_count:
+        return None
     return manifest if manifest.matches(await parts.stage.files(location)) else None
 
 
@@ -36,7 +41,7 @@ async def source_to_stage(
     """Stage the window as Parquet files and record the manifest; return it."""
     location = stage_location(settings.pipeline_id, lease.window)
     async with timed("source to stage", lease), parts.ledger.open() as ledger:
-        resumed = await resumable_manifest(parts, lease, location)
+        resumed = await resumable_manifest(parts, lease, location, source_count)
         if resumed is not None:
             logger().info("window id=%s: staged files intact, resuming at load", lease.id)
             return resumed

@@ -1,4 +1,4 @@
-"""Fencing: a frozen worker that wakes up after its window was finished by another writes nothing.
+"""Fencing: a frozen worker that wakes up after its window was taken over writes nothing.
 
 `python -m tests.chaos.fencing [POINT ...]` (part of `make chaos`) runs, for each point, on the
 embedded stack with a Postgres ledger:
@@ -9,6 +9,15 @@ embedded stack with a Postgres ledger:
    finishes every window, A's included;
 3. the target, the ledger and the stage are snapshotted, A gets SIGCONT and runs on until it
    exits; then nothing may have changed, and every window must still be exact.
+
+At the target's fence points (`before_target_txn`: A staged its window and made its last ledger
+write; `before_commit`: A's target transaction ran every statement) the source changes while A is
+frozen (rows added to and deleted from A's window), the stale lock is released, and worker B
+loads the newer rows under a newer claim. Then the target must hold exactly the newer source rows,
+the ledger must be COMPLETED with those counts, and A must have committed nothing that survives:
+frozen before its transaction, the target's fence refuses it outright (nothing changes after
+SIGCONT); frozen inside it, A holds the fence row (and, on DuckDB, the file), so B waits for A,
+whose commit the newer claim's load then replaces.
 """
 
 from __future__ import annotations
@@ -21,15 +30,22 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
+
+from ledgerflow.failpoints import FENCE_POINTS
+from ledgerflow.ledger import Ledger, PipelineRecord
 
 from tests.chaos import harness  # sets up the shared Prefect home before Prefect loads
 from tests.chaos.racing import drop_pg, fresh_pg_url
 from tests.chaos.report import chosen_points, mark, report
 from tests.integration.kit import Pipeline
 
-POINTS = ("after_claim", "after_stage_before_ledger", "after_load_before_ledger")
+LEDGER_POINTS = ("after_claim", "after_stage_before_ledger", "after_load_before_ledger")
+POINTS = (*LEDGER_POINTS, *FENCE_POINTS)
+ADDED, DELETED = 3, 5  # rows added to and deleted from the frozen worker's window
 
 
 @dataclass(frozen=True)
@@ -37,10 +53,11 @@ class Fenced:
     point: str
     stopped: bool
     zombie_exit: int | None
-    lease_lost_said: bool
+    zombie: str
     unchanged: bool
     exact: bool
     detail: str
+    source_changed: bool = False
 
     @property
     def ok(self) -> bool:
@@ -106,12 +123,155 @@ def fence(point: str, root: Path, ledger_url: str) -> Fenced:
             zombie.kill()
             zombie.wait()
     after = snapshot(pipeline)
-    said = "was lost" in log.read_text(errors="replace")
     exact, detail = harness.Embedded(root).check(pipeline)
     unchanged = before == after
     if not unchanged:
         detail = f"the zombie changed the target, ledger or stage after SIGCONT; {detail}"
-    return Fenced(point, stopped, code, said, unchanged, exact, detail)
+    return Fenced(point, stopped, code, zombie_said(log), unchanged, exact, detail)
+
+
+def wrote(r: Fenced) -> str:
+    if not r.unchanged:
+        return "[bold red]something[/]"
+    if r.zombie == "committed, then lease lost":
+        return "its commit, replaced by B"
+    return "nothing"
+
+
+def zombie_said(log: Path) -> str:
+    """What the woken worker reported: refused by the target's fence, or its lease lost (and
+    before which write)."""
+    text = log.read_text(errors="replace")
+    if "superseded by a later claim" in text:
+        return "fenced out"
+    if "before 'stage-to-target done'" in text:
+        return "committed, then lease lost"
+    if "was lost" in text:
+        return "lease lost"
+    return "said nothing"
+
+
+def change_window(pipeline: Pipeline, record: PipelineRecord) -> None:
+    """Late rows arrive in the window and some of its rows are deleted at the source."""
+    start, end = record.window_start_time, record.window_end_time
+    pipeline.add_late_rows(start + (end - start) / 2, ADDED)
+    pipeline._scalar_row(
+        pipeline.source_path,
+        "DELETE FROM web_events WHERE event_id IN (SELECT event_id FROM web_events "
+        "WHERE ts >= ? AND ts < ? AND event_id NOT LIKE 'late-%' ORDER BY ts LIMIT ?)",
+        [start, end, DELETED],
+    )
+
+
+def exact_rows(pipeline: Pipeline, records: list[PipelineRecord]) -> list[str]:
+    """Per window: the target holds exactly the source's event ids, and the ledger says so."""
+    problems = harness.ledger_problems(records)
+    ids = "SELECT coalesce(list_sort(list(event_id)), []) FROM web_events WHERE ts >= ? AND ts < ?"
+    for r in records:
+        bounds = [r.window_start_time, r.window_end_time]
+        source = pipeline._scalar_row(pipeline.source_path, ids, bounds)[0]
+        target = pipeline._scalar_row(pipeline.warehouse, ids, bounds)[0]
+        if source != target:
+            extra, missing = set(target) - set(source), set(source) - set(target)
+            problems.append(
+                f"window {r.id}: target has {len(extra)} rows not in the source "
+                f"and lacks {len(missing)}"
+            )
+        if not r.source_count == r.target_count == len(source):
+            problems.append(
+                f"window {r.id}: ledger counts {r.source_count}/{r.target_count}, "
+                f"source holds {len(source)}"
+            )
+    return problems
+
+
+def wait_for(check: Callable[[], bool], timeout: float = 180) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+async def _release(pipeline: Pipeline) -> PipelineRecord:
+    """The stale-lock cleanup (what the next run's end-of-run cleanup does); A's window."""
+    async with Ledger.from_url(pipeline.ledger_url) as ledger:
+        [frozen] = await ledger.windows(pipeline.name, statuses=["IN_PROGRESS"])
+        stale = timedelta(hours=harness.CRASH_CONFIG["stale_threshold_hours"])
+        released = await ledger.release_stale(pipeline.name, older_than=stale, max_attempts=5)
+        assert [r.id for r in released] == [frozen.id], "the frozen worker's lock is not stale"
+        return frozen
+
+
+def claimed_again(pipeline: Pipeline, frozen: PipelineRecord) -> bool:
+    record = next(r for r in asyncio.run(pipeline.records()) if r.id == frozen.id)
+    return record.fence_token > frozen.fence_token
+
+
+def supersede(point: str, root: Path, ledger_url: str) -> Fenced:
+    """A frozen at a target fence point while its window's source changes and B loads it."""
+    pipeline = Pipeline(root, rows=2000, ledger_url=ledger_url)
+    name = asyncio.run(pipeline.save(**harness.CRASH_CONFIG))
+    env = {**os.environ, "LEDGERFLOW_FAILPOINT": f"{point}:stop"}
+    log = root / "zombie.log"
+    before = after = ""
+    with log.open("wb") as out:
+        zombie = subprocess.Popen(
+            [sys.executable, "-c", harness.RUN, name], env=env, stdout=out, stderr=out
+        )
+    rescuer: subprocess.Popen[bytes] | None = None
+    try:
+        stopped = wait_stopped(zombie)
+        if not stopped:
+            return Fenced(point, False, zombie.poll(), zombie_said(log), True, False, "")
+        time.sleep(2.5)  # past the stale threshold
+        frozen = asyncio.run(_release(pipeline))
+        change_window(pipeline, frozen)
+        if point == "before_target_txn":
+            for _ in range(2):  # worker B's scheduled runs load every window, A's included
+                harness.run_flow(name, None)
+            before = snapshot(pipeline)
+            zombie.send_signal(signal.SIGCONT)
+            code = zombie.wait(timeout=300)
+            after = snapshot(pipeline)
+        else:
+            # A holds its transaction (on DuckDB, the file): B claims A's window, then waits
+            # for the target; A wakes and finishes; B's load (a newer fence) replaces it.
+            rescuer = subprocess.Popen(
+                [sys.executable, "-c", harness.RUN, name],
+                env={k: v for k, v in os.environ.items() if k != "LEDGERFLOW_FAILPOINT"},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            if not wait_for(lambda: claimed_again(pipeline, frozen)):
+                raise RuntimeError("worker B never claimed the frozen worker's window")
+            time.sleep(1)  # B is on its way to the target
+            zombie.send_signal(signal.SIGCONT)
+            code = zombie.wait(timeout=300)
+            rescuer.wait(timeout=300)
+            for _ in range(2):  # the next scheduled runs: whatever B left (A's cleanup may
+                harness.run_flow(name, None)  # have released B's lock while B waited)
+    finally:
+        for proc in (zombie, rescuer):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    problems = exact_rows(pipeline, asyncio.run(pipeline.records()))
+    total, distinct = pipeline.warehouse_rows()
+    if total != distinct:
+        problems.append(f"{total - distinct} duplicate event ids")
+    said = zombie_said(log)
+    if point == "before_target_txn" and said != "fenced out":
+        problems.append(f"the zombie was not refused by the fence: {said}")
+    unchanged = before == after
+    if not unchanged:
+        problems.append("the zombie changed the target, ledger or stage after SIGCONT")
+    detail = "; ".join(problems) or (
+        f"{total} rows, each window exactly the newer source rows (+{ADDED} -{DELETED} in "
+        "the frozen window), ledger COMPLETED with those counts"
+    )
+    return Fenced(point, stopped, code, said, unchanged, not problems, detail, True)
 
 
 def main(points: list[str]) -> int:
@@ -119,19 +279,29 @@ def main(points: list[str]) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for point in chosen_points(points, POINTS):
             url = fresh_pg_url()
+            run = fence if point in LEDGER_POINTS else supersede
             try:
-                results.append(fence(point, Path(tmp) / point, url))
+                results.append(run(point, Path(tmp) / point, url))
             finally:
                 drop_pg(url)
     return report(
-        "fencing: SIGSTOP a worker past the stale threshold, finish its window, SIGCONT it",
-        ("frozen at", "zombie exit", "said lease lost", "wrote after SIGCONT", "result", "detail"),
+        "fencing: SIGSTOP a worker past the stale threshold, take its window over, SIGCONT it",
+        (
+            "frozen at",
+            "source changed",
+            "zombie exit",
+            "zombie",
+            "wrote after SIGCONT",
+            "result",
+            "detail",
+        ),
         [
             (
                 r.point,
+                "yes" if r.source_changed else "no",
                 str(r.zombie_exit),
-                "yes" if r.lease_lost_said else "no",
-                "nothing" if r.unchanged else "[bold red]something[/]",
+                r.zombie,
+                wrote(r),
                 mark(r.ok),
                 r.detail if r.stopped else f"never stopped; {r.detail}",
             )
