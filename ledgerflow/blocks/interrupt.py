@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from ledgerflow.errors import TargetError
 
@@ -64,7 +65,22 @@ async def in_thread(work: Callable[[Interrupt], T], *, grace: float = 30.0) -> T
         interrupt.fire()
         with contextlib.suppress(BaseException):
             await asyncio.wait({future}, timeout=grace)
+        _log_outcome(future)
         raise
+
+
+def _log_outcome(future: asyncio.Future[Any]) -> None:
+    """Tell on-call how the interrupted work ended: the LeaseLost that follows cannot know."""
+    log = logging.getLogger("ledgerflow")
+    if not future.done():
+        log.warning("the interrupted target work is still running; the target's fence decides")
+    elif future.cancelled() or future.exception() is None:
+        log.warning(
+            "the target work finished before it could be interrupted; a newer claim's load "
+            "(with a greater fence) replaces whatever it committed"
+        )
+    else:
+        log.warning("the interrupted target work ended with: %s", future.exception())
 
 
 def _quietly(stop: Callable[[], object]) -> None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -146,9 +147,8 @@ def zombie_said(log: Path) -> str:
         return "fenced out"
     if "before 'stage-to-target done'" in text:
         return "committed, then lease lost"
-    if "was lost" in text:
-        return "lease lost"
-    return "said nothing"
+    lost = re.search(r"was lost before '([^']+)'", text)
+    return f"lease lost ({lost.group(1)})" if lost else "said nothing"
 
 
 def change_window(pipeline: Pipeline, record: PipelineRecord) -> None:
