@@ -61,7 +61,7 @@ class Fenced:
     stopped: bool
     zombie_exit: int | None
     zombie: str
-    unchanged: bool
+    unchanged: bool | None  # None: not measurable (B waited for A to finish)
     exact: bool
     detail: str
     source_changed: bool = False
@@ -69,7 +69,7 @@ class Fenced:
 
     @property
     def ok(self) -> bool:
-        return self.stopped and self.unchanged and self.exact
+        return self.stopped and self.unchanged is not False and self.exact
 
 
 def state_of_process(pid: int) -> str:
@@ -139,10 +139,12 @@ def fence(point: str, root: Path, ledger_url: str) -> Fenced:
 
 
 def wrote(r: Fenced) -> str:
-    if not r.unchanged:
+    if r.unchanged is False:
         return "[bold red]something[/]"
     if r.zombie == "committed, then lease lost":
         return "its commit, replaced by B"
+    if r.unchanged is None:  # B waited for A: no quiet moment to snapshot; A's log tells
+        return "nothing (rolled back)" if r.zombie.startswith("interrupted") else "unknown"
     return "nothing"
 
 
@@ -152,8 +154,10 @@ def zombie_said(log: Path) -> str:
     text = log.read_text(errors="replace")
     if "superseded by a later claim" in text:
         return "fenced out"
-    if "before 'stage-to-target done'" in text:
+    if "before 'stage-to-target done'" in text or "finished before it could be interr" in text:
         return "committed, then lease lost"
+    if "interrupted target work ended with" in text:
+        return "interrupted, rolled back"
     lost = re.search(r"was lost before '([^']+)'", text)
     return f"lease lost ({lost.group(1)})" if lost else "said nothing"
 
@@ -381,8 +385,8 @@ def supersede(point: str, side: Side, log: Path) -> Fenced:
         # Woken, the zombie meets two guards, whichever comes first: its heartbeat finds the
         # lease lost and interrupts the load, or the target's fence refuses it.
         problems.append(f"the zombie was stopped by neither its heartbeat nor the fence: {said}")
-    unchanged = before == after
-    if not unchanged:
+    unchanged = before == after if point == "before_target_txn" else None
+    if unchanged is False:
         problems.append("the zombie changed the target, ledger or stage after SIGCONT")
     detail = "; ".join(problems) or (
         f"{total} rows, each window exactly the newer source rows (+{ADDED} -{DELETED} in "
