@@ -179,7 +179,10 @@ class SnowflakeTarget(Block):
 
         if self.create_table:
             await self._session(self._create, "create table", transactional=False)
-        await self._session(self._create_fences, "create fence table", transactional=False)
+        fences = (self.connector.database, self.connector.schema_, sql.fence_table(self.table))
+        if fences not in _FENCES_MADE:  # once per process: a session costs a login
+            await self._session(self._create_fences, "create fence table", transactional=False)
+            _FENCES_MADE.add(fences)
         return await self._session(run, "replace", transactional=True)
 
     def _advance_fence(self, cur: Any, fence: Fence) -> None:
@@ -313,6 +316,10 @@ class SnowflakeTarget(Block):
                 ) from None
             hint = _LOCKED_HINT if exc.errno in _LOCKED else ""
             raise TargetError(f"{where}: {action} failed ({exc.errno}): {exc.msg}{hint}") from None
+
+
+_FENCES_MADE: set[tuple[str, str, str]] = set()
+"""Fence tables this process created or found (database, schema, table)."""
 
 
 def _cancel_all(connection: Any) -> None:
