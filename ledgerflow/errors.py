@@ -7,6 +7,7 @@ retry decisions look only at that class.
 
 from __future__ import annotations
 
+from datetime import datetime
 from decimal import Decimal
 
 
@@ -41,14 +42,50 @@ class LedgerSchemaError(TerminalError):
 
 
 class LeaseLost(TerminalError):
-    """The window's lease was taken away; this worker must stop without writing."""
+    """The window's lease was taken away; this worker stops and writes nothing more."""
 
-    def __init__(self, record_id: int, action: str) -> None:
+    def __init__(self, record_id: int, action: str, why: str = "") -> None:
         self.record_id = record_id
         self.action = action
         super().__init__(
-            f"lease on window id={record_id} was lost before '{action}': another worker or the "
-            "stale-lock cleanup owns it now, so nothing was written"
+            f"lease on window id={record_id} was lost before '{action}'{why}: another worker or "
+            f"the stale-lock cleanup owns it now. This worker stopped: '{action}' was not written "
+            "to the ledger, files it staged are left for the next owner to clear, and the "
+            "target's fence refuses this worker's load once a newer claim has loaded the window, "
+            "so it cannot overwrite newer data"
+        )
+
+
+class FencedOut(TerminalError):
+    """A newer claim of the window reached the target first; this worker wrote nothing to it."""
+
+    def __init__(self, pipeline_id: str, window_start: str, token: int, recorded: int) -> None:
+        self.pipeline_id = pipeline_id
+        self.window_start = window_start
+        self.token = token
+        self.recorded = recorded
+        super().__init__(
+            f"pipeline {pipeline_id!r} window {window_start}: this worker's lease (fence token "
+            f"{token}) was superseded by a later claim (token {recorded} already recorded by the "
+            "target); the load was aborted and this worker wrote nothing to the target"
+        )
+
+
+class RowsOutsideWindow(TerminalError):
+    """Loaded rows have a timestamp outside the window (or none); the load was rolled back."""
+
+    def __init__(
+        self, outside: int, loaded: int, start: datetime, end: datetime, example: str
+    ) -> None:
+        self.outside = outside
+        self.loaded = loaded
+        self.example = example
+        super().__init__(
+            f"{outside} of the {loaded} loaded rows have a timestamp outside the window "
+            f"[{start.isoformat()}, {end.isoformat()}) or none at all (for example {example}); "
+            "the load was rolled back. The source returned rows its window's range does not "
+            "hold (a timestamp array spanning two windows?); fix the source's timestamp "
+            "field or the staged data"
         )
 
 

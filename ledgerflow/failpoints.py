@@ -22,6 +22,12 @@ POINTS = (
     "mid_audit",
 )
 
+FENCE_POINTS = (
+    "before_target_txn",  # in a target's replace, after the last ledger write, before connecting
+    "before_commit",  # in a target's replace, every statement run, just before COMMIT
+)
+"""Where the fencing chaos freezes a worker (`POINT:stop`); also valid crash points."""
+
 
 _stopped: set[str] = set()
 

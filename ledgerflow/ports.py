@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 import pyarrow as pa
@@ -53,6 +54,20 @@ class Manifest:
         return {(f.uri, f.bytes) for f in found} == {(f.uri, f.bytes) for f in self.files}
 
 
+@dataclass(frozen=True)
+class Fence:
+    """The fencing token of one claim of one window (Kleppmann's "How to do distributed locking").
+
+    The ledger raises `token` on every claim of the window, so a later claim always carries a
+    greater number than any earlier one. The target records, per (pipeline_id, window_start), the
+    greatest token it has seen, and refuses a load carrying a smaller one.
+    """
+
+    pipeline_id: str
+    window_start: datetime
+    token: int
+
+
 @runtime_checkable
 class Source(Protocol):
     """Where the data comes from."""
@@ -93,9 +108,24 @@ class Target(Protocol):
         """Number of rows whose timestamp lies in `[window.start, window.end)`."""
         ...
 
-    async def replace(self, window: Window, manifest: Manifest) -> int:
+    async def replace(self, window: Window, manifest: Manifest, fence: Fence) -> int:
         """Atomically delete the window's rows and load the manifest's files; return rows loaded.
 
-        Either the whole window is replaced or nothing changes.
+        Either the whole window is replaced or nothing changes. In that one transaction:
+
+        1. First statement: advance a fence row keyed by (`fence.pipeline_id`,
+           `fence.window_start`) to `fence.token`, inserting it if missing, unless a greater
+           token is recorded; then abort, writing nothing, and raise `FencedOut`. An equal token
+           is the same claim retrying and goes on. The row must be written (not only read) so
+           that two transactions fencing one window cannot both commit: the storage's row or
+           table lock, or its write-write conflict, stops the second.
+        2. Delete the window's rows and load the files.
+        3. Before commit, check that every loaded row's timestamp lies in
+           `[window.start, window.end)` (none NULL); otherwise abort and raise
+           `RowsOutsideWindow`. Check the loaded count equals `manifest.rows`
+           (`LoadCountMismatch`).
+
+        If the awaiting task is cancelled (the lease was lost), interrupt the running statement
+        where the driver allows it; whatever happens then, the fence decides.
         """
         ...

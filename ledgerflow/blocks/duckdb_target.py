@@ -16,8 +16,15 @@ from ledgerflow.blocks.duckdb_common import (
     table_exists,
     translate,
 )
-from ledgerflow.errors import LoadCountMismatch, TargetError, TargetTerminalError
-from ledgerflow.ports import Manifest
+from ledgerflow.blocks.interrupt import Interrupt, in_thread
+from ledgerflow.errors import (
+    FencedOut,
+    LoadCountMismatch,
+    RowsOutsideWindow,
+    TargetError,
+    TargetTerminalError,
+)
+from ledgerflow.ports import Fence, Manifest
 from ledgerflow.sqlident import quote_identifier
 from ledgerflow.windows import Window
 
@@ -77,15 +84,22 @@ class DuckDBTarget(Block):
         result: int = await self._guard(self.handle.run(run))
         return result
 
-    async def replace(self, window: Window, manifest: Manifest) -> int:
+    async def replace(self, window: Window, manifest: Manifest, fence: Fence) -> int:
         table, ts = self._names()
         uris = [f.uri for f in manifest.files]
+        failpoints.hit("before_target_txn")  # after the last ledger write, before connecting
 
-        def run(cur: duckdb.DuckDBPyConnection) -> int:
-            if not self._ensure_table(cur, table, uris):
-                return 0
+        def run(cur: duckdb.DuckDBPyConnection, interrupt: Interrupt) -> int:
+            with creating_tables:
+                create_fence_table(cur)
+            has_table = self._ensure_table(cur, table, uris)
             cur.execute("BEGIN TRANSACTION")
             try:
+                # First: a newer claim that reached the target already makes this a no-op.
+                advance_fence(cur, fence)
+                if not has_table:
+                    cur.execute("COMMIT")  # the fence advanced; there is nothing to replace
+                    return 0
                 cur.execute(
                     f"DELETE FROM {table} WHERE {ts} >= ? AND {ts} < ?", [window.start, window.end]
                 )
@@ -99,13 +113,25 @@ class DuckDBTarget(Block):
                     loaded = int(row[0]) if row else 0
                 if loaded != manifest.rows:
                     raise LoadCountMismatch(loaded, manifest.rows)
+                self._check_inside(cur, window, uris, loaded)
+                failpoints.hit("before_commit")
+                interrupt.check()
                 cur.execute("COMMIT")
                 return loaded
             except BaseException:
                 cur.execute("ROLLBACK")
                 raise
 
-        result: int = await self._guard(self.handle.run(run))
+        def call(interrupt: Interrupt) -> int:
+            cur = self.handle.open()
+            try:
+                interrupt.arm(cur.interrupt)
+                return run(cur, interrupt)
+            finally:
+                interrupt.arm(None)
+                self.handle.close(cur)
+
+        result: int = await self._guard(in_thread(call))
         return result
 
     def _ensure_table(self, cur: duckdb.DuckDBPyConnection, table: str, uris: list[str]) -> bool:
@@ -131,6 +157,30 @@ class DuckDBTarget(Block):
             )
         return True
 
+    def _check_inside(
+        self, cur: duckdb.DuckDBPyConnection, window: Window, uris: list[str], loaded: int
+    ) -> None:
+        """Every loaded row lies in the window: the window was emptied first in this
+        transaction, so it now holds exactly the loaded rows that belong to it."""
+        if not loaded:
+            return
+        table, ts = self._names()
+        bounds = [window.start, window.end]
+        row = cur.execute(f"SELECT count(*) FROM {table} WHERE {ts} >= ? AND {ts} < ?", bounds)
+        inside = int((row.fetchone() or (0,))[0])
+        if inside == loaded:
+            return
+        outside = f"{ts} IS NULL OR NOT ({ts} >= ? AND {ts} < ?)"
+        found = cur.execute(
+            f"SELECT count(*), arbitrary(coalesce(CAST({ts} AS VARCHAR), 'NULL')) "
+            f"FROM read_parquet(?) WHERE {outside}",
+            [uris, *bounds],
+        ).fetchone()
+        count, example = (int(found[0]), found[1]) if found else (loaded - inside, "?")
+        raise RowsOutsideWindow(
+            count, loaded, window.start, window.end, f"{self.timestamp_column}={example}"
+        )
+
     def _names(self) -> tuple[str, str]:
         return (
             quote_identifier(self.table, field="table"),
@@ -148,3 +198,44 @@ class DuckDBTarget(Block):
                 transient=TargetError,
                 terminal=TargetTerminalError,
             ) from exc
+
+
+FENCE_TABLE = "ledgerflow_fences"
+"""The target's fence rows: the greatest claim number seen per (pipeline, window start)."""
+
+
+def create_fence_table(cur: duckdb.DuckDBPyConnection) -> None:
+    """Once, outside the window's transaction (a CREATE inside it would conflict with every
+    other window's transaction)."""
+    if table_exists(cur, FENCE_TABLE):
+        return
+    try:
+        cur.execute(
+            f"CREATE TABLE IF NOT EXISTS {FENCE_TABLE} (pipeline_id VARCHAR NOT NULL, "
+            "window_start TIMESTAMPTZ NOT NULL, token BIGINT NOT NULL, "
+            "PRIMARY KEY (pipeline_id, window_start))"
+        )
+    except duckdb.TransactionException:
+        if not table_exists(cur, FENCE_TABLE):  # not another thread creating it first
+            raise
+
+
+def advance_fence(cur: duckdb.DuckDBPyConnection, fence: Fence) -> None:
+    """Record `fence.token` for the window unless a greater one is recorded (FencedOut).
+
+    The row is always written (an equal token rewrites it), so of two transactions fencing one
+    window, DuckDB's write-write conflict aborts the second: they cannot both commit.
+    """
+    row = cur.execute(
+        f"INSERT INTO {FENCE_TABLE} VALUES (?, ?, ?) ON CONFLICT (pipeline_id, window_start) "
+        f"DO UPDATE SET token = excluded.token WHERE {FENCE_TABLE}.token <= excluded.token "
+        "RETURNING token",
+        [fence.pipeline_id, fence.window_start, fence.token],
+    ).fetchone()
+    if row is None:
+        found = cur.execute(
+            f"SELECT token FROM {FENCE_TABLE} WHERE pipeline_id = ? AND window_start = ?",
+            [fence.pipeline_id, fence.window_start],
+        ).fetchone()
+        recorded = int(found[0]) if found else -1
+        raise FencedOut(fence.pipeline_id, fence.window_start.isoformat(), fence.token, recorded)

@@ -86,3 +86,50 @@ def stamp_sql(table: str, ts: str, window_start: str | None, loaded_at: str | No
         return None
     t, c = quote_identifier(table), quote_identifier(ts)
     return f"UPDATE {t} SET {', '.join(sets)} WHERE {c} >= %s AND {c} < %s"
+
+
+FENCES = "LEDGERFLOW_FENCES"
+
+
+def fence_table(table: str) -> str:
+    """The fence table, in the data table's schema (when `table` names one)."""
+    schema, _, _name = table.rpartition(".")
+    return f"{schema}.{FENCES}" if schema else FENCES
+
+
+def create_fence_table_sql(fences: str) -> str:
+    """The greatest claim number seen per (pipeline, window start)."""
+    return (
+        f"CREATE TABLE IF NOT EXISTS {quote_identifier(fences)} (PIPELINE_ID VARCHAR NOT NULL, "
+        "WINDOW_START TIMESTAMP_TZ NOT NULL, TOKEN NUMBER(38, 0) NOT NULL)"
+    )
+
+
+def advance_fence_sql(fences: str) -> str:
+    """Raise the window's recorded token to the bound one (pipeline, window start, token), or
+    insert it; a greater recorded token is left alone (the caller reads it back). A MERGE, not
+    an INSERT: DML that updates takes the table's lock, so fencing transactions serialize."""
+    f = quote_identifier(fences)
+    return (
+        f"MERGE INTO {f} F USING (SELECT %s AS PIPELINE_ID, %s::TIMESTAMP_TZ AS WINDOW_START, "
+        "%s AS TOKEN) S ON F.PIPELINE_ID = S.PIPELINE_ID AND F.WINDOW_START = S.WINDOW_START "
+        "WHEN MATCHED AND F.TOKEN <= S.TOKEN THEN UPDATE SET TOKEN = S.TOKEN "
+        "WHEN NOT MATCHED THEN INSERT (PIPELINE_ID, WINDOW_START, TOKEN) "
+        "VALUES (S.PIPELINE_ID, S.WINDOW_START, S.TOKEN)"
+    )
+
+
+def read_fence_sql(fences: str) -> str:
+    return (
+        f"SELECT MAX(TOKEN) FROM {quote_identifier(fences)} "
+        "WHERE PIPELINE_ID = %s AND WINDOW_START = %s"
+    )
+
+
+def outside_example_sql(table: str, ts: str, loaded_at: str) -> str:
+    """One row this transaction loaded (its load time not stamped yet) outside the window."""
+    t, c, stamp = quote_identifier(table), quote_identifier(ts), quote_identifier(loaded_at)
+    return (
+        f"SELECT {c} FROM {t} WHERE {stamp} IS NULL "
+        f"AND ({c} IS NULL OR NOT ({c} >= %s AND {c} < %s)) LIMIT 1"
+    )

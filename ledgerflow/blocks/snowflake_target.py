@@ -10,7 +10,6 @@ connector calls run in a worker thread, off the event loop.
 
 from __future__ import annotations
 
-import asyncio
 import re
 import threading
 from collections.abc import Callable
@@ -24,9 +23,16 @@ from snowflake.connector import errors as sf_errors
 
 from ledgerflow import failpoints
 from ledgerflow.blocks import snowflake_sql as sql
+from ledgerflow.blocks.interrupt import Interrupt, in_thread
 from ledgerflow.blocks.nested import revalidated
-from ledgerflow.errors import LoadCountMismatch, TargetError, TargetTerminalError
-from ledgerflow.ports import Manifest
+from ledgerflow.errors import (
+    FencedOut,
+    LoadCountMismatch,
+    RowsOutsideWindow,
+    TargetError,
+    TargetTerminalError,
+)
+from ledgerflow.ports import Fence, Manifest
 from ledgerflow.redact import scrub_urls
 from ledgerflow.sqlident import quote_identifier
 from ledgerflow.windows import Window
@@ -168,15 +174,19 @@ class SnowflakeTarget(Block):
 
         return await self._session(run, "count", transactional=False)
 
-    async def replace(self, window: Window, manifest: Manifest) -> int:
+    async def replace(self, window: Window, manifest: Manifest, fence: Fence) -> int:
         files = [self._relative(f.uri) for f in manifest.files]
+        failpoints.hit("before_target_txn")  # after the last ledger write, before connecting
 
         def run(cur: Any) -> int:
+            # First: a newer claim that reached the target already makes this a no-op.
+            self._advance_fence(cur, fence)
             cur.execute(sql.delete_sql(self.table, self.timestamp_column), _bounds(window))
             failpoints.hit("mid_load")  # inside the transaction, after the DELETE
             loaded = self._copy(cur, files) if files else 0
             if loaded != manifest.rows:
                 raise LoadCountMismatch(loaded, manifest.rows)
+            self._check_inside(cur, window, loaded)
             stamp = sql.stamp_sql(
                 self.table, self.timestamp_column, self.window_start_column, self.loaded_at_column
             )
@@ -194,7 +204,51 @@ class SnowflakeTarget(Block):
 
         if self.create_table:
             await self._create_once()
+        fences = (self.connector.database, self.connector.schema_, sql.fence_table(self.table))
+        if fences not in _FENCES_MADE:  # once per process: a session costs a login
+            await self._session(self._create_fences, "create fence table", transactional=False)
+            _FENCES_MADE.add(fences)
         return await self._session(run, "replace", transactional=True)
+
+    def _advance_fence(self, cur: Any, fence: Fence) -> None:
+        """Record `fence.token` for the window unless a greater one is recorded (FencedOut).
+
+        The MERGE always writes the row, so it takes the fence table's lock: a second
+        transaction fencing any window waits (LOCK_TIMEOUT) until the first ends, then sees
+        its token. So two cannot both commit.
+        """
+        fences = sql.fence_table(self.table)
+        key = (fence.pipeline_id, fence.window_start)
+        cur.execute(sql.advance_fence_sql(fences), (*key, fence.token))
+        cur.execute(sql.read_fence_sql(fences), key)
+        found = cur.fetchone()
+        recorded = int(found[0]) if found else -1
+        if recorded != fence.token:
+            raise FencedOut(
+                fence.pipeline_id, fence.window_start.isoformat(), fence.token, recorded
+            )
+
+    def _check_inside(self, cur: Any, window: Window, loaded: int) -> None:
+        """Every loaded row lies in the window: it was emptied first in this transaction, so it
+        now holds exactly the loaded rows that belong to it."""
+        if not loaded:
+            return
+        cur.execute(sql.count_sql(self.table, self.timestamp_column), _bounds(window))
+        outside = loaded - int(cur.fetchone()[0])
+        if not outside:
+            return
+        example = "unknown: set loaded_at_column to see one"
+        if self.loaded_at_column:
+            # Rows this COPY loaded are the only ones not stamped with a load time yet.
+            cur.execute(
+                sql.outside_example_sql(self.table, self.timestamp_column, self.loaded_at_column),
+                _bounds(window),
+            )
+            found = cur.fetchone()
+            example = "NULL" if found is None or found[0] is None else str(found[0])
+        raise RowsOutsideWindow(
+            outside, loaded, window.start, window.end, f"{self.timestamp_column}={example}"
+        )
 
     # --- steps (separate so a test can fail one between DELETE and COMMIT) -------------------
 
@@ -256,6 +310,9 @@ class SnowflakeTarget(Block):
             self.table,
         )
 
+    def _create_fences(self, cur: Any) -> None:
+        cur.execute(sql.create_fence_table_sql(sql.fence_table(self.table)))
+
     def _table_exists(self, cur: Any) -> bool:
         try:
             cur.execute(f"SELECT 1 FROM {quote_identifier(self.table)} LIMIT 0")
@@ -274,7 +331,7 @@ class SnowflakeTarget(Block):
     # --- connection and errors ----------------------------------------------------------------
 
     async def _session(self, work: Callable[[Any], T], action: str, *, transactional: bool) -> T:
-        def run() -> T:
+        def run(interrupt: Interrupt) -> T:
             args = dict(self.connect_args)
             # A worker killed inside `replace` leaves its transaction detached, holding the
             # table's lock until Snowflake rolls it back (after 4 h idle). Wait a bounded time.
@@ -289,11 +346,14 @@ class SnowflakeTarget(Block):
                 autocommit=not transactional,
                 **args,
             )
+            interrupt.arm(lambda: _cancel_all(connection))
             try:
                 cursor = connection.cursor()
                 try:
                     result = work(cursor)
                     if transactional:
+                        failpoints.hit("before_commit")
+                        interrupt.check()
                         connection.commit()
                     return result
                 except BaseException:
@@ -301,10 +361,11 @@ class SnowflakeTarget(Block):
                         connection.rollback()  # a failed statement does not roll back by itself
                     raise
             finally:
+                interrupt.arm(None)
                 connection.close()
 
         try:
-            return await asyncio.to_thread(run)
+            return await in_thread(run)
         except sf_errors.Error as exc:
             where = f"Snowflake table {self.table!r}"
             reason = terminal_reason(exc)
@@ -330,6 +391,15 @@ def terminal_reason(exc: sf_errors.Error) -> str | None:
     if isinstance(exc, sf_errors.ForbiddenError):
         return "the account name is wrong or the login was forbidden (HTTP 403)"
     return _TERMINAL.get(exc.errno or 0)
+
+
+_FENCES_MADE: set[tuple[str, str, str]] = set()
+"""Fence tables this process created or found (database, schema, table)."""
+
+
+def _cancel_all(connection: Any) -> None:
+    """Cancel the session's running statement from another thread (the lease was lost)."""
+    connection.cursor().execute("SELECT SYSTEM$CANCEL_ALL_QUERIES(%s)", (connection.session_id,))
 
 
 def _bounds(window: Window) -> tuple[datetime, datetime]:

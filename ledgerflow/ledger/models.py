@@ -1,7 +1,8 @@
 """The ledger's table: the seed's `pipeline_records`, plus what exactly-once needs.
 
 Added to the seed's columns: `pipeline_id` with a unique `(pipeline_id, window_start_time)` so
-registration is idempotent; `lease_token` for fencing; `priority` so fresh windows go before a
+registration is idempotent; `lease_token` for fencing ledger writes and `fence_token`, a number
+every claim raises, for fencing the target; `priority` so fresh windows go before a
 backfill; `error_message`, `extracted_count`, `loaded_count` and `stage_manifest` so an operator
 sees why and a re-claimed window can resume; `audit_tolerance_percent` so the audit's verdict can
 be explained later. `percentage_difference` is DECIMAL(25,4), wider than the seed's (5,2): with
@@ -115,6 +116,10 @@ class PipelineRecord(SQLModel):
     pipeline_status: str = _status()
     pipeline_locked_at: datetime | None = _ts()
     lease_token: str | None = Field(default=None, max_length=36)
+    # The target's fencing number: raised by every claim of the window (see Ledger.claim).
+    fence_token: int = Field(
+        default=0, sa_type=sa.BigInteger, sa_column_kwargs={"server_default": "0"}
+    )
 
     # Source to stage
     source_to_stage_ingestion_start_time: datetime | None = _ts()

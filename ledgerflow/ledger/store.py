@@ -46,6 +46,7 @@ UPDATABLE = frozenset(c.name for c in RECORDS.columns) - {
     "target_day",
     "time_interval",
     "lease_token",
+    "fence_token",
     "record_first_created_time",
 }
 
@@ -60,6 +61,11 @@ class Lease:
 
     record: PipelineRecord
     token: str
+
+    @property
+    def fence(self) -> int:
+        """The target's fencing number for this claim: greater than every earlier claim's."""
+        return self.record.fence_token
 
     @property
     def id(self) -> int:
@@ -1200,6 +1206,13 @@ def _claim_statement(dialect: str, newest_first: bool) -> sa.Update:
             dag_run_id=sa.bindparam("p_run"),
             pipeline_locked_at=stamp,
             lease_token=sa.bindparam("p_token"),
+            # The target's fence: strictly greater for every later claim of this window, because
+            # claims of one row are serialized (its row lock, SQLite's write lock) and each adds
+            # one. Revocations (release_stale, reopen) need not raise it: until the next claim
+            # nobody newer writes the target, so a revoked worker committing meanwhile is the same
+            # as one that committed just before losing its lease (the after_load_before_ledger
+            # crash the next owner's load replaces), and the next claim's number locks it out.
+            fence_token=RECORDS.c.fence_token + 1,
             pipeline_start_time=stamp,
             pipeline_end_time=None,
             error_message=None,

@@ -55,6 +55,14 @@ class RunSettings:
         """Heartbeat four times per stale threshold, between 0.5 s and 5 minutes."""
         return min(max(self.stale_after.total_seconds() / 4, 0.5), 300.0)
 
+    @property
+    def ledger_silence_limit(self) -> float:
+        """How long a phase runs on without reaching the ledger: half the stale threshold.
+
+        Past the threshold the stale-lock cleanup may give the window to another worker; half
+        leaves room for clock skew and for the interrupted phase to stop."""
+        return self.stale_after.total_seconds() / 2
+
     def cutoff(self, now: datetime | None = None) -> datetime:
         return (now or datetime.now(UTC)) - self.lag
 
@@ -93,23 +101,48 @@ async def timed(step: str, lease: Lease | None = None) -> AsyncIterator[None]:
 
 
 @contextlib.asynccontextmanager
-async def heartbeat(ledger: Ledger, lease: Lease, every: float) -> AsyncIterator[None]:
-    """Keep the lease fresh while a long phase runs; stop the phase at once if the lease is lost."""
+async def heartbeat(
+    ledger: Ledger, lease: Lease, every: float, *, give_up_after: float
+) -> AsyncIterator[None]:
+    """Keep the lease fresh while a long phase runs; stop the phase (cancel it, which interrupts
+    a target's running statement) as soon as the lease is lost, or once the ledger could not be
+    reached for `give_up_after` seconds: by then another worker may own the window, and a
+    worker cut off from the ledger must not go on loading as if it still held it."""
     main = asyncio.current_task()
     lost: list[LeaseLost] = []
+    last_ok = time.monotonic()  # the phase began right after a fenced ledger write
 
     async def beat() -> None:
+        nonlocal last_ok
         while True:
             await asyncio.sleep(every)
             try:
-                await ledger.heartbeat(lease)
+                # Bounded: a ledger that hangs instead of refusing must not outlast the limit
+                # by more than one beat.
+                left = max(give_up_after - (time.monotonic() - last_ok), every)
+                await asyncio.wait_for(ledger.heartbeat(lease), timeout=left)
+                last_ok = time.monotonic()
+                continue
             except LeaseLost as exc:
                 lost.append(exc)
-                if main is not None:
-                    main.cancel()
-                return
-            except Exception as exc:  # a missed beat is not fatal; the next may succeed
-                logger().warning("heartbeat for window id=%s failed: %s", lease.id, exc)
+            except Exception as exc:  # a missed beat is not fatal while the lease is safe
+                silent = time.monotonic() - last_ok
+                logger().warning(
+                    "heartbeat for window id=%s failed (ledger silent for %.1fs): %r",
+                    lease.id,
+                    silent,
+                    exc,
+                )
+                if silent < give_up_after:
+                    continue
+                why = (
+                    f" (the ledger was unreachable for {silent:.1f}s, past half the stale "
+                    f"threshold: the lease may have been released; last error: {exc!r})"
+                )
+                lost.append(LeaseLost(lease.id, "heartbeat", why))
+            if main is not None:
+                main.cancel()
+            return
 
     beating = asyncio.create_task(beat())
     try:

@@ -1,6 +1,10 @@
 """The seed's Pre-Validation Count Check: skip a window whose target already matches the source.
 
-A window an operator reloads (`ledgerflow reload`) is transferred even when the counts match.
+A window an operator reloads (`ledgerflow reload`) is transferred even when the counts match, and
+so is a window whose previous holder was inside its load when it lost the lease: that worker may
+still commit (its transaction holds the target's fence row), and equal counts would then hide rows
+of an older source. Loading again goes through the fence, which waits for that commit (or conflicts
+and retries) and then replaces it.
 
 Rule for empty windows: a window with no source rows and no target rows is COMPLETED with its
 transfer phases SKIPPED (there is nothing to move). A window with no source rows but some target
@@ -16,7 +20,7 @@ from typing import Any
 from prefect import task
 from prefect.states import Completed, State
 
-from ledgerflow.ledger import Lease
+from ledgerflow.ledger import Lease, PhaseStatus
 from ledgerflow.tasks.common import Parts, RunSettings, timed
 
 
@@ -36,9 +40,13 @@ async def pre_validation_count_check(
         source, target = await asyncio.gather(
             parts.source.count(lease.window), parts.target.count(lease.window)
         )
-        if source != target or lease.record.force_reload:
+        interrupted = lease.record.stage_to_target_ingestion_status == PhaseStatus.IN_PROGRESS
+        if source != target or lease.record.force_reload or interrupted:
             await ledger.record_counts(lease, source, target)
-            why = "forced reload" if source == target else f"source {source} != target {target}"
+            if source != target:
+                why = f"source {source} != target {target}"
+            else:
+                why = "forced reload" if lease.record.force_reload else "a previous load may commit"
             return Completed(message=f"{why}: transfer", data=Counts(source, target, False))
         await ledger.skip_transfer(lease, source, target)
     return Completed(

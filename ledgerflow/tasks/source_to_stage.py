@@ -54,7 +54,9 @@ async def source_to_stage(
             logger().info("window id=%s: staged files intact, resuming at load", lease.id)
             return resumed
         await ledger.start_phase(lease, Phase.SOURCE_TO_STAGE)
-        async with heartbeat(ledger, lease, settings.heartbeat_every):
+        async with heartbeat(
+            ledger, lease, settings.heartbeat_every, give_up_after=settings.ledger_silence_limit
+        ):
             await parts.stage.clear(location)
             # Names carry the lease, so each attempt's files differ (Snowflake load metadata).
             manifest = await parts.stage.write(

@@ -166,6 +166,7 @@ class Warehouse:
         asyncio.run(self._seed(index))
         bucket = self.peers.new_bucket()
         database = f"LF_{uuid.uuid4().hex[:8].upper()}"
+        self.index, self.database = index, database  # the last prepared, for the fencing rows
         pipeline = Pipeline(self.root / f"warehouse-{point}", rows=10)
         name = pipeline.name
         source = ElasticsearchSource.parse_obj(

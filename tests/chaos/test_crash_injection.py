@@ -1,6 +1,7 @@
 """`make test` runs a representative part of `make chaos`: on both stacks, a kill inside the
 target transaction and a kill between a finished stage and its ledger record; a frozen worker
-woken after its window was finished; and four racing worker processes."""
+woken after its window was finished, and one frozen before its target transaction while the
+source changed, which must commit nothing; and four racing worker processes."""
 
 from __future__ import annotations
 
@@ -40,7 +41,15 @@ def test_sigkill_mid_load_and_before_the_stage_is_recorded_then_recovery() -> No
 def test_a_worker_frozen_past_the_stale_threshold_writes_nothing_when_woken(
     pg_admin_dsn: str,
 ) -> None:
-    assert "1 passed, 0 failed" in chaos("fencing", "after_stage_before_ledger", pg=pg_admin_dsn)
+    out = chaos(
+        "fencing",
+        "--stack",
+        "embedded",
+        "after_stage_before_ledger",
+        "before_target_txn",
+        pg=pg_admin_dsn,
+    )
+    assert "2 passed, 0 failed" in out
 
 
 @pytest.mark.slow

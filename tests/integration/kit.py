@@ -22,7 +22,7 @@ from ledgerflow.blocks.ledger_db import LedgerDatabase
 from ledgerflow.blocks.local_stage import LocalStage
 from ledgerflow.demo import DEMO_END, DEMO_START, generate_events
 from ledgerflow.ledger import Ledger, PipelineRecord
-from ledgerflow.ports import Manifest, StagedFile
+from ledgerflow.ports import Fence, Manifest, StagedFile
 from ledgerflow.windows import Window
 
 
@@ -47,8 +47,8 @@ class DriftingTarget(DuckDBTarget):
     _block_type_slug = "test-drifting-target"
     marker: str = "drifting"
 
-    async def replace(self, window: Window, manifest: Manifest) -> int:
-        loaded = await super().replace(window, manifest)
+    async def replace(self, window: Window, manifest: Manifest, fence: Fence) -> int:
+        loaded = await super().replace(window, manifest, fence)
         table = self.table
 
         def rogue(cur: duckdb.DuckDBPyConnection) -> None:
@@ -73,12 +73,12 @@ class BrokenLoadTarget(DuckDBTarget):
     _block_type_slug = "test-broken-load-target"
     marker: str = "broken"
 
-    async def replace(self, window: Window, manifest: Manifest) -> int:
+    async def replace(self, window: Window, manifest: Manifest, fence: Fence) -> int:
         broken = Path(self.path).with_suffix(".broken")
         if broken.exists():
             junk = StagedFile(str(broken), 1, broken.stat().st_size)
             manifest = Manifest(manifest.location, (*manifest.files, junk))
-        return await super().replace(window, manifest)
+        return await super().replace(window, manifest, fence)
 
 
 class FlakyCountTarget(DuckDBTarget):
@@ -93,8 +93,8 @@ class FlakyCountTarget(DuckDBTarget):
             raise ConnectionError("warehouse went away during the audit")
         return await super().count(window)
 
-    async def replace(self, window: Window, manifest: Manifest) -> int:
-        loaded = await super().replace(window, manifest)
+    async def replace(self, window: Window, manifest: Manifest, fence: Fence) -> int:
+        loaded = await super().replace(window, manifest, fence)
         Path(self.path).with_suffix(".loaded").touch()
         return loaded
 

@@ -135,7 +135,7 @@ async def test_a_lost_lease_raises_and_writes_nothing(ledger: Ledger) -> None:
     assert [r.id for r in released] == [lease.id]
     taken = await ledger.claim(PIPE, "rescuer", cutoff=FAR)
     assert taken is not None and taken.id == lease.id
-    with pytest.raises(LeaseLost, match="nothing was written"):
+    with pytest.raises(LeaseLost, match="'stage' was not written to the ledger"):
         await ledger.update(lease, "stage", {"phase_completed": "SOURCE_TO_STAGE"})
     with pytest.raises(LeaseLost):
         await ledger.complete(lease)
@@ -143,6 +143,58 @@ async def test_a_lost_lease_raises_and_writes_nothing(ledger: Ledger) -> None:
     assert row is not None
     assert row.phase_completed is None and row.dag_run_id == "rescuer"
     assert row.pipeline_status == Status.IN_PROGRESS and row.retry_attempt == 1
+
+
+async def test_every_claim_of_a_window_carries_a_greater_fence(ledger: Ledger) -> None:
+    """The target's fencing number: strictly greater per claim of a window, whatever revoked the
+    lease in between (stale cleanup, an operator's reopen, a reset), and per window, not global."""
+    await register_hours(ledger, 4)
+    later = datetime.now(UTC) + timedelta(hours=3)
+    seen: list[int] = []
+    first = await ledger.claim(PIPE, "a", cutoff=FAR)
+    assert first is not None and first.fence == 1
+    seen.append(first.fence)
+    await ledger.release_stale(PIPE, older_than=timedelta(hours=2), max_attempts=9, now=later)
+    second = await ledger.claim(PIPE, "b", cutoff=FAR)
+    assert second is not None and second.id == first.id
+    seen.append(second.fence)
+    await ledger.complete(second)
+    await ledger.reopen(PIPE, [second.id], "late data")
+    third = await ledger.claim(PIPE, "c", cutoff=FAR)
+    assert third is not None and third.id == first.id
+    seen.append(third.fence)
+    await ledger.fail(third, "boom")
+    await ledger.reset_failed(PIPE)
+    fourth = await ledger.claim(PIPE, "d", cutoff=FAR)
+    assert fourth is not None and fourth.id == first.id
+    seen.append(fourth.fence)
+    assert seen == [1, 2, 3, 4]
+    other = await ledger.claim(PIPE, "e", cutoff=FAR)
+    assert other is not None and other.id != first.id and other.fence == 1
+    # Nobody but the claim may move it: a fenced write naming it is refused.
+    with pytest.raises(ValueError, match="fence_token"):
+        await ledger.update(fourth, "forge", {"fence_token": 99})
+    assert (await ledger.get(first.id)).fence_token == 4  # type: ignore[union-attr]
+
+
+async def test_racing_claims_of_one_window_get_distinct_fences(ledger: Ledger) -> None:
+    """Claims serialized by the row lock: each release-and-claim round raises the number by one,
+    even when many claimers race for the window."""
+    await register_hours(ledger, 2)
+    later = datetime.now(UTC) + timedelta(hours=3)
+    fences = []
+    for _ in range(5):
+        won = [
+            lease
+            for lease in await asyncio.gather(
+                *(ledger.claim(PIPE, f"r{i}", cutoff=FAR) for i in range(4))
+            )
+            if lease is not None
+        ]
+        assert len(won) == 1
+        fences.append(won[0].fence)
+        await ledger.release_stale(PIPE, older_than=timedelta(hours=2), max_attempts=99, now=later)
+    assert fences == [1, 2, 3, 4, 5]
 
 
 async def test_heartbeat_keeps_a_live_worker_from_being_released(ledger: Ledger) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -9,13 +11,22 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
-from ledgerflow.errors import LoadCountMismatch, StageTerminalError, TargetTerminalError
+from ledgerflow.blocks.snowflake_target import SnowflakeTarget
+from ledgerflow.errors import (
+    FencedOut,
+    LoadCountMismatch,
+    RowsOutsideWindow,
+    StageTerminalError,
+    TargetTerminalError,
+)
+from ledgerflow.ports import Fence
 from ledgerflow.windows import Window
 
 from .warehouse_kit import Peers, s3_auth_enforced
 
 START = datetime(2025, 3, 9, 10, tzinfo=UTC)
 WINDOW = Window(START, START + timedelta(hours=2), START.date(), "2h")
+FENCE = Fence("p", START, 1)
 
 
 @pytest.fixture
@@ -122,7 +133,7 @@ async def test_replace_loads_the_window_with_a_variant_document(
     target = peers.target(bucket, database)
     assert await target.count(WINDOW) == 0
     manifest = await staged(peers, bucket, events(500))
-    assert await target.replace(WINDOW, manifest) == 500
+    assert await target.replace(WINDOW, manifest, FENCE) == 500
     assert await target.count(WINDOW) == 500
     with peers.sql_connection(database) as conn:
         cur = conn.cursor()
@@ -137,9 +148,9 @@ async def test_a_rerun_replaces_instead_of_duplicating_even_with_the_same_files(
 ) -> None:
     target = peers.target(bucket, database)
     manifest = await staged(peers, bucket, events(300))
-    assert await target.replace(WINDOW, manifest) == 300
+    assert await target.replace(WINDOW, manifest, FENCE) == 300
     # Same file names again (a resumed window): FORCE loads them, the DELETE keeps it exact.
-    assert await target.replace(WINDOW, manifest) == 300
+    assert await target.replace(WINDOW, manifest, FENCE) == 300
     assert await target.count(WINDOW) == 300
 
 
@@ -148,11 +159,11 @@ async def test_rows_deleted_behind_our_back_load_again_not_load_skipped(
 ) -> None:
     target = peers.target(bucket, database)
     manifest = await staged(peers, bucket, events(200))
-    await target.replace(WINDOW, manifest)
+    await target.replace(WINDOW, manifest, FENCE)
     with peers.sql_connection(database) as conn:
         conn.cursor().execute("DELETE FROM EVENTS")
     assert await target.count(WINDOW) == 0
-    assert await target.replace(WINDOW, manifest) == 200
+    assert await target.replace(WINDOW, manifest, FENCE) == 200
     assert await target.count(WINDOW) == 200
 
 
@@ -160,7 +171,7 @@ async def test_a_failure_between_delete_and_copy_leaves_the_target_exactly_as_be
     peers: Peers, bucket: str, database: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     target = peers.target(bucket, database)
-    await target.replace(WINDOW, await staged(peers, bucket, events(250)))
+    await target.replace(WINDOW, await staged(peers, bucket, events(250)), FENCE)
     newer = await staged(peers, bucket, events(400, prefix="n"), prefix="part-b")
 
     def explode(self: Any, cur: Any, files: list[str]) -> int:
@@ -168,7 +179,7 @@ async def test_a_failure_between_delete_and_copy_leaves_the_target_exactly_as_be
 
     monkeypatch.setattr(type(target), "_copy", explode)
     with pytest.raises(ConnectionResetError):
-        await target.replace(WINDOW, newer)
+        await target.replace(WINDOW, newer, FENCE)
     monkeypatch.undo()
     assert await target.count(WINDOW) == 250
     with peers.sql_connection(database) as conn:
@@ -181,13 +192,13 @@ async def test_a_load_short_of_the_manifest_rolls_back(
     peers: Peers, bucket: str, database: str
 ) -> None:
     target = peers.target(bucket, database)
-    await target.replace(WINDOW, await staged(peers, bucket, events(100)))
+    await target.replace(WINDOW, await staged(peers, bucket, events(100)), FENCE)
     manifest = await staged(peers, bucket, events(150, prefix="m"), prefix="part-c")
     lying = type(manifest)(
         manifest.location, tuple(type(f)(f.uri, f.rows + 1, f.bytes) for f in manifest.files)
     )
     with pytest.raises(LoadCountMismatch, match="rolled back"):
-        await target.replace(WINDOW, lying)
+        await target.replace(WINDOW, lying, FENCE)
     assert await target.count(WINDOW) == 100
 
 
@@ -195,7 +206,7 @@ async def test_a_missing_stage_is_a_clear_error(peers: Peers, bucket: str, datab
     target = peers.target(bucket, database)
     broken = target.copy(update={"stage": "NO_SUCH_STAGE"})
     with pytest.raises(TargetTerminalError, match="EVENTS"):
-        await broken.replace(WINDOW, await staged(peers, bucket, events(10)))
+        await broken.replace(WINDOW, await staged(peers, bucket, events(10)), FENCE)
     assert await target.count(WINDOW) == 0
 
 
@@ -257,3 +268,69 @@ async def test_the_whole_flow_elasticsearch_to_s3_to_snowflake(
         cur = conn.cursor()
         cur.execute("SELECT COUNT(*), COUNT(DISTINCT _ID) FROM EVENTS")
         assert cur.fetchone() == (3000, 3000)
+
+
+# --- SnowflakeTarget: the fence and the window check -------------------------------------------
+
+
+def ids_loaded(peers: Peers, database: str) -> list[str]:
+    with peers.sql_connection(database) as conn:
+        cur = conn.cursor()
+        cur.execute("SELECT _ID FROM EVENTS ORDER BY _ID")
+        return [r[0] for r in cur.fetchall()]
+
+
+async def test_a_stale_fence_commits_nothing_and_a_newer_one_wins(
+    peers: Peers, bucket: str, database: str
+) -> None:
+    target = peers.target(bucket, database)
+    newer = await staged(peers, bucket, events(30, prefix="n"), prefix="part-n")
+    older = await staged(peers, bucket, events(20, prefix="o"), prefix="part-o")
+    assert await target.replace(WINDOW, newer, Fence("p", START, 5)) == 30
+    with pytest.raises(FencedOut, match=r"fence token 4\).*token 5 .*wrote nothing"):
+        await target.replace(WINDOW, older, Fence("p", START, 4))
+    assert ids_loaded(peers, database) == sorted(f"n{i}" for i in range(30))
+    assert await target.replace(WINDOW, newer, Fence("p", START, 5)) == 30  # the same claim
+    assert await target.replace(WINDOW, older, Fence("p", START, 6)) == 20
+    assert ids_loaded(peers, database) == sorted(f"o{i}" for i in range(20))
+    # Per pipeline and window: another pipeline's first claim of this window is not fenced out.
+    assert await target.replace(WINDOW, newer, Fence("q", START, 1)) == 30
+
+
+async def test_old_transaction_begun_then_newer_commits_then_old_commits_nothing(
+    peers: Peers, bucket: str, database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The zombie's connection is open in a transaction (autocommit off) but paused before its
+    fence; the newer claim commits meanwhile; the zombie then resumes and commits nothing."""
+    target = peers.target(bucket, database)
+    zombie_files = await staged(peers, bucket, events(7, prefix="z"), prefix="part-z")
+    newer = await staged(peers, bucket, events(12, prefix="n"), prefix="part-n")
+    reached, go = threading.Event(), threading.Event()
+    real = SnowflakeTarget._advance_fence
+
+    def paused(self: SnowflakeTarget, cur: Any, fence: Fence) -> None:
+        if fence.token == 2:
+            cur.execute("SELECT COUNT(*) FROM EVENTS")  # the transaction's snapshot is taken
+            reached.set()
+            assert go.wait(60)
+        real(self, cur, fence)
+
+    monkeypatch.setattr(SnowflakeTarget, "_advance_fence", paused)
+    zombie = asyncio.create_task(target.replace(WINDOW, zombie_files, Fence("p", START, 2)))
+    assert await asyncio.to_thread(reached.wait, 60)
+    assert await target.replace(WINDOW, newer, Fence("p", START, 3)) == 12
+    go.set()
+    with pytest.raises(FencedOut, match=r"token 2.*token 3"):
+        await zombie
+    assert ids_loaded(peers, database) == sorted(f"n{i}" for i in range(12))
+
+
+async def test_a_row_outside_the_window_aborts_the_load(
+    peers: Peers, bucket: str, database: str
+) -> None:
+    target = peers.target(bucket, database)
+    await target.replace(WINDOW, await staged(peers, bucket, events(5, prefix="k")), FENCE)
+    late = events(3, start=WINDOW.end - timedelta(seconds=1), prefix="x")  # 2 at or past the end
+    with pytest.raises(RowsOutsideWindow, match=r"2 of the 3 loaded rows .*TS=2025-03-09 12:00"):
+        await target.replace(WINDOW, await staged(peers, bucket, late, prefix="part-x"), FENCE)
+    assert ids_loaded(peers, database) == sorted(f"k{i}" for i in range(5))

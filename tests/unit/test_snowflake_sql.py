@@ -51,6 +51,38 @@ def test_window_bounds_are_parameters() -> None:
     assert sql.stamp_sql("EVENTS", "TS", None, None) is None
 
 
+def test_the_fence_table_sits_beside_the_data_table() -> None:
+    assert sql.fence_table("EVENTS") == "LEDGERFLOW_FENCES"
+    assert sql.fence_table("RAW.EVENTS") == "RAW.LEDGERFLOW_FENCES"
+    assert sql.fence_table("DB.RAW.EVENTS") == "DB.RAW.LEDGERFLOW_FENCES"
+    assert sql.create_fence_table_sql("RAW.LEDGERFLOW_FENCES") == (
+        'CREATE TABLE IF NOT EXISTS "RAW"."LEDGERFLOW_FENCES" (PIPELINE_ID VARCHAR NOT NULL, '
+        "WINDOW_START TIMESTAMP_TZ NOT NULL, TOKEN NUMBER(38, 0) NOT NULL)"
+    )
+
+
+def test_the_fence_advances_only_upwards_with_bound_values() -> None:
+    text = sql.advance_fence_sql("LEDGERFLOW_FENCES")
+    assert text == (
+        'MERGE INTO "LEDGERFLOW_FENCES" F USING (SELECT %s AS PIPELINE_ID, '
+        "%s::TIMESTAMP_TZ AS WINDOW_START, %s AS TOKEN) S "
+        "ON F.PIPELINE_ID = S.PIPELINE_ID AND F.WINDOW_START = S.WINDOW_START "
+        "WHEN MATCHED AND F.TOKEN <= S.TOKEN THEN UPDATE SET TOKEN = S.TOKEN "
+        "WHEN NOT MATCHED THEN INSERT (PIPELINE_ID, WINDOW_START, TOKEN) "
+        "VALUES (S.PIPELINE_ID, S.WINDOW_START, S.TOKEN)"
+    )
+    assert sql.read_fence_sql("LEDGERFLOW_FENCES") == (
+        'SELECT MAX(TOKEN) FROM "LEDGERFLOW_FENCES" WHERE PIPELINE_ID = %s AND WINDOW_START = %s'
+    )
+
+
+def test_the_outside_example_looks_only_at_rows_not_stamped_yet() -> None:
+    assert sql.outside_example_sql("EVENTS", "TS", "LOADED_AT") == (
+        'SELECT "TS" FROM "EVENTS" WHERE "LOADED_AT" IS NULL '
+        'AND ("TS" IS NULL OR NOT ("TS" >= %s AND "TS" < %s)) LIMIT 1'
+    )
+
+
 def test_the_default_table_is_documented_shape() -> None:
     assert sql.create_table_sql("EVENTS", "TS", "WINDOW_START", "LOADED_AT") == (
         'CREATE TABLE IF NOT EXISTS "EVENTS" ("_ID" VARCHAR, "_INDEX" VARCHAR, "TS" TIMESTAMP_TZ, '
