@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import duckdb
@@ -119,7 +120,11 @@ class DuckDBTarget(Block):
                 cur.execute("COMMIT")
                 return loaded
             except BaseException:
-                cur.execute("ROLLBACK")
+                # A COMMIT that failed (a concurrent first load of this window committed its
+                # fence row first) has already ended the transaction: keep its error, not
+                # ROLLBACK's "no transaction is active".
+                with contextlib.suppress(duckdb.Error):
+                    cur.execute("ROLLBACK")
                 raise
 
         def call(interrupt: Interrupt) -> int:

@@ -23,7 +23,7 @@ from ledgerflow.flows.pipeline import LEASE_LOST
 from ledgerflow.ledger import AuditResult, Ledger, Phase, PhaseStatus, PipelineRecord, Status
 from ledgerflow.ledger.audit import judge
 from ledgerflow.ledger.models import RECORDS
-from ledgerflow.ports import Manifest
+from ledgerflow.ports import Fence, Manifest
 from ledgerflow.windows import Window, build_record, windows_between
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
@@ -46,7 +46,7 @@ class StolenLeaseTarget(DuckDBTarget):
     _block_type_slug = "test-stolen-lease-target"
     marker: str = "stolen"
 
-    async def replace(self, window: Window, manifest: Manifest) -> int:
+    async def replace(self, window: Window, manifest: Manifest, fence: Fence) -> int:
         steal = Path(self.path).with_suffix(".steal")
         if steal.exists():
             url = steal.read_text()
@@ -57,13 +57,13 @@ class StolenLeaseTarget(DuckDBTarget):
                     .where(RECORDS.c.window_start_time == window.start)
                     .values(lease_token="another-worker", pipeline_status=Status.COMPLETED.value)
                 )
-        return await super().replace(window, manifest)
+        return await super().replace(window, manifest, fence)
 
 
 def cli(*args: str, code: int = 0) -> Any:
     result = runner.invoke(app, [*args, "--json"])
     assert result.exit_code == code, result.output
-    return json.loads(result.output)
+    return json.loads(result.stdout)
 
 
 def warehouse(pipeline: Pipeline, sql: str) -> list[tuple[Any, ...]]:

@@ -26,13 +26,13 @@ def test_run_then_status_shows_counts_lag_and_failures(tmp_path: Path) -> None:
 
     result = runner.invoke(app, ["run", "-c", name, "--max-windows", "1", "--json"])
     assert result.exit_code == 1, result.output  # the drifting target fails the audit
-    data = json.loads(result.output)
+    data = json.loads(result.stdout)
     assert data["state"] == "FAILED" and "audit failed" in data["message"]
     assert data["windows"][0]["status"] == "FAILED"
 
     result = runner.invoke(app, ["status", "-c", name, "--json"])
     assert result.exit_code == 0, result.output
-    status = json.loads(result.output)
+    status = json.loads(result.stdout)
     assert status["counts"] == {"PENDING": 1, "IN_PROGRESS": 0, "COMPLETED": 0, "FAILED": 1}
     assert status["oldest_pending"]["start"] == "2025-03-08T10:00:00Z"
     assert status["oldest_pending"]["age_seconds"] > 0

@@ -24,13 +24,18 @@ from ledgerflow.blocks.duckdb_common import DuckDBHandle, FileBusy, transient_re
 from ledgerflow.blocks.duckdb_source import DuckDBSource
 from ledgerflow.blocks.duckdb_target import DuckDBTarget
 from ledgerflow.errors import SourceError, TargetError, TargetTerminalError
-from ledgerflow.ports import Manifest, StagedFile
+from ledgerflow.ports import Fence, Manifest, StagedFile
 from ledgerflow.windows import Window
 
 START = datetime(2025, 3, 9, tzinfo=UTC)
 # Generous: a DuckDB file lock on a machine shared with other test runs. The tests that wait on
 # purpose release the lock after well under a second.
 LOCK_TIMEOUT = 60.0
+
+
+def fence_for(window: Window, token: int = 1) -> Fence:
+    """The fence of the window's first claim (these tests are about concurrency, not fencing)."""
+    return Fence("p", window.start, token)
 
 
 def window(i: int) -> Window:
@@ -70,14 +75,14 @@ async def test_eight_concurrent_replace_and_count_calls_on_one_file_always_pass(
         ]
         # A fresh file each time: the first replaces also race to create the table.
         results = await asyncio.gather(
-            *(target.replace(w, m) for w, m in zip(windows, manifests, strict=True)),
+            *(target.replace(w, m, fence_for(w)) for w, m in zip(windows, manifests, strict=True)),
             *(target.count(w) for w in windows),
         )
         assert results[:4] == [50, 51, 52, 53], f"iteration {iteration}"
         assert all(c in (0, 50 + i) for i, c in enumerate(results[4:])), f"iteration {iteration}"
         # Replace again while counting: each window is loaded once, never twice.
         again = await asyncio.gather(
-            *(target.replace(w, m) for w, m in zip(windows, manifests, strict=True)),
+            *(target.replace(w, m, fence_for(w)) for w, m in zip(windows, manifests, strict=True)),
             *(target.count(w) for w in windows),
         )
         assert again == [50, 51, 52, 53, 50, 51, 52, 53], f"iteration {iteration}"
@@ -116,13 +121,13 @@ async def test_a_read_only_source_and_a_target_share_one_file_in_one_process(
     target = DuckDBTarget.parse_obj({"path": path, "table": "events"})
     source = DuckDBSource.parse_obj({"path": path, "table": "events"})
     first = window(0)
-    await target.replace(first, staged(tmp_path / "s", first, 10))
+    await target.replace(first, staged(tmp_path / "s", first, 10), fence_for(first))
     for _ in range(5):
         ws = [window(i) for i in range(1, 4)]
         manifests = [staged(tmp_path / "s", w, 20) for w in ws]
         counts = await asyncio.gather(
             *(source.count(first) for _ in range(4)),
-            *(target.replace(w, m) for w, m in zip(ws, manifests, strict=True)),
+            *(target.replace(w, m, fence_for(w)) for w, m in zip(ws, manifests, strict=True)),
         )
         assert counts == [10] * 4 + [20] * 3
         batches = [b async for b in source.extract(first)]
@@ -187,7 +192,7 @@ async def test_an_operation_waits_for_another_process_holding_the_file(tmp_path:
     try:
         target = DuckDBTarget.parse_obj({"path": path})
         w = window(0)
-        assert await target.replace(w, staged(tmp_path / "s", w, 5)) == 5
+        assert await target.replace(w, staged(tmp_path / "s", w, 5), fence_for(w)) == 5
     finally:
         proc.wait(LOCK_TIMEOUT)
 
@@ -290,13 +295,13 @@ async def test_a_schema_change_fails_the_load_naming_the_table_and_the_column(
 ) -> None:
     target = DuckDBTarget.parse_obj({"path": str(tmp_path / "w.duckdb"), "table": "events"})
     w = window(0)
-    await target.replace(w, staged(tmp_path / "s", w, 5))
+    await target.replace(w, staged(tmp_path / "s", w, 5), fence_for(w))
     drifted = staged(tmp_path / "s2", w, 5, extra={"country": pa.array(["fr"] * 5)})
     with pytest.raises(TargetTerminalError, match=r"table 'events' refused the load.*\"country\""):
-        await target.replace(w, drifted)
+        await target.replace(w, drifted, fence_for(w))
     retyped = staged(tmp_path / "s3", w, 5, extra={"n": pa.array(["x"] * 5)})
     with pytest.raises(TargetTerminalError, match=r"table 'events'.*column n"):
-        await target.replace(w, retyped)
+        await target.replace(w, retyped, fence_for(w))
     assert await target.count(w) == 5, "a refused load changed the window"
 
 
@@ -307,7 +312,7 @@ async def test_a_missing_table_with_create_table_off_names_the_table(tmp_path: P
     with pytest.raises(
         TargetTerminalError, match=r"'events' does not exist .* create_table is off"
     ):
-        await target.replace(w, staged(tmp_path / "s", w, 5))
+        await target.replace(w, staged(tmp_path / "s", w, 5), fence_for(w))
 
 
 async def test_a_file_locked_for_too_long_is_a_transient_error(tmp_path: Path) -> None:

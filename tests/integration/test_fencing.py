@@ -142,12 +142,8 @@ async def test_old_transaction_begun_then_newer_commits_then_old_commits_nothing
     assert ids_in(target) == sorted(f"newer{i}" for i in range(12))
 
 
-async def test_two_transactions_fencing_one_window_cannot_both_commit(
-    target: DuckDBTarget, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The zombie fenced first and is paused before COMMIT: the newer claim's fence write
-    conflicts with it (it does not wait and does not commit); once the zombie is done, the newer
-    claim's retry replaces the zombie's rows."""
+def pause_before_commit(monkeypatch: pytest.MonkeyPatch) -> Gate:
+    """A gate the next load reaching `before_commit` (inside its transaction) waits at."""
     gate = Gate()
     real_hit = duckdb_target.failpoints.hit
 
@@ -157,15 +153,45 @@ async def test_two_transactions_fencing_one_window_cannot_both_commit(
         real_hit(name)
 
     monkeypatch.setattr(duckdb_target.failpoints, "hit", hit)
+    return gate
+
+
+async def test_two_transactions_fencing_a_loaded_window_cannot_both_commit(
+    target: DuckDBTarget, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The window was loaded before (its fence row exists). The zombie fenced first and is
+    paused before COMMIT: the newer claim's fence write conflicts with it (it does not wait and
+    does not commit); once the zombie is done, the newer claim's retry replaces its rows."""
+    await target.replace(WINDOW, rows(tmp_path, "first", 3), fence(1))
+    gate = pause_before_commit(monkeypatch)
     zombie = asyncio.create_task(target.replace(WINDOW, rows(tmp_path, "zombie", 7), fence(2)))
     await gate.wait_reached()
     newer = rows(tmp_path, "newer", 12)
-    with pytest.raises(TargetError, match="conflict"):
+    with pytest.raises(TargetError, match="concurrent transaction"):
         await target.replace(WINDOW, newer, fence(3))
     gate.go.set()
     assert await zombie == 7  # nobody newer had reached the target: its token was the highest
     assert await target.replace(WINDOW, newer, fence(3)) == 12  # the newer claim's retry
     assert ids_in(target) == sorted(f"newer{i}" for i in range(12))
+    with pytest.raises(FencedOut):
+        await target.replace(WINDOW, rows(tmp_path, "zombie", 7), fence(2))
+
+
+async def test_two_transactions_fencing_a_new_window_cannot_both_commit(
+    target: DuckDBTarget, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The window's first load ever (no fence row yet): both transactions insert the fence row.
+    DuckDB lets the newer claim commit and refuses the zombie's COMMIT (duplicate key), so the
+    zombie writes nothing, and its retry is fenced out."""
+    await target.replace(NEXT, rows(tmp_path, "other", 2, NEXT), fence(1, NEXT))  # the tables
+    gate = pause_before_commit(monkeypatch)
+    zombie = asyncio.create_task(target.replace(WINDOW, rows(tmp_path, "zombie", 7), fence(2)))
+    await gate.wait_reached()
+    assert await target.replace(WINDOW, rows(tmp_path, "newer", 12), fence(3)) == 12
+    gate.go.set()
+    with pytest.raises(TargetError, match="duplicate key"):
+        await zombie
+    assert ids_in(target) == sorted([*(f"newer{i}" for i in range(12)), "other0", "other1"])
     with pytest.raises(FencedOut):
         await target.replace(WINDOW, rows(tmp_path, "zombie", 7), fence(2))
 

@@ -23,7 +23,7 @@ runner = CliRunner()
 def cli(*args: str) -> dict:  # type: ignore[type-arg]
     result = runner.invoke(app, [*args, "--json"])
     assert result.exit_code == 0, result.output
-    return json.loads(result.output)  # type: ignore[no-any-return]
+    return json.loads(result.stdout)  # type: ignore[no-any-return]
 
 
 def test_backfill_registers_behind_fresh_windows_and_rescan_reloads_late_data(

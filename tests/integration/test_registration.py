@@ -241,7 +241,7 @@ def test_a_changed_granularity_fails_the_run_until_the_operator_retiles(tmp_path
     at = (DEMO_START + timedelta(hours=12)).isoformat()
     result = runner.invoke(app, ["retile", "-c", name, "--at", at, "--json"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["new"] == {"timezone": LA, "granularity": "4h"}
+    assert json.loads(result.stdout)["new"] == {"timezone": LA, "granularity": "4h"}
     assert asyncio.run(windowed_pipeline(config_block=name, return_state=True)).is_completed()
     rows = asyncio.run(pipeline.records())
     assert [r.time_interval for r in rows] == ["2h"] * 6 + ["4h"] * 3
@@ -274,7 +274,7 @@ async def test_status_reports_gaps_and_overlaps_between_registered_windows(
     ]
     result = await asyncio.to_thread(CliRunner().invoke, app, ["status", "-c", name, "--json"])
     assert result.exit_code == 0, result.output
-    data = json.loads(result.output)
+    data = json.loads(result.stdout)
     assert data["gaps"] == [
         {"start": "2025-03-01T12:00:00+00:00", "end": "2025-03-01T14:00:00+00:00"}
     ]

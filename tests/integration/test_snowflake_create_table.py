@@ -13,12 +13,17 @@ import pytest
 from ledgerflow.blocks import snowflake_sql as sql
 from ledgerflow.blocks.snowflake_target import SnowflakeTarget
 from ledgerflow.errors import TargetError
-from ledgerflow.ports import Manifest
+from ledgerflow.ports import Fence, Manifest
 from ledgerflow.windows import Window
 
 from .warehouse_kit import Peers
 
 START = datetime(2025, 3, 9, tzinfo=UTC)
+
+
+def fence_for(window: Window, token: int = 1) -> Fence:
+    """The fence of the window's first claim (these tests are about concurrency, not fencing)."""
+    return Fence("p", window.start, token)
 
 
 def window(i: int) -> Window:
@@ -81,7 +86,7 @@ async def test_concurrent_first_windows_all_load_and_create_the_table_once(
         manifests = [await staged(peers, bucket, w, 10 + i) for i, w in enumerate(windows)]
         actions.clear()
         loaded = await asyncio.gather(
-            *(target.replace(w, m) for w, m in zip(windows, manifests, strict=True))
+            *(target.replace(w, m, fence_for(w)) for w, m in zip(windows, manifests, strict=True))
         )
         assert loaded == [10, 11, 12, 13, 14, 15]
         assert await asyncio.gather(*(target.count(w) for w in windows)) == loaded
@@ -89,7 +94,7 @@ async def test_concurrent_first_windows_all_load_and_create_the_table_once(
         assert creates == [target.table], "the first windows each sent a CREATE TABLE"
         creates.clear()
         actions.clear()
-        await target.replace(windows[0], manifests[0])
+        await target.replace(windows[0], manifests[0], fence_for(windows[0]))
         assert actions == ["replace"], "a later window created the table again"
 
 
@@ -100,5 +105,5 @@ async def test_a_conflicting_create_by_another_worker_is_retried_once_in_the_blo
     bucket = peers.new_bucket()
     target = peers.target(bucket, f"LF_{uuid.uuid4().hex[:8].upper()}")
     w = window(0)
-    assert await target.replace(w, await staged(peers, bucket, w, 7)) == 7
-    assert actions == ["create table", "create table", "replace"]
+    assert await target.replace(w, await staged(peers, bucket, w, 7), fence_for(w)) == 7
+    assert actions == ["create table", "create table", "create fence table", "replace"]

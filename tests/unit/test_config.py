@@ -130,7 +130,7 @@ def test_plan_json_shows_the_dst_day() -> None:
         ],
     )
     assert result.exit_code == 0, result.output
-    windows = json.loads(result.output)
+    windows = json.loads(result.stdout)
     assert len(windows) == 12
     assert windows[1] == {
         "start": "2025-03-09T10:00:00Z",
