@@ -243,7 +243,8 @@ class Ledger:
         values = {"version": version, "applied_at": utcnow()}
         if insert:
             await conn.execute(
-                _insert_ignoring_version(self.dialect, _VERSIONS), {"component": COMPONENT, **values}
+                _insert_ignoring_version(self.dialect, _VERSIONS),
+                {"component": COMPONENT, **values},
             )
         else:
             await conn.execute(

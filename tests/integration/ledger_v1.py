@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (frozen DDL, kept exactly as generated)
 """The ledger schema as ledgerflow 0.1 (schema version 1) created it, frozen for the upgrade test.
 
 Generated once from the version-1 models; never edit it to follow the current models.

@@ -74,7 +74,7 @@ async def test_a_version_1_ledger_is_refused_until_upgraded_then_keeps_every_row
 ) -> None:
     await _make_v1_ledger(ledger_url)
     async with Ledger.from_url(ledger_url) as ledger:
-        with pytest.raises(LedgerSchemaError, match="version 1.*ledgerflow init"):
+        with pytest.raises(LedgerSchemaError, match=r"version 1.*ledgerflow init"):
             await ledger.check_schema()
 
         assert await ledger.create_schema() == list(range(2, SCHEMA_VERSION + 1))
