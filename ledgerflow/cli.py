@@ -153,28 +153,29 @@ def init(
     block from Python or `ledgerflow blocks register` registers its own type too.
     """
 
-    async def go() -> tuple[list[str], str | None]:
+    async def go() -> tuple[list[str], str | None, list[int]]:
         from ledgerflow.blocks.catalog import register_block_types
 
         slugs = await register_block_types()
         if config is None:
-            return slugs, None
+            return slugs, None, []
         from ledgerflow.blocks.config import load_final_config
         from ledgerflow.flows.pipeline import load_block
 
         cfg = await load_final_config(config)
         block = await load_block(cfg.ledger_block, "ledger_block")
         async with block.open() as ledger:
-            await ledger.create_schema()
-        return slugs, str(block.display_url())
+            upgraded = await ledger.create_schema()
+        return slugs, str(block.display_url()), upgraded
 
-    slugs, ledger_url = run_async(go())
+    slugs, ledger_url, upgraded = run_async(go())
     console.print(
         f"registered {len(slugs)} block types on {prefect_api()}: {', '.join(slugs)}",
         soft_wrap=True,
     )
     if ledger_url is not None:
-        console.print(f"ledger schema ready at {ledger_url}")
+        done = f" (upgraded in place to version {upgraded[-1]})" if upgraded else ""
+        console.print(f"ledger schema ready at {ledger_url}{done}", soft_wrap=True)
 
 
 @app.command()

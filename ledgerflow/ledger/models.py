@@ -24,7 +24,7 @@ from sqlmodel import Field, SQLModel
 
 from ledgerflow.windows import Window
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class UTCDateTime(sa.types.TypeDecorator[datetime]):

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import NullPool
 
 from ledgerflow.errors import ConfigError, LeaseLost, LedgerSchemaError, TransientError
+from ledgerflow.ledger import migrations
 from ledgerflow.ledger.audit import AuditVerdict
 from ledgerflow.ledger.models import (
     PIPELINES,
@@ -38,6 +39,11 @@ from ledgerflow.redact import scrub_url, scrub_urls
 from ledgerflow.windows import Grid, Window, split_registered
 
 COMPONENT = "pipeline_records"
+_VERSIONS: sa.Table = SchemaVersion.__table__  # type: ignore[attr-defined]
+_TABLES = [RECORDS, PIPELINES, _VERSIONS]
+"""Every table the ledger owns, in creation order."""
+_SCHEMA_LOCK = 0x1EDF10
+"""The Postgres advisory lock key that serialises schema creation and upgrades."""
 UPDATABLE = frozenset(c.name for c in RECORDS.columns) - {
     "id",
     "pipeline_id",
@@ -220,45 +226,76 @@ class Ledger:
 
     # --- schema -------------------------------------------------------------------------------
 
-    async def create_schema(self) -> None:
-        """Create the tables if missing and stamp the schema version. Safe to run again."""
+    async def create_schema(self) -> list[int]:
+        """Create the schema at this ledgerflow's version, or upgrade an older one in place.
+
+        Safe to run again and from several workers at once: the check and the upgrade run in one
+        transaction under a lock (a transaction-scoped advisory lock on Postgres, SQLite's write
+        lock), so one migrates and the others find it done. Returns the versions applied (empty
+        when the schema was already current or was created fresh).
+        """
         async with self._begin() as conn:
-            await conn.run_sync(
-                lambda sync: SchemaVersion.metadata.create_all(
-                    sync,
-                    tables=[RECORDS, PIPELINES, SchemaVersion.__table__],  # type: ignore[attr-defined]
-                )
-            )
-            table = SchemaVersion.__table__  # type: ignore[attr-defined]
-            found = await conn.scalar(
-                sa.select(table.c.version).where(table.c.component == COMPONENT)
-            )
+            await self._lock_schema(conn)
+            found = await self._stored_version(conn)
             if found is None:
-                await conn.execute(
-                    _insert_ignoring_version(self.dialect, table).values(
-                        component=COMPONENT, version=SCHEMA_VERSION, applied_at=_clock(self.dialect)
-                    )
+                await conn.run_sync(
+                    lambda sync: SchemaVersion.metadata.create_all(sync, tables=_TABLES)
                 )
-            elif found != SCHEMA_VERSION:
+                await self._stamp(conn, SCHEMA_VERSION, insert=True)
+                return []
+            if found > SCHEMA_VERSION:
                 raise _version_error(found)
+            if found == SCHEMA_VERSION:
+                return []
+            applied = await conn.run_sync(
+                lambda sync: migrations.upgrade(sync, found, SCHEMA_VERSION)
+            )
+            await self._stamp(conn, SCHEMA_VERSION, insert=False)
+            return applied
 
     async def check_schema(self) -> None:
         """Raise LedgerSchemaError unless the schema exists at this ledgerflow's version."""
-        table = SchemaVersion.__table__  # type: ignore[attr-defined]
-        try:
-            async with self._connect() as conn:
-                found = await conn.scalar(
-                    sa.select(table.c.version).where(table.c.component == COMPONENT)
-                )
-        except (OperationalError, DBAPIError) as exc:
-            if "no such table" in str(exc) or "does not exist" in str(exc):
-                raise LedgerSchemaError(
-                    "the ledger has no ledgerflow schema yet; run `ledgerflow init` "
-                    "(or Ledger.create_schema()) once"
-                ) from exc
-            raise
+        async with self._connect() as conn:
+            found = await self._stored_version(conn)
+        if found is None:
+            raise LedgerSchemaError(
+                "the ledger has no ledgerflow schema yet; run `ledgerflow init` "
+                "(or Ledger.create_schema()) once"
+            )
         if found != SCHEMA_VERSION:
             raise _version_error(found)
+
+    async def _lock_schema(self, conn: AsyncConnection) -> None:
+        if self.dialect == "postgresql":
+            await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_SCHEMA_LOCK)))
+        else:
+            # pysqlite opens no transaction before DDL; take the write lock now, so a second
+            # process waits here (busy_timeout) instead of migrating the same tables again.
+            await conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    @staticmethod
+    async def _stored_version(conn: AsyncConnection) -> int | None:
+        """The stamped version, or None when the ledger has no ledgerflow tables yet."""
+        has = await conn.run_sync(lambda sync: sa.inspect(sync).has_table(_VERSIONS.name))
+        if not has:
+            return None
+        found = await conn.scalar(
+            sa.select(_VERSIONS.c.version).where(_VERSIONS.c.component == COMPONENT)
+        )
+        return None if found is None else int(found)
+
+    async def _stamp(self, conn: AsyncConnection, version: int, *, insert: bool) -> None:
+        values = {"version": version, "applied_at": _clock(self.dialect)}
+        if insert:
+            await conn.execute(
+                _insert_ignoring_version(self.dialect, _VERSIONS).values(
+                    component=COMPONENT, **values
+                )
+            )
+        else:
+            await conn.execute(
+                sa.update(_VERSIONS).where(_VERSIONS.c.component == COMPONENT).values(**values)
+            )
 
     # --- registration -------------------------------------------------------------------------
 
