@@ -30,6 +30,7 @@ from ledgerflow.flows.notify import on_flow_failure, retry_notifier
 from ledgerflow.ledger import Lease, PipelineRecord, Status
 from ledgerflow.ledger.audit import explain_record
 from ledgerflow.ports import Source, Stage, Target
+from ledgerflow.report import run_row
 from ledgerflow.tasks.audit import audit
 from ledgerflow.tasks.cleanup_stale_locks import cleanup_stale_locks
 from ledgerflow.tasks.common import (
@@ -349,18 +350,7 @@ async def publish_summary(
 ) -> None:
     """The run's table artifact: one row per window, with counts, audit and duration. A failure
     to publish it is logged; it never changes the run's outcome."""
-    table = [
-        {
-            "window (local)": o.local_window,
-            "status": o.status,
-            "source": o.source_count,
-            "target": o.target_count,
-            "audit": f"{o.audit_result}: {o.audit}" if o.audit_result else None,
-            "seconds": o.seconds,
-            "message": o.message,
-        }
-        for o in outcomes
-    ]
+    table = [run_row(asdict(o)) for o in outcomes]
     try:
         await create_table_artifact(  # type: ignore[misc]
             key=artifact_key(config.pipeline_id),
