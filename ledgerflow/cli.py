@@ -295,6 +295,9 @@ def status(config: ConfigOption = None, as_json: JsonOption = False) -> None:
         console.print(windows_table(summary.in_progress, tz, "In progress", now))
     if summary.failed:
         console.print(windows_table(summary.failed, tz, "Failed (newest first)", now))
+        for r in summary.failed:
+            console.print(f"  [red]id={r.id}[/] {local_time(r.window_start_time, tz)}: ", end="")
+            console.print(r.error_message or "-", markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -80,10 +80,10 @@ def windows_table(
     records: list[PipelineRecord], timezone: str, title: str, now: datetime | None = None
 ) -> Table:
     """One row per window, with its id (what `retry --id` takes). The error column appears when
-    a FAILED window is shown (why it failed), the heartbeat column when an IN_PROGRESS one is
-    (how long ago its worker last showed life)."""
+    a FAILED window is shown whose error the audit column does not already say (why it failed),
+    the heartbeat column when an IN_PROGRESS window is (how long ago its worker last beat)."""
     moment = now or datetime.now(UTC)
-    failed = any(r.pipeline_status == "FAILED" for r in records)
+    failed = any(_error(r) for r in records)
     running = any(r.pipeline_status == "IN_PROGRESS" for r in records)
     table = Table(title=title, title_justify="left")
     columns = [
@@ -98,9 +98,15 @@ def windows_table(
     columns += [("heartbeat", "right")] if running else []
     columns += [("error", "left")] if failed else []
     for name, justify in columns:
-        # Sentences may wrap; the rest must stay readable in a narrow terminal.
+        # Sentences wrap, and a long word in them (a path) folds rather than being cut: an
+        # error is read to act on it. The rest must stay readable in a narrow terminal.
         wrap = name in ("audit", "error")
-        table.add_column(name, justify=justify, no_wrap=not wrap)  # type: ignore[arg-type]
+        table.add_column(
+            name,
+            justify=justify,  # type: ignore[arg-type]
+            no_wrap=not wrap,
+            overflow="fold" if wrap else "ellipsis",
+        )
     for r in records:
         window = r.window
         lo, hi = window.local(timezone)
@@ -120,8 +126,7 @@ def windows_table(
             beat = heartbeat_age(r, moment)
             cells.append("-" if beat is None else f"{human(beat)} ago")
         if failed:
-            error = r.error_message if r.pipeline_status == "FAILED" else None
-            cells.append(escape(error or "-"))
+            cells.append(escape(_error(r) or "-"))
         table.add_row(*cells)
     return table
 
@@ -225,6 +230,15 @@ def _audit_cell(record: PipelineRecord) -> str:
     verdict = AUDIT_STYLE.get(record.audit_result or "", "")  # type: ignore[call-overload]
     text = " ".join(part for part in (verdict, explain_record(record)) if part)
     return text or "-"
+
+
+def _error(record: PipelineRecord) -> str | None:
+    """A FAILED window's error, unless it only repeats the audit column's sentence (then the
+    column would squeeze that sentence for nothing)."""
+    error = record.error_message
+    if record.pipeline_status != "FAILED" or not error:
+        return None
+    return None if error == f"audit failed: {explain_record(record)}" else error
 
 
 def _decimal(value: Decimal | None) -> str | None:
