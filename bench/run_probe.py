@@ -1,8 +1,11 @@
 """Where a whole `ledgerflow` command's time and memory go, phase by phase.
 
-`python -m bench.run_probe [--tracemalloc] ARGS...` runs `ledgerflow ARGS...` in this process
-(the console script's entry point, nothing changed) while a thread samples the process's
+`python -m bench.run_probe [--tracemalloc] [--what-if NAME ...] ARGS...` runs `ledgerflow
+ARGS...` in this process (the console script's entry point) while a thread samples the process's
 resident set (VmRSS) every 10 ms and, with `--tracemalloc`, the bytes Python's allocator holds.
+`--what-if` tries a fix from outside before anyone changes the product: `duckdb-limits` (every
+DuckDB connection gets `memory_limit` 64MB and one thread), `trim` (after each Prefect task,
+Arrow's pool releases unused memory and glibc's malloc_trim returns freed heap to the system).
 Phase marks come from the interpreter's start, the imports, and Prefect's own log records
 (flow and task runs created and finished), so no product code is touched. At exit it prints, as
 its last line, `{"phases": [...], "peak_mb": ...}`: per phase its start and length in seconds,
@@ -102,12 +105,49 @@ class PrefectMarks(logging.Handler):
             self.probe.mark(f"{text.split(' for ')[0].split(' in state')[0]} {who}".strip())
 
 
+def _duckdb_limits() -> None:
+    import duckdb
+    from ledgerflow.blocks import duckdb_common
+
+    plain = duckdb_common.DuckDBHandle.connect
+
+    def connect(self: duckdb_common.DuckDBHandle) -> duckdb.DuckDBPyConnection:
+        con = plain(self)
+        con.execute("SET memory_limit = '64MB'")
+        con.execute("SET threads = 1")
+        return con
+
+    duckdb_common.DuckDBHandle.connect = connect  # type: ignore[method-assign]
+
+
+class Trim(logging.Handler):
+    """Hands freed memory (Arrow's pool, then glibc's heap) back to the system whenever a
+    Prefect task run finishes."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        import ctypes
+
+        self.libc = ctypes.CDLL("libc.so.6")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("Finished in state"):
+            import pyarrow as pa
+
+            pa.default_memory_pool().release_unused()
+            self.libc.malloc_trim(0)
+
+
 def main() -> None:
     args = sys.argv[1:]
     heap = args[:1] == ["--tracemalloc"]
     if heap:
         args = args[1:]
         tracemalloc.start()
+    what_if: list[str] = []
+    while args[:1] == ["--what-if"]:
+        what_if.append(args[1])
+        args = args[2:]
     before_main = _process_start_s() - (time.perf_counter() - T0)
     probe = Probe(heap)
     probe.thread.start()
@@ -121,12 +161,17 @@ def main() -> None:
     handler = PrefectMarks(probe)
     for name in ("prefect.flow_runs", "prefect.task_runs", "prefect.engine"):
         logging.getLogger(name).addHandler(handler)
+    if "duckdb-limits" in what_if:
+        _duckdb_limits()
+    if "trim" in what_if:
+        logging.getLogger("prefect.task_runs").addHandler(Trim())
     code = 0
     try:
         app(args, prog_name="ledgerflow")
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     report = probe.report(before_main)
+    report["what_if"] = what_if
     print(json.dumps(report))
     sys.exit(code)
 
