@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import inspect
 import sys
+from collections.abc import Callable
 
 from bench import es_extract, ledger, orchestration, peers, stage_s3
 
-SUITES = {
+SUITES: dict[str, Callable[..., None]] = {
     "ledger": ledger.main,
     "orchestration": orchestration.main,
     "elasticsearch": es_extract.main,
@@ -27,8 +28,8 @@ def main(argv: list[str] | None = None) -> int:
         "--docs",
         type=int,
         nargs="+",
-        help="window sizes in documents, for the suites that take them (elasticsearch, s3, "
-        "peers), e.g. --docs 20000 for a quick smoke run",
+        help="window sizes for the suites that take them (elasticsearch and peers: documents, "
+        "s3: rows), e.g. `peers --docs 20000` for a quick smoke run",
     )
     args = parser.parse_args(argv)
     for name in args.suites or SUITES:

@@ -63,9 +63,9 @@ def _doc(i: int, moment: datetime) -> dict[str, Any]:
 
 
 def _moments(n: int) -> list[datetime]:
-    """n instants inside the window, then n // 100 in the hour before and after it (a contender
-    that ignores the window's bounds, or misreads `lt`/`gte`, loads the wrong count). The last
-    instant before START and END itself belong to no window here."""
+    """n instants inside the window, then n // 100 just outside it: one second apart before START,
+    and from END itself on (a contender that ignores the window's bounds, or reads its end as
+    inclusive, loads the wrong count)."""
     step = 7_200_000_000 / n
     inside = [START + timedelta(microseconds=int(i * step)) for i in range(n)]
     edge = max(1, n // 100)
@@ -175,7 +175,7 @@ def _ledgerflow(root: Path, home: Path, name: str, n: int) -> Run:
 
 async def _ingestr(admin: str, proxy: str, index: str, work: Path, n: int) -> Run:
     """ingestr into a throwaway Postgres database; then count what landed there."""
-    import asyncpg
+    import asyncpg  # type: ignore[import-untyped]
 
     from bench.postgres import fresh_database
 
