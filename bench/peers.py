@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import median, run_measured, show
+from bench.es_extract import document
 
 START = datetime(2025, 3, 9, 10, tzinfo=UTC)
 END = START + timedelta(hours=2)
@@ -47,19 +48,6 @@ PAGING_NOTE = (
     "ledgerflow pages by sliced scroll (point_in_time=never, page 1000, 2 slices); "
     "ingestr by its own scroll (page 1000, 1 slice)"
 )
-
-
-def _doc(i: int, moment: datetime) -> dict[str, Any]:
-    return {
-        "@timestamp": moment.isoformat().replace("+00:00", "Z"),
-        "service": ("web", "api", "worker")[i % 3],
-        "host": f"node-{i % 17:02d}.prod.internal",
-        "status": 200 if i % 23 else 503,
-        "latency_ms": (i * 37) % 900,
-        "user": {"id": f"u{i % 5000:05d}", "country": ("US", "DE", "IN", "BR")[i % 4]},
-        "message": f"GET /api/v2/items/{i % 9973} completed for session "
-        f"s{i * 7919 % 1_000_003:07d} with cache=miss region=us-west-2 retries=0",
-    }
 
 
 def _moments(n: int) -> list[datetime]:
@@ -84,7 +72,7 @@ async def _load(url: str, index: str, n: int) -> None:
     for lo in range(0, len(moments), 10_000):
         ops: list[dict[str, Any]] = []
         for i in range(lo, min(len(moments), lo + 10_000)):
-            ops += [{"index": {"_index": index, "_id": f"d{i:07d}"}}, _doc(i, moments[i])]
+            ops += [{"index": {"_index": index, "_id": f"d{i:07d}"}}, document(i, moments[i])]
         result = await es.bulk(operations=ops)
         assert not result["errors"]
     await es.indices.refresh(index=index)
