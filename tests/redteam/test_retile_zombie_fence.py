@@ -80,6 +80,7 @@ def test_a_worker_frozen_across_a_retile_writes_nothing(
             f"the re-tiled window's claim carries fence {new.fence_token}, not above the "
             f"superseded claim's {lease.fence}: the target's fence lets the zombie through"  # type: ignore[attr-defined]
         )
+
     # The zombie wakes inside replace(): its claim was superseded, so it must write nothing.
     async def wake() -> None:
         fence = Fence(name, window.start, lease.fence)  # type: ignore[attr-defined]

@@ -40,9 +40,7 @@ def test_two_pipelines_sharing_a_target_table_lose_no_rows_silently(tmp_path: Pa
     ran = [run(a), run(b)]
     expected = sorted(ids(first.source_path, LO, HI) + ids(second.source_path, LO, HI))
     loaded = ids(first.warehouse, LO, HI)
-    statuses = {
-        r.pipeline_status for p in (first, second) for r in asyncio.run(p.records())
-    }
+    statuses = {r.pipeline_status for p in (first, second) for r in asyncio.run(p.records())}
     # Either both pipelines' rows are there, or something says it is not fine.
     fine = all(s.is_completed() for s in ran) and statuses == {Status.COMPLETED}
     assert loaded == expected or not fine, (
