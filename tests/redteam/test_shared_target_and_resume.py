@@ -30,6 +30,13 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 LO, HI = DEMO_START, DEMO_START + timedelta(hours=2)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "known hole, FINDINGS.md #2: the target deletes and counts by time range only, so two "
+        "pipelines sharing a table erase each other"
+    ),
+)
 def test_two_pipelines_sharing_a_target_table_lose_no_rows_silently(tmp_path: Path) -> None:
     first = Pipeline(tmp_path / "a", rows=400)
     second = Pipeline(tmp_path / "b", rows=300)
@@ -49,6 +56,13 @@ def test_two_pipelines_sharing_a_target_table_lose_no_rows_silently(tmp_path: Pa
     )
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "known hole, FINDINGS.md #4: a resumed stage is trusted on an equal row count, so a "
+        "deleted row replaced by a late one goes unseen"
+    ),
+)
 def test_a_resumed_stage_never_loads_rows_the_source_no_longer_holds(
     tmp_path: Path, ledger_url: str
 ) -> None:
