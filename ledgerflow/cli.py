@@ -64,9 +64,16 @@ def parse_instant(text: str, option: str) -> datetime:
     return as_utc(value)
 
 
+_WITHOUT_PREFECT_API = frozenset({"plan", "demo"})
+"""Commands that start no Prefect API here: `plan` needs none, and `demo` sets up its own Prefect
+home before Prefect is imported (so it must be the first to import it)."""
+
+
 @app.callback()
-def main() -> None:
+def main(ctx: typer.Context) -> None:
     """Windowed batch ELT on Prefect 2: every window loaded exactly once."""
+    if ctx.invoked_subcommand in _WITHOUT_PREFECT_API:
+        return
     from ledgerflow.prefect_home import start_ephemeral_api
 
     start_ephemeral_api()  # several commands may start at once on one fresh Prefect home
