@@ -51,7 +51,17 @@ $(ELASTICDUMP):
 	  && npm install --prefix .bench --no-audit --no-fund --silent elasticdump@6 \
 	  || echo "npm is not installed: the benchmark will skip elasticdump"
 
-bench: $(STAMP) $(ELASTICDUMP)
+INGESTR_VENV := .bench/ingestr
+INGESTR      := $(INGESTR_VENV)/bin/ingestr
+
+# ingestr is the peer of a whole window run (bench/peers.py), in a virtualenv of its own. 0.15.x
+# ships its Go binary in the wheel; 1.x downloads it at run time, which fails offline.
+$(INGESTR):
+	@( $(PYTHON) -m venv $(INGESTR_VENV) \
+	  && $(INGESTR_VENV)/bin/python -m pip install --quiet --disable-pip-version-check 'ingestr==0.15.9' ) \
+	  || echo "ingestr could not be installed: the benchmark will skip it"
+
+bench: $(STAMP) $(ELASTICDUMP) $(INGESTR)
 	$(BIN)/python -m bench $(SUITES)
 
 chaos: $(STAMP)

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
+from collections.abc import Callable
 
-from bench import es_extract, ledger, orchestration, stage_s3
+from bench import es_extract, ledger, orchestration, peers, stage_s3
 
-SUITES = {
+SUITES: dict[str, Callable[..., None]] = {
     "ledger": ledger.main,
     "orchestration": orchestration.main,
     "elasticsearch": es_extract.main,
     "s3": stage_s3.main,
+    "peers": peers.main,
 }
 
 
@@ -21,9 +24,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--repeat", type=int, default=3, help="runs per contender; medians are quoted"
     )
+    parser.add_argument(
+        "--docs",
+        type=int,
+        nargs="+",
+        help="window sizes for the suites that take them (elasticsearch and peers: documents, "
+        "s3: rows), e.g. `peers --docs 20000` for a quick smoke run",
+    )
     args = parser.parse_args(argv)
     for name in args.suites or SUITES:
-        SUITES[name](repeat=args.repeat)
+        suite = SUITES[name]
+        if args.docs and "sizes" in inspect.signature(suite).parameters:
+            suite(repeat=args.repeat, sizes=tuple(args.docs))
+        else:
+            suite(repeat=args.repeat)
     return 0
 
 

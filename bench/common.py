@@ -46,13 +46,15 @@ def own_peak_mb() -> float:
     return _hwm_mb() or peak_rss_mb()
 
 
-def run_measured(args: list[str], cwd: Path | None = None) -> tuple[float, float, str]:
+def run_measured(
+    args: list[str], cwd: Path | None = None, env: dict[str, str] | None = None
+) -> tuple[float, float, str]:
     """Run a contender to the end; return (wall seconds, peak RSS MB, stdout).
 
     The peak is the contender's own (VmHWM, polled while it runs); a worker that prints JSON
     with `peak_mb` (its own VmHWM at exit) gives the exact figure, which wins."""
     started = time.perf_counter()
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd)
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd, env=env)
     peak = 0.0
     done = threading.Event()
 

@@ -31,7 +31,11 @@ ELASTICDUMP = ROOT / ".bench" / "node_modules" / ".bin" / "elasticdump"
 
 
 def _doc(i: int, n: int) -> dict[str, Any]:
-    moment = START + timedelta(microseconds=int(i * (7_200_000_000 / n)))
+    return document(i, START + timedelta(microseconds=int(i * (7_200_000_000 / n))))
+
+
+def document(i: int, moment: datetime) -> dict[str, Any]:
+    """The i-th log event of the benchmark indices (about 300 bytes), stamped `moment`."""
     return {
         "@timestamp": moment.isoformat().replace("+00:00", "Z"),
         "service": ("web", "api", "worker")[i % 3],

@@ -110,6 +110,9 @@ WHEN = "ISO 8601 instant with offset, or a date: local midnight in the pipeline'
 @app.callback()
 def main() -> None:
     """Windowed batch ELT on Prefect 2: every window loaded exactly once."""
+    # Nothing here starts Prefect: commands that load blocks call `need_config`/`prefect_ready`,
+    # so `plan`, `demo` (which must import Prefect first, after choosing its own home) and
+    # `--help` start fast.
 
 
 def prefect_ready(*, saves_blocks: bool = False) -> None:

@@ -137,7 +137,9 @@ async def rescan(
         if reason is None:
             continue
         if not dry_run:
-            await ledger.reopen(pipeline_id, [record.id or 0], f"rescan: {reason}")
+            # Forced: a change was seen, and equal counts no longer prove the target right (a late
+            # row and a duplicated one cancel out; the reload must not be skipped on them).
+            await ledger.reopen(pipeline_id, [record.id or 0], f"rescan: {reason}", force=True)
         result.changed.append(
             RescanResult(
                 window_start=record.window.to_dict()["start"],
