@@ -190,8 +190,9 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of 
 @contextlib.asynccontextmanager
 async def open_pipeline(config_name: str) -> AsyncIterator[tuple[Any, Ledger]]:
     """The validated config block and an open Ledger it points at."""
+    from ledgerflow.blocks import ledger_db  # noqa: F401  (the ledger's block, not every block)
     from ledgerflow.blocks.config import load_final_config
-    from ledgerflow.flows.pipeline import load_block
+    from ledgerflow.blocks.loading import load_block
 
     config = await load_final_config(config_name)
     ledger_block = await load_block(config.ledger_block, "ledger_block")
@@ -236,7 +237,7 @@ def init(
         if config is None:
             return slugs, None, []
         from ledgerflow.blocks.config import load_final_config
-        from ledgerflow.flows.pipeline import load_block
+        from ledgerflow.blocks.loading import load_block
 
         cfg = await load_final_config(config)
         block = await load_block(cfg.ledger_block, "ledger_block")
