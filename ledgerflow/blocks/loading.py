@@ -13,15 +13,18 @@ from ledgerflow.errors import ConfigError
 async def load_block(slug: str, field: str, protocol: type | None = None) -> Any:
     """Load a block by slug; name the config field when it is missing or of the wrong kind.
 
-    Block.load needs the block's class imported. A class already imported is used as it is
-    (a read-only command imports the ledger block alone); any other type imports the catalog
-    of every block ledgerflow knows, which pulls in the AWS, Elasticsearch and Snowflake clients
-    (over a second of a command's start)."""
-    block_type = slug.partition("/")[0]
+    Loading needs the block's class imported. A class already imported is used as it is (a
+    read-only command imports the ledger block alone); any other type imports the catalog of
+    every block ledgerflow knows, which pulls in the AWS, Elasticsearch and Snowflake clients.
+    The class's own `load` is called, not `Block.load`: that one imports every installed Prefect
+    collection first to look the class up (about a second of a command's start)."""
+    block_type, _, name = slug.partition("/")
     if block_type not in (get_registry_for_type(Block) or {}):
         from ledgerflow.blocks import catalog  # noqa: F401  (registers every block type)
+    block_class = (get_registry_for_type(Block) or {}).get(block_type)
     try:
-        block = await Block.load(slug)
+        # A class's own load takes the document's name; Block.load the whole slug.
+        block = await (Block.load(slug) if block_class is None else block_class.load(name))
     except ValueError as exc:
         raise ConfigError(
             f"{field}={slug!r} names no saved block ({exc}); save it on this Prefect API "
