@@ -203,11 +203,11 @@ class SnowflakeTarget(Block):
             return loaded
 
         if self.create_table:
-            await self._create_once()
-        fences = (self.connector.database, self.connector.schema_, sql.fence_table(self.table))
-        if fences not in _FENCES_MADE:  # once per process: a session costs a login
-            await self._session(self._create_fences, "create fence table", transactional=False)
-            _FENCES_MADE.add(fences)
+            await self._create_once(self.table, self._create_table_sql, "create table")
+        fences = sql.fence_table(self.table)
+        await self._create_once(
+            fences, lambda: sql.create_fence_table_sql(fences), "create fence table"
+        )
         return await self._session(run, "replace", transactional=True)
 
     def _advance_fence(self, cur: Any, fence: Fence) -> None:
@@ -269,49 +269,45 @@ class SnowflakeTarget(Block):
             )
         return sum(int(r.get("rows_loaded") or 0) for r in results)
 
-    async def _create_once(self) -> None:
-        """Create the table in its own session, once per process, before the window's load.
+    def _create_table_sql(self) -> str:
+        return sql.create_table_sql(
+            self.table, self.timestamp_column, self.window_start_column, self.loaded_at_column
+        )
+
+    async def _create_once(self, table: str, ddl: Callable[[], str], action: str) -> None:
+        """Run `ddl()` (a CREATE TABLE IF NOT EXISTS) in its own session, once per process and
+        table, before the window's load: a session costs a login, and the load's transaction
+        then holds no DDL.
 
         This process's windows take turns, so they never race to create it. Workers in other
         processes still may: a concurrent CREATE TABLE IF NOT EXISTS can conflict (the emulator
         answers a write-write conflict), and the table exists once one of them wins, so a
         conflict is retried once here rather than costing the window a task retry.
         """
-        key = self._table_key()
+        key = self._table_key(table)
         if key in _created_tables:
             return
+
+        def create(cur: Any) -> None:
+            with _creating_tables:
+                if key not in _created_tables:
+                    cur.execute(ddl())
+                    _created_tables.add(key)
+
         try:
-            await self._session(self._create, "create table", transactional=False)
+            await self._session(create, action, transactional=False)
         except TargetError:
-            await self._session(self._create, "create table", transactional=False)
+            await self._session(create, action, transactional=False)
 
-    def _create(self, cur: Any) -> None:
-        with _creating_tables:
-            key = self._table_key()
-            if key in _created_tables:
-                return
-            cur.execute(
-                sql.create_table_sql(
-                    self.table,
-                    self.timestamp_column,
-                    self.window_start_column,
-                    self.loaded_at_column,
-                )
-            )
-            _created_tables.add(key)
-
-    def _table_key(self) -> tuple[str, ...]:
+    def _table_key(self, table: str) -> tuple[str, ...]:
         credentials = self.connector.credentials
         return (
             credentials.account,
             str(self.connect_args.get("host", "")),
             self.connector.database,
             self.connector.schema_,
-            self.table,
+            table,
         )
-
-    def _create_fences(self, cur: Any) -> None:
-        cur.execute(sql.create_fence_table_sql(sql.fence_table(self.table)))
 
     def _table_exists(self, cur: Any) -> bool:
         try:
@@ -391,10 +387,6 @@ def terminal_reason(exc: sf_errors.Error) -> str | None:
     if isinstance(exc, sf_errors.ForbiddenError):
         return "the account name is wrong or the login was forbidden (HTTP 403)"
     return _TERMINAL.get(exc.errno or 0)
-
-
-_FENCES_MADE: set[tuple[str, str, str]] = set()
-"""Fence tables this process created or found (database, schema, table)."""
 
 
 def _cancel_all(connection: Any) -> None:
