@@ -7,18 +7,20 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import AsyncIterator, Coroutine
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from datetime import UTC, date, datetime, time
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from ledgerflow.errors import LedgerflowError
-from ledgerflow.ledger import Ledger
-from ledgerflow.windows import as_utc, windows_between
+from ledgerflow.windows import as_utc
+
+if TYPE_CHECKING:
+    from ledgerflow.ledger import Ledger
 
 app = typer.Typer(
     name="ledgerflow",
@@ -52,45 +54,109 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
         raise fail(f"the ledger database refused the request: {exc.orig}") from None
 
 
-def parse_instant(text: str, option: str) -> datetime:
+def parse_when(text: str, option: str) -> datetime | date:
+    """An ISO 8601 instant with its offset, or a plain date (read later in the pipeline's zone)."""
+    if len(text) == 10:
+        try:
+            return date.fromisoformat(text)
+        except ValueError:
+            pass
     try:
         value = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise fail(
-            f"{option}={text!r} is not an ISO 8601 instant, e.g. 2025-03-09T00:00:00Z"
+            f"{option}={text!r} is not an ISO 8601 instant or a date, e.g. "
+            "2025-03-09T00:00:00Z or 2025-03-09"
         ) from None
     if value.tzinfo is None:
-        raise fail(f"{option}={text!r} has no UTC offset; add Z or e.g. -08:00")
+        raise fail(f"{option}={text!r} has no UTC offset; add Z or e.g. -08:00, or give a date")
     return as_utc(value)
 
 
-_WITHOUT_PREFECT_API = frozenset({"plan", "demo"})
-"""Commands that start no Prefect API here: `plan` needs none, and `demo` sets up its own Prefect
-home before Prefect is imported (so it must be the first to import it)."""
+def in_zone(value: datetime | date, timezone: str) -> datetime:
+    """A plain date is local midnight in `timezone`; an instant stays as it is."""
+    from ledgerflow.windows import to_utc, zone
+
+    if isinstance(value, datetime):
+        return value
+    try:
+        return to_utc(value, time(), zone(timezone))  # the grid's rule for local wall times
+    except LedgerflowError as exc:
+        raise fail(str(exc)) from None
+
+
+def span(
+    lo: datetime | date, hi: datetime | date, timezone: str, start: str, end: str
+) -> tuple[datetime, datetime]:
+    """--start and --end as instants in `timezone`, the end after the start."""
+    lo_at, hi_at = in_zone(lo, timezone), in_zone(hi, timezone)
+    if hi_at <= lo_at:
+        raise fail(f"--end={end!r} must be after --start={start!r}")
+    return lo_at, hi_at
+
+
+def parse_span(start: str, end: str) -> tuple[datetime | date, datetime | date]:
+    """--start and --end parsed; refused at once when both are of one kind and out of order
+    (a date and an instant are compared once the pipeline's zone is known)."""
+    lo, hi = parse_when(start, "--start"), parse_when(end, "--end")
+    if isinstance(lo, datetime) == isinstance(hi, datetime):
+        span(lo, hi, "UTC", start, end)
+    return lo, hi
+
+
+WHEN = "ISO 8601 instant with offset, or a date: local midnight in the pipeline's timezone"
 
 
 @app.callback()
-def main(ctx: typer.Context) -> None:
+def main() -> None:
     """Windowed batch ELT on Prefect 2: every window loaded exactly once."""
-    if ctx.invoked_subcommand in _WITHOUT_PREFECT_API:
-        return
+    # Nothing here starts Prefect: commands that load blocks call `need_config`/`prefect_ready`,
+    # so `plan`, `demo` (which must import Prefect first, after choosing its own home) and
+    # `--help` start fast.
+
+
+def prefect_ready(*, saves_blocks: bool = False) -> None:
+    """Start Prefect's ephemeral API (when there is no server) before the first block is read.
+
+    Only commands that load blocks call this: `plan`, `demo` and `--help` never start Prefect."""
     from ledgerflow.prefect_home import start_ephemeral_api
 
-    start_ephemeral_api()  # several commands may start at once on one fresh Prefect home
+    start_ephemeral_api(saves_blocks=saves_blocks)  # several commands may start at once
+
+
+def need_config(name: str | None, *, saves_blocks: bool = False) -> str:
+    """The -c value, or an error that lists the PipelineConfig blocks to choose from.
+
+    Starts Prefect's ephemeral API first: every command that needs a pipeline loads blocks."""
+    prefect_ready(saves_blocks=saves_blocks)
+    if name:
+        return name
+    from ledgerflow.blocks.config import pipeline_config_names, saved_configs_sentence
+
+    names = run_async(pipeline_config_names())
+    raise fail(
+        f"-c/--config NAME is needed (a PipelineConfig block); {saved_configs_sentence(names)}"
+    )
 
 
 @app.command()
 def plan(
     timezone: Annotated[str, typer.Option(help="IANA timezone, e.g. America/Los_Angeles")],
     granularity: Annotated[str, typer.Option(help="Window size: a divisor of 24h or whole days")],
-    start: Annotated[str, typer.Option(help="ISO 8601 instant with offset")],
-    end: Annotated[str, typer.Option(help="ISO 8601 instant with offset")],
+    start: Annotated[str, typer.Option(help="ISO 8601 instant with offset, or a local date")],
+    end: Annotated[str, typer.Option(help="ISO 8601 instant with offset, or a local date")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
 ) -> None:
-    """Print the windows that tile [start, end), to see what a DST day does before deploying."""
-    lo, hi = parse_instant(start, "--start"), parse_instant(end, "--end")
-    if hi <= lo:
-        raise fail(f"--end={end!r} must be after --start={start!r}")
+    """Print the windows that tile [start, end), to see what a DST day does before deploying.
+
+    A plain date (2025-03-09) is local midnight in --timezone. Needs no Prefect."""
+    from ledgerflow.windows import windows_between, zone
+
+    try:
+        zone(timezone)
+    except LedgerflowError as exc:
+        raise fail(str(exc)) from None
+    lo, hi = span(parse_when(start, "--start"), parse_when(end, "--end"), timezone, start, end)
     try:
         windows = windows_between(lo, hi, timezone, granularity)
     except LedgerflowError as exc:
@@ -115,15 +181,18 @@ def plan(
     console.print(table)
 
 
-ConfigOption = Annotated[str, typer.Option("--config", "-c", help="PipelineConfig block name")]
+ConfigOption = Annotated[
+    str | None, typer.Option("--config", "-c", help="PipelineConfig block name (required)")
+]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables")]
 
 
 @contextlib.asynccontextmanager
 async def open_pipeline(config_name: str) -> AsyncIterator[tuple[Any, Ledger]]:
     """The validated config block and an open Ledger it points at."""
+    from ledgerflow.blocks import ledger_db  # noqa: F401  (the ledger's block, not every block)
     from ledgerflow.blocks.config import load_final_config
-    from ledgerflow.flows.pipeline import load_block
+    from ledgerflow.blocks.loading import load_block
 
     config = await load_final_config(config_name)
     ledger_block = await load_block(config.ledger_block, "ledger_block")
@@ -159,6 +228,7 @@ def init(
     Safe to run again. The block types let the Prefect UI create ledgerflow blocks; saving a
     block from Python or `ledgerflow blocks register` registers its own type too.
     """
+    prefect_ready(saves_blocks=True)
 
     async def go() -> tuple[list[str], str | None, list[int]]:
         from ledgerflow.blocks.catalog import register_block_types
@@ -167,7 +237,7 @@ def init(
         if config is None:
             return slugs, None, []
         from ledgerflow.blocks.config import load_final_config
-        from ledgerflow.flows.pipeline import load_block
+        from ledgerflow.blocks.loading import load_block
 
         cfg = await load_final_config(config)
         block = await load_block(cfg.ledger_block, "ledger_block")
@@ -186,63 +256,71 @@ def init(
 
 
 @app.command()
-def status(config: ConfigOption = "default", as_json: JsonOption = False) -> None:
-    """Counts per status, the oldest pending window and its age, the lag, and failures."""
-    from ledgerflow.report import human, summary_dict, windows_table
+def status(config: ConfigOption = None, as_json: JsonOption = False) -> None:
+    """Counts per status, the oldest pending window and its age, the lag, and failures.
+
+    Times are the pipeline's local time (UTC in --json)."""
+    from ledgerflow.report import human, local_time, summary_dict, windows_table
+
+    name = need_config(config)
 
     async def go() -> tuple[Any, Any]:
-        async with open_pipeline(config) as (cfg, ledger):
+        async with open_pipeline(name) as (cfg, ledger):
             return cfg, await ledger.summary(cfg.pipeline_id)
 
     cfg, summary = run_async(go())
-    data = summary_dict(summary, cfg.timezone)
+    now = datetime.now(UTC)
+    data = summary_dict(summary, cfg.timezone, now)
     if as_json:
         typer.echo(json.dumps(data, indent=2, default=str))
         return
+    tz = cfg.timezone
     counts = "  ".join(f"{k}: [bold]{v}[/]" for k, v in summary.counts.items())
     console.print(f"[bold]{cfg.pipeline_id}[/]  {counts}")
-    now = datetime.now(UTC)
     lag = summary.lag(now)
+    newest = summary.newest_completed_end
     console.print(
-        f"loaded up to: {summary.newest_completed_end or 'nothing yet'}"
+        f"loaded up to: {'nothing yet' if newest is None else local_time(newest, tz)}"
         + (f"  (lag {human(lag)} behind now)" if lag else "")
     )
     if summary.oldest_pending is not None:
         age = now - summary.oldest_pending.window_end_time
         console.print(
-            f"oldest pending: {summary.oldest_pending.window_start_time.isoformat()} "
+            f"oldest pending: {local_time(summary.oldest_pending.window_start_time, tz)} "
             f"(ended {human(age)} ago)"
         )
     for fault in summary.faults:
         console.print(
             f"[bold red]{fault.kind}[/] in the registered windows: "
-            f"{fault.start.isoformat()} - {fault.end.isoformat()}"
+            f"{local_time(fault.start, tz)} - {local_time(fault.end, tz)}"
             + (" (never registered: backfill it)" if fault.kind == "gap" else " (registered twice)")
         )
     if summary.in_progress:
-        console.print(windows_table(summary.in_progress, cfg.timezone, "In progress"))
+        console.print(windows_table(summary.in_progress, tz, "In progress", now))
     if summary.failed:
-        console.print(windows_table(summary.failed, cfg.timezone, "Failed (newest first)"))
+        console.print(windows_table(summary.failed, tz, "Failed (newest first)", now))
         for r in summary.failed:
-            console.print(
-                f"  [red]id={r.id}[/] {r.window_start_time.isoformat()}: {r.error_message}"
-            )
+            console.print(f"  [red]id={r.id}[/] {local_time(r.window_start_time, tz)}: ", end="")
+            console.print(r.error_message or "-", markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
 def windows(
-    config: ConfigOption = "default",
+    config: ConfigOption = None,
     status: Annotated[
         list[str] | None,
         typer.Option("--status", "-s", help="PENDING, IN_PROGRESS, COMPLETED or FAILED"),
     ] = None,
-    start: Annotated[str | None, typer.Option(help="Windows starting at or after (ISO)")] = None,
-    end: Annotated[str | None, typer.Option(help="Windows starting before (ISO)")] = None,
+    start: Annotated[
+        str | None, typer.Option(help=f"Windows starting at or after ({WHEN})")
+    ] = None,
+    end: Annotated[str | None, typer.Option(help=f"Windows starting before ({WHEN})")] = None,
     limit: Annotated[int, typer.Option(help="At most this many")] = 200,
     newest: Annotated[bool, typer.Option("--newest", help="Newest first")] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """List windows with their status, phase, counts, attempts and durations."""
+    """List windows: id, local window, status, phase, audit, tries and seconds; the error of
+    FAILED windows and the heartbeat age of IN_PROGRESS ones."""
     from ledgerflow.ledger import Status
     from ledgerflow.report import record_dict, windows_table
 
@@ -250,72 +328,179 @@ def windows(
     wanted = [s.upper() for s in status or []]
     if bad := [s for s in wanted if s not in allowed]:
         raise fail(f"--status {bad[0]!r} is not a status; allowed: {sorted(allowed)}")
-    lo = parse_instant(start, "--start") if start else None
-    hi = parse_instant(end, "--end") if end else None
+    lo = parse_when(start, "--start") if start else None
+    hi = parse_when(end, "--end") if end else None
+    name = need_config(config)
 
     async def go() -> tuple[Any, list[Any]]:
-        async with open_pipeline(config) as (cfg, ledger):
+        async with open_pipeline(name) as (cfg, ledger):
             rows = await ledger.windows(
-                cfg.pipeline_id, statuses=wanted, start=lo, end=hi, limit=limit, newest_first=newest
+                cfg.pipeline_id,
+                statuses=wanted,
+                start=None if lo is None else in_zone(lo, cfg.timezone),
+                end=None if hi is None else in_zone(hi, cfg.timezone),
+                limit=limit,
+                newest_first=newest,
             )
             return cfg, rows
 
     cfg, rows = run_async(go())
+    now = datetime.now(UTC)
     if as_json:
-        typer.echo(json.dumps([record_dict(r, cfg.timezone) for r in rows], indent=2, default=str))
+        data = [record_dict(r, cfg.timezone, now) for r in rows]
+        typer.echo(json.dumps(data, indent=2, default=str))
         return
-    console.print(windows_table(rows, cfg.timezone, f"{len(rows)} window(s) of {cfg.pipeline_id}"))
+    if not rows:
+        filters = [f"status {' or '.join(wanted)}"] if wanted else []
+        filters += [f"starting at or after {start}"] if start else []
+        filters += [f"starting before {end}"] if end else []
+        console.print(
+            f"no windows match in {cfg.pipeline_id}"
+            + (f" ({', '.join(filters)})" if filters else ""),
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        return
+    title = f"{len(rows)} window(s) of {cfg.pipeline_id}"
+    console.print(windows_table(rows, cfg.timezone, title, now))
+
+
+@contextlib.contextmanager
+def prefect_console(verbose: bool) -> Iterator[None]:
+    """Prefect's log lines off the terminal for a run, unless `verbose` (then at least INFO).
+
+    Through Prefect's own environment overrides of its logging config, because every flow run
+    applies that config again (engine `setup_logging()`): levels set on loggers or handlers
+    directly would not last into the run. Only the console handler is raised when quiet, so
+    the run's logs still reach the Prefect API (the UI)."""
+    import logging
+
+    from prefect.logging.configuration import setup_logging
+
+    setup_logging()  # the level the configuration gives, as the run will apply it
+    if not verbose:
+        overrides = {"PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "CRITICAL"}
+    elif logging.getLogger("prefect").getEffectiveLevel() > logging.INFO:
+        overrides = {"PREFECT_LOGGING_LOGGERS_PREFECT_LEVEL": "INFO"}
+    else:
+        overrides = {}
+    saved = {name: os.environ.get(name) for name in overrides}
+    # An incremental config does not set a level back to 0 (NOTSET): restore them by hand.
+    levels = {h: h.level for h in logging.getLogger().handlers}
+    os.environ.update(overrides)
+    setup_logging()
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        setup_logging()
+        for handler, level in levels.items():
+            handler.setLevel(level)
 
 
 @app.command()
 def run(
-    config: ConfigOption = "default",
+    config: ConfigOption = None,
     max_windows: Annotated[
         int | None, typer.Option(help="Process at most this many windows")
     ] = None,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Show Prefect's log lines while it runs")
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Start one ad-hoc flow run in this process and show what it did."""
-    from ledgerflow.flows.pipeline import windowed_pipeline
+    """Start one ad-hoc flow run in this process; print its window table (the run artifact's)
+    and how many eligible windows are still pending."""
+    from ledgerflow.report import run_table
 
-    async def go() -> Any:
-        return await windowed_pipeline(
-            config_block=config, max_windows=max_windows, return_state=True
-        )
+    name = need_config(config, saves_blocks=True)  # a run writes to Prefect: let it register
 
-    state = run_async(go())
-    rows = state.result(raise_on_failure=False, fetch=True) if not state.is_crashed() else []
-    if as_json:
-        typer.echo(
-            json.dumps(
-                {"state": state.type.value, "message": state.message, "windows": rows}, default=str
+    async def go() -> tuple[Any, Any, int]:
+        from ledgerflow.blocks.config import load_final_config
+        from ledgerflow.flows.pipeline import windowed_pipeline
+
+        # Before the flow starts: a config that does not load is one line, not a failed run.
+        cfg = await load_final_config(name)
+        with prefect_console(verbose):
+            state = await windowed_pipeline(
+                config_block=name, max_windows=max_windows, return_state=True
             )
-        )
+        async with open_pipeline(name) as (_, ledger):
+            pending = await ledger.count_eligible(cfg.pipeline_id, lag=cfg.lag)
+        return cfg, state, pending
+
+    cfg, state, pending = run_async(go())
+    rows = state.result(raise_on_failure=False, fetch=True) if not state.is_crashed() else []
+    rows = rows if isinstance(rows, list) else []
+    budget = max_windows or cfg.windows_per_run
+    # Only a run that used its whole budget left them behind; otherwise they became eligible
+    # (or were reset) after its last claim.
+    still = pending if len(rows) >= budget else 0
+    if as_json:
+        data = {
+            "state": state.type.value,
+            "message": state.message,
+            "windows": rows,
+            "pending_eligible": pending,
+        }
+        typer.echo(json.dumps(data, default=str))
     else:
-        console.print(f"[bold]{state.type.value}[/]: {state.message}")
+        if rows:
+            console.print(run_table(rows, f"{cfg.pipeline_id}: {len(rows)} window(s)"))
+        console.print(f"[bold]{state.type.value}[/]: ", end="")
+        console.print(state.message, markup=False, highlight=False, soft_wrap=True)
+        if still:
+            console.print(f"{still} window(s) still pending: run again")
     if not state.is_completed():
         raise typer.Exit(code=1)
 
 
 @app.command()
 def retry(
-    config: ConfigOption = "default",
+    config: ConfigOption = None,
     ids: Annotated[
         list[int] | None, typer.Option("--id", help="Window ids (default: all FAILED)")
     ] = None,
     start: Annotated[
-        str | None, typer.Option(help="Only windows starting at or after (ISO)")
+        str | None, typer.Option(help=f"Only windows starting at or after ({WHEN})")
     ] = None,
-    end: Annotated[str | None, typer.Option(help="Only windows starting before (ISO)")] = None,
+    end: Annotated[str | None, typer.Option(help=f"Only windows starting before ({WHEN})")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Put FAILED windows back to PENDING (a window that failed while loading resumes at load)."""
-    lo = parse_instant(start, "--start") if start else None
-    hi = parse_instant(end, "--end") if end else None
+    from ledgerflow.errors import ConfigError
+    from ledgerflow.ledger import Status
+
+    lo = parse_when(start, "--start") if start else None
+    hi = parse_when(end, "--end") if end else None
+    name = need_config(config)
 
     async def go() -> list[Any]:
-        async with open_pipeline(config) as (cfg, ledger):
-            return await ledger.reset_failed(cfg.pipeline_id, ids=ids, start=lo, end=hi)
+        async with open_pipeline(name) as (cfg, ledger):
+            for record_id in ids or []:
+                # Every id is checked before any is reset: a typo resets nothing.
+                record = await ledger.get(record_id)
+                if record is None or record.pipeline_id != cfg.pipeline_id:
+                    raise ConfigError(
+                        f"--id {record_id} is not a window of {cfg.pipeline_id}; "
+                        f"see `ledgerflow windows -c {name} --status FAILED`"
+                    )
+                if record.pipeline_status != Status.FAILED:
+                    raise ConfigError(
+                        f"--id {record_id} is {record.pipeline_status}, not FAILED; only "
+                        "FAILED windows are retried (reopen loaded ones with `ledgerflow reload`)"
+                    )
+            return await ledger.reset_failed(
+                cfg.pipeline_id,
+                ids=ids,
+                start=None if lo is None else in_zone(lo, cfg.timezone),
+                end=None if hi is None else in_zone(hi, cfg.timezone),
+            )
 
     rows = run_async(go())
     if as_json:
@@ -326,20 +511,20 @@ def retry(
 
 @app.command()
 def reload(
-    start: Annotated[str, typer.Option(help="Windows starting at or after (ISO)")],
-    end: Annotated[str, typer.Option(help="Windows starting before (ISO)")],
-    config: ConfigOption = "default",
+    start: Annotated[str, typer.Option(help=f"Windows starting at or after ({WHEN})")],
+    end: Annotated[str, typer.Option(help=f"Windows starting before ({WHEN})")],
+    config: ConfigOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Reopen COMPLETED or FAILED windows starting in [start, end): the next run reloads them."""
     from ledgerflow.ledger import Status
 
-    lo, hi = parse_instant(start, "--start"), parse_instant(end, "--end")
-    if hi <= lo:
-        raise fail(f"--end={end!r} must be after --start={start!r}")
+    lo_when, hi_when = parse_span(start, end)
+    name = need_config(config)
 
     async def go() -> list[Any]:
-        async with open_pipeline(config) as (cfg, ledger):
+        async with open_pipeline(name) as (cfg, ledger):
+            lo, hi = span(lo_when, hi_when, cfg.timezone, start, end)
             done = await ledger.windows(
                 cfg.pipeline_id,
                 statuses=[Status.COMPLETED.value, Status.FAILED.value],
@@ -377,7 +562,7 @@ def refuse_unsafe_age(text: str, seconds: float, cfg: Any) -> None:
 
 @app.command()
 def release(
-    config: ConfigOption = "default",
+    config: ConfigOption = None,
     older_than: Annotated[
         str | None, typer.Option(help="Lock age, e.g. 30m (default: the stale threshold)")
     ] = None,
@@ -391,15 +576,14 @@ def release(
         age = parse_age(older_than) if older_than else None
     except ConfigError as exc:
         raise fail(str(exc)) from None
+    name = need_config(config)
 
     async def go() -> list[Any]:
         if age is not None:  # before the ledger is touched
             from ledgerflow.blocks.config import load_final_config
 
-            refuse_unsafe_age(
-                older_than or "", age.total_seconds(), await load_final_config(config)
-            )
-        async with open_pipeline(config) as (cfg, ledger):
+            refuse_unsafe_age(older_than or "", age.total_seconds(), await load_final_config(name))
+        async with open_pipeline(name) as (cfg, ledger):
             return await ledger.release_stale(
                 cfg.pipeline_id,
                 older_than=age if age is not None else cfg.stale_after,
@@ -420,9 +604,9 @@ def release(
 
 @app.command()
 def backfill(
-    start: Annotated[str, typer.Option(help="ISO instant with offset")],
-    end: Annotated[str, typer.Option(help="ISO instant with offset")],
-    config: ConfigOption = "default",
+    start: Annotated[str, typer.Option(help=WHEN)],
+    end: Annotated[str, typer.Option(help=WHEN)],
+    config: ConfigOption = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Show what would be registered")
     ] = False,
@@ -433,12 +617,12 @@ def backfill(
 
     from ledgerflow.operate import backfill as plan_backfill
 
-    lo, hi = parse_instant(start, "--start"), parse_instant(end, "--end")
-    if hi <= lo:
-        raise fail(f"--end={end!r} must be after --start={start!r}")
+    lo_when, hi_when = parse_span(start, end)
+    name = need_config(config)
 
     async def go() -> Any:
-        async with open_pipeline(config) as (cfg, ledger):
+        async with open_pipeline(name) as (cfg, ledger):
+            lo, hi = span(lo_when, hi_when, cfg.timezone, start, end)
             with Progress(console=console, transient=True, disable=as_json) as bar:
                 task = bar.add_task("registering windows", total=None)
                 return await plan_backfill(
@@ -468,8 +652,8 @@ def backfill(
 
 @app.command()
 def retile(
-    at: Annotated[str, typer.Option(help="ISO instant from which the config's grid applies")],
-    config: ConfigOption = "default",
+    at: Annotated[str, typer.Option(help=f"From when the config's grid applies ({WHEN})")],
+    config: ConfigOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Move the pipeline to the config's grid (timezone, granularity) from --at on.
@@ -481,12 +665,13 @@ def retile(
     progress, loaded or failed refuses the re-tile: pick a later --at."""
     from ledgerflow.windows import Grid
 
-    instant = parse_instant(at, "--at")
+    when = parse_when(at, "--at")
+    name = need_config(config)
 
     async def go() -> Any:
-        async with open_pipeline(config) as (cfg, ledger):
+        async with open_pipeline(name) as (cfg, ledger):
             grid = Grid.of(cfg.timezone, cfg.granularity)
-            return await ledger.retile(cfg.pipeline_id, grid, instant)
+            return await ledger.retile(cfg.pipeline_id, grid, in_zone(when, cfg.timezone))
 
     done = run_async(go())
     data = {
@@ -514,7 +699,7 @@ def retile(
 @app.command()
 def rescan(
     last: Annotated[int, typer.Option(help="How many of the newest COMPLETED windows to recount")],
-    config: ConfigOption = "default",
+    config: ConfigOption = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Report without reopening")] = False,
     as_json: JsonOption = False,
 ) -> None:
@@ -524,9 +709,10 @@ def rescan(
 
     if last < 1:
         raise fail(f"--last={last} must be at least 1")
+    name = need_config(config)
 
     async def go() -> Any:
-        async with open_pipeline(config) as (cfg, ledger):
+        async with open_pipeline(name) as (cfg, ledger):
             parts = await load_parts(cfg)
             try:
                 return await do_rescan(
@@ -556,6 +742,7 @@ def blocks_register(
     """Validate and save every block in the file (`${VAR}` reads the environment)."""
     from ledgerflow.deployments.register import register_file
 
+    prefect_ready(saves_blocks=True)
     for slug in run_async(register_file(file)):
         console.print(f"saved {slug}")
     console.print(f"on {prefect_api()}", soft_wrap=True)
@@ -563,7 +750,7 @@ def blocks_register(
 
 @app.command()
 def deploy(
-    config: ConfigOption,
+    config: ConfigOption = None,
     pool: Annotated[
         str, typer.Option(help="Work pool (type process, or prefect-agent for an agent)")
     ] = "ledgerflow-process",
@@ -575,7 +762,7 @@ def deploy(
     PipelineConfig block on the server in PREFECT_API_URL. Safe to run again."""
     from ledgerflow.deployments.deploy import deploy as apply_deployment
 
-    done = run_async(apply_deployment(config, pool, name))
+    done = run_async(apply_deployment(need_config(config, saves_blocks=True), pool, name))
     console.print(
         f"deployed {done.full_name} (id {done.id}) to the Prefect server at {done.api_url}: "
         f"work pool {done.pool} ({done.pool_type}), schedule {done.cron!r} in {done.timezone}, "

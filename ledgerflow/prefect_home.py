@@ -11,10 +11,9 @@ migrations find nothing to do. With a Prefect server or Cloud there is nothing t
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
-
-from prefect.client.orchestration import get_client
-from prefect.settings import PREFECT_API_URL, PREFECT_HOME
 
 try:
     import fcntl
@@ -23,9 +22,27 @@ except ImportError:  # Windows: no flock; processes there need one PREFECT_HOME 
 
 LOCK_NAME = "ledgerflow-ephemeral-start.lock"
 
+# Off for commands that only read block documents. Registering Prefect's built-in block types
+# is what saving and the UI need; its memo check alone imports every installed Prefect
+# collection (about 1.5 s of a status command's start). The next command that saves blocks
+# registers them, under the lock, as before.
+_READ_ONLY_SETTINGS = {
+    "PREFECT_API_BLOCKS_REGISTER_ON_START": "false",
+    "PREFECT_MEMOIZE_BLOCK_AUTO_REGISTRATION": "false",
+}
 
-def start_ephemeral_api() -> None:
-    """In ephemeral mode, start Prefect's API once under a lock shared by this home's processes."""
+
+def start_ephemeral_api(*, saves_blocks: bool = True) -> None:
+    """In ephemeral mode, start Prefect's API once under a lock shared by this home's processes.
+
+    `saves_blocks=False` (a command that only reads blocks) skips the block type registration,
+    when Prefect is not imported yet: its settings are read once, at import."""
+    if not saves_blocks and "prefect" not in sys.modules:
+        for name, value in _READ_ONLY_SETTINGS.items():
+            os.environ.setdefault(name, value)
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME
+
     if PREFECT_API_URL.value() or fcntl is None:
         return  # a server registers its block schemas once, at its own start
     home = Path(PREFECT_HOME.value())

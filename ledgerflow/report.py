@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
 
+from rich.markup import escape
 from rich.table import Table
 
 from ledgerflow.ledger import AuditResult, LedgerSummary, PipelineRecord
@@ -32,9 +35,24 @@ def _duration(record: PipelineRecord) -> float | None:
     return None
 
 
-def record_dict(record: PipelineRecord, timezone: str) -> dict[str, Any]:
+def heartbeat_age(record: PipelineRecord, now: datetime) -> timedelta | None:
+    """How long ago an IN_PROGRESS window's worker last beat (its lock's stamp), else None."""
+    if record.pipeline_status != "IN_PROGRESS" or record.pipeline_locked_at is None:
+        return None
+    return now - record.pipeline_locked_at
+
+
+def local_time(moment: datetime, timezone: str) -> str:
+    """An instant as the tables show it: the pipeline's wall clock with its zone's abbreviation."""
+    return f"{moment.astimezone(ZoneInfo(timezone)):%Y-%m-%d %H:%M %Z}"
+
+
+def record_dict(
+    record: PipelineRecord, timezone: str, now: datetime | None = None
+) -> dict[str, Any]:
     """A window as plain JSON-ready data."""
     window = record.window
+    beat = heartbeat_age(record, now or datetime.now(UTC))
     lo, hi = window.local(timezone)
     return {
         "id": record.id,
@@ -53,38 +71,115 @@ def record_dict(record: PipelineRecord, timezone: str) -> dict[str, Any]:
         "retry_attempt": record.retry_attempt,
         "seconds": _duration(record),
         "dag_run_id": record.dag_run_id,
+        "heartbeat_age_seconds": None if beat is None else int(beat.total_seconds()),
         "error": record.error_message,
     }
 
 
-def windows_table(records: list[PipelineRecord], timezone: str, title: str) -> Table:
+def windows_table(
+    records: list[PipelineRecord], timezone: str, title: str, now: datetime | None = None
+) -> Table:
+    """One row per window, with its id (what `retry --id` takes). The error column appears when
+    a FAILED window is shown whose error the audit column does not already say (why it failed),
+    the heartbeat column when an IN_PROGRESS window is (how long ago its worker last beat)."""
+    moment = now or datetime.now(UTC)
+    failed = any(_error(r) for r in records)
+    running = any(r.pipeline_status == "IN_PROGRESS" for r in records)
     table = Table(title=title, title_justify="left")
-    for name, justify in [
+    columns = [
+        ("id", "right"),
         ("local window", "left"),
         ("status", "left"),
         ("phase", "left"),
         ("audit", "left"),
         ("tries", "right"),
         ("secs", "right"),
-    ]:
-        # The audit's sentence may wrap; the rest must stay readable in a narrow terminal.
-        wrap = name == "audit"
-        table.add_column(name, justify=justify, no_wrap=not wrap)  # type: ignore[arg-type]
+    ]
+    columns += [("heartbeat", "right")] if running else []
+    columns += [("error", "left")] if failed else []
+    for name, justify in columns:
+        # Sentences wrap, and a long word in them (a path) folds rather than being cut: an
+        # error is read to act on it. The rest must stay readable in a narrow terminal.
+        wrap = name in ("audit", "error")
+        table.add_column(
+            name,
+            justify=justify,  # type: ignore[arg-type]
+            no_wrap=not wrap,
+            overflow="fold" if wrap else "ellipsis",
+        )
     for r in records:
         window = r.window
         lo, hi = window.local(timezone)
         odd = " [yellow](DST)[/]" if window.duration.total_seconds() != _nominal(r) else ""
         style = STATUS_STYLE.get(r.pipeline_status, "")
         secs = _duration(r)
-        table.add_row(
+        cells = [
+            str(r.id),
             f"{lo:%a %m-%d %H:%M %Z} - {hi:%H:%M %Z}{odd}",
             f"[{style}]{r.pipeline_status}[/]",
             r.phase_completed or "-",
             _audit_cell(r),
             str(r.retry_attempt),
             "-" if secs is None else f"{secs:.2f}",
+        ]
+        if running:
+            beat = heartbeat_age(r, moment)
+            cells.append("-" if beat is None else f"{human(beat)} ago")
+        if failed:
+            cells.append(escape(_error(r) or "-"))
+        table.add_row(*cells)
+    return table
+
+
+RUN_COLUMNS = ("window (local)", "status", "source", "target", "audit", "seconds", "message")
+
+
+def run_row(outcome: Mapping[str, Any]) -> dict[str, Any]:
+    """One window of a run as the run's artifact and `ledgerflow run` show it (from the flow's
+    WindowOutcome as a dict)."""
+    return {
+        "window (local)": outcome["local_window"],
+        "status": outcome["status"],
+        "source": outcome["source_count"],
+        "target": outcome["target_count"],
+        "audit": f"{outcome['audit_result']}: {outcome['audit']}"
+        if outcome["audit_result"]
+        else None,
+        "seconds": outcome["seconds"],
+        "message": outcome["message"],
+    }
+
+
+def run_table(outcomes: list[Mapping[str, Any]], title: str) -> Table:
+    """The run artifact's table, for the terminal."""
+    table = Table(title=title, title_justify="left")
+    for name in RUN_COLUMNS:
+        numeric = name in ("source", "target", "seconds")
+        table.add_column(
+            name,
+            justify="right" if numeric else "left",
+            no_wrap=name not in ("audit", "message"),
+        )
+    for outcome in outcomes:
+        row = run_row(outcome)
+        style = STATUS_STYLE.get(row["status"], "")
+        table.add_row(
+            *(
+                f"[{style}]{row[name]}[/]"
+                if name == "status"
+                else escape("-" if row[name] is None else _cell(row[name]))
+                for name in RUN_COLUMNS
+            )
         )
     return table
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return str(value)
 
 
 def summary_dict(
@@ -108,8 +203,8 @@ def summary_dict(
         "lag_seconds": None if lag is None else int(lag.total_seconds()),
         "gaps": [f.as_dict() for f in summary.faults if f.kind == "gap"],
         "overlaps": [f.as_dict() for f in summary.faults if f.kind == "overlap"],
-        "in_progress": [record_dict(r, timezone) for r in summary.in_progress],
-        "failed": [record_dict(r, timezone) for r in summary.failed],
+        "in_progress": [record_dict(r, timezone, moment) for r in summary.in_progress],
+        "failed": [record_dict(r, timezone, moment) for r in summary.failed],
     }
 
 
@@ -135,6 +230,15 @@ def _audit_cell(record: PipelineRecord) -> str:
     verdict = AUDIT_STYLE.get(record.audit_result or "", "")  # type: ignore[call-overload]
     text = " ".join(part for part in (verdict, explain_record(record)) if part)
     return text or "-"
+
+
+def _error(record: PipelineRecord) -> str | None:
+    """A FAILED window's error, unless it only repeats the audit column's sentence (then the
+    column would squeeze that sentence for nothing)."""
+    error = record.error_message
+    if record.pipeline_status != "FAILED" or not error:
+        return None
+    return None if error == f"audit failed: {explain_record(record)}" else error
 
 
 def _decimal(value: Decimal | None) -> str | None:

@@ -410,8 +410,33 @@ async def load_final_config(name: str) -> PipelineConfig:
     except ValueError as exc:
         if "Unable to find block document" in str(exc):
             raise ConfigError(
-                f"no pipeline config block named {name!r}; create one with "
-                "`ledgerflow blocks register` or PipelineConfig(...).save(name)"
+                f"no pipeline config block named {name!r}; "
+                f"{saved_configs_sentence(await pipeline_config_names())}"
             ) from None
         raise
     return config  # type: ignore[no-any-return]
+
+
+async def pipeline_config_names() -> list[str]:
+    """The names of the saved PipelineConfig blocks (none when the type was never registered)."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    async with get_client() as client:
+        try:
+            docs = await client.read_block_documents_by_type(
+                PipelineConfig._block_type_slug, include_secrets=False
+            )
+        except ObjectNotFound:
+            return []
+    return sorted(d.name for d in docs if d.name and not d.is_anonymous)
+
+
+def saved_configs_sentence(names: list[str]) -> str:
+    """What to pick from, or how to make the first one."""
+    if names:
+        return "saved PipelineConfig blocks: " + ", ".join(names)
+    return (
+        "no PipelineConfig block is saved yet; create one with `ledgerflow blocks register` "
+        "or PipelineConfig(...).save(name)"
+    )

@@ -17,7 +17,6 @@ from typing import Any, TypeVar, cast
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
-from prefect.blocks.core import Block
 from prefect.context import get_run_context
 from prefect.states import Completed, Failed, State
 from prefect.utilities.annotations import quote
@@ -25,11 +24,13 @@ from prefect.utilities.annotations import quote
 from ledgerflow.blocks import catalog  # noqa: F401  (registers every block type for Block.load)
 from ledgerflow.blocks.config import PipelineConfig, load_final_config
 from ledgerflow.blocks.ledger_db import LedgerDatabase
+from ledgerflow.blocks.loading import load_block
 from ledgerflow.errors import ConfigError, LeaseLost, LedgerflowError
 from ledgerflow.flows.notify import on_flow_failure, retry_notifier
 from ledgerflow.ledger import Lease, PipelineRecord, Status
 from ledgerflow.ledger.audit import explain_record
 from ledgerflow.ports import Source, Stage, Target
+from ledgerflow.report import run_row
 from ledgerflow.tasks.audit import audit
 from ledgerflow.tasks.cleanup_stale_locks import cleanup_stale_locks
 from ledgerflow.tasks.common import (
@@ -110,23 +111,6 @@ def settings_from(config: PipelineConfig) -> RunSettings:
         check_fields=tuple(config.check_fields),
         hooks=config.key_hooks(),
     )
-
-
-async def load_block(slug: str, field: str, protocol: type | None = None) -> Any:
-    """Load a block by slug; name the config field when it is missing or of the wrong kind."""
-    try:
-        block = await Block.load(slug)
-    except ValueError as exc:
-        raise ConfigError(
-            f"{field}={slug!r} names no saved block ({exc}); save it on this Prefect API "
-            "first: `ledgerflow blocks register --file blocks.toml` or "
-            "<BlockClass>.parse_obj({...}).save(name) (see the README, Configure the blocks)"
-        ) from None
-    if protocol is not None and not isinstance(block, protocol):
-        raise ConfigError(
-            f"{field}={slug!r} is a {type(block).__name__}, which is not a {protocol.__name__}"
-        )
-    return block
 
 
 async def load_parts(config: PipelineConfig) -> Parts:
@@ -349,18 +333,7 @@ async def publish_summary(
 ) -> None:
     """The run's table artifact: one row per window, with counts, audit and duration. A failure
     to publish it is logged; it never changes the run's outcome."""
-    table = [
-        {
-            "window (local)": o.local_window,
-            "status": o.status,
-            "source": o.source_count,
-            "target": o.target_count,
-            "audit": f"{o.audit_result}: {o.audit}" if o.audit_result else None,
-            "seconds": o.seconds,
-            "message": o.message,
-        }
-        for o in outcomes
-    ]
+    table = [run_row(asdict(o)) for o in outcomes]
     try:
         await create_table_artifact(  # type: ignore[misc]
             key=artifact_key(config.pipeline_id),

@@ -1014,6 +1014,21 @@ class Ledger:
             rows = (await conn.execute(stmt)).all()
         return [_row_to_record(r) for r in rows]
 
+    async def count_eligible(
+        self, pipeline_id: str, *, lag: timedelta, now: datetime | None = None
+    ) -> int:
+        """PENDING windows a claim would take now: those ending at or before the cutoff (the
+        database's clock, or `now`, minus `lag`), as `claim` decides it."""
+        back = sa.literal(lag.total_seconds(), sa.Float())
+        cutoff = _clock(self.dialect, back) if now is None else sa.literal(now - lag, UTCDateTime())
+        stmt = sa.select(sa.func.count()).where(
+            RECORDS.c.pipeline_id == pipeline_id,
+            RECORDS.c.pipeline_status == Status.PENDING.value,
+            RECORDS.c.window_end_time <= cutoff,
+        )
+        async with self._connect() as conn:
+            return int(await conn.scalar(stmt) or 0)
+
     async def summary(self, pipeline_id: str, *, failed_limit: int = 20) -> LedgerSummary:
         """Counts per status, the oldest pending window, the newest loaded one, the failures."""
         mine = RECORDS.c.pipeline_id == pipeline_id

@@ -145,7 +145,10 @@ def test_plan_json_shows_the_dst_day() -> None:
     [
         (["--granularity", "7h"], "does not divide a day"),
         (["--timezone", "Nope/Nowhere"], "not a known IANA timezone"),
-        (["--start", "2025-03-09"], "no UTC offset"),
+        # Was the plain date "2025-03-09", now read as midnight in --timezone: an instant
+        # without an offset is still refused.
+        (["--start", "2025-03-09T00:00"], "no UTC offset"),
+        (["--start", "2025-03-10"], "must be after"),  # the date is midnight UTC here
         (["--end", "2025-03-01T00:00:00Z"], "must be after"),
     ],
 )

@@ -1,0 +1,38 @@
+"""Loading a saved block by its slug, importing only the block class it needs when it can."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect.blocks.core import Block
+from prefect.utilities.dispatch import get_registry_for_type
+
+from ledgerflow.errors import ConfigError
+
+
+async def load_block(slug: str, field: str, protocol: type | None = None) -> Any:
+    """Load a block by slug; name the config field when it is missing or of the wrong kind.
+
+    Loading needs the block's class imported. A class already imported is used as it is (a
+    read-only command imports the ledger block alone); any other type imports the catalog of
+    every block ledgerflow knows, which pulls in the AWS, Elasticsearch and Snowflake clients.
+    The class's own `load` is called, not `Block.load`: that one imports every installed Prefect
+    collection first to look the class up (about a second of a command's start)."""
+    block_type, _, name = slug.partition("/")
+    if block_type not in (get_registry_for_type(Block) or {}):
+        from ledgerflow.blocks import catalog  # noqa: F401  (registers every block type)
+    block_class = (get_registry_for_type(Block) or {}).get(block_type)
+    try:
+        # A class's own load takes the document's name; Block.load the whole slug.
+        block = await (Block.load(slug) if block_class is None else block_class.load(name))
+    except ValueError as exc:
+        raise ConfigError(
+            f"{field}={slug!r} names no saved block ({exc}); save it on this Prefect API "
+            "first: `ledgerflow blocks register --file blocks.toml` or "
+            "<BlockClass>.parse_obj({...}).save(name) (see the README, Configure the blocks)"
+        ) from None
+    if protocol is not None and not isinstance(block, protocol):
+        raise ConfigError(
+            f"{field}={slug!r} is a {type(block).__name__}, which is not a {protocol.__name__}"
+        )
+    return block
