@@ -50,9 +50,6 @@ class RunSettings:
         leaves room for clock skew and for the interrupted phase to stop."""
         return self.stale_after.total_seconds() / 2
 
-    def cutoff(self, now: datetime | None = None) -> datetime:
-        return (now or datetime.now(UTC)) - self.lag
-
 
 def logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
     try:
