@@ -6,15 +6,19 @@ streams, so memory stays bounded whatever a window's size.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import pyarrow as pa
 
 from ledgerflow.windows import Window
+
+if TYPE_CHECKING:
+    from ledgerflow.ledger import Ledger
 
 
 @dataclass(frozen=True)
@@ -129,3 +133,27 @@ class Target(Protocol):
         where the driver allows it; whatever happens then, the fence decides.
         """
         ...
+
+
+@runtime_checkable
+class LedgerProvider(Protocol):
+    """Where tasks get a Ledger (the LedgerDatabase block)."""
+
+    def open(self) -> contextlib.AbstractAsyncContextManager[Ledger]:
+        """A Ledger for one task run, closed when the block exits."""
+        ...
+
+    async def prepare(self) -> None:
+        """Create or check the ledger schema."""
+        ...
+
+
+@dataclass(frozen=True)
+class Systems:
+    """The systems one pipeline run talks to, seen through their Protocols (built by
+    `ledgerflow.wiring`)."""
+
+    ledger: LedgerProvider
+    source: Source
+    stage: Stage
+    target: Target

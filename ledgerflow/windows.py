@@ -243,10 +243,6 @@ def eligible_cutoff(now: datetime, x_time_back: timedelta) -> datetime:
     return as_utc(now) - x_time_back
 
 
-def is_eligible(window: Window, now: datetime, x_time_back: timedelta) -> bool:
-    return window.end <= eligible_cutoff(now, x_time_back)
-
-
 def eligible_windows(
     after: datetime, now: datetime, timezone: str, granularity: str, x_time_back: timedelta
 ) -> list[Window]:

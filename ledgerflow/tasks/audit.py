@@ -17,16 +17,17 @@ from ledgerflow import failpoints
 from ledgerflow.errors import AuditMismatch
 from ledgerflow.ledger import Lease
 from ledgerflow.ledger.audit import AuditVerdict, judge
-from ledgerflow.tasks.common import Parts, RunSettings, artifact_key, logger, now, timed
+from ledgerflow.ports import Systems
+from ledgerflow.tasks.common import RunSettings, artifact_key, logger, now, timed
 
 
 @task(name="audit", persist_result=False)
-async def audit(parts: Parts, settings: RunSettings, lease: Lease) -> AuditVerdict:
+async def audit(systems: Systems, settings: RunSettings, lease: Lease) -> AuditVerdict:
     """Recount, record the audit columns, and complete or fail the window."""
-    async with timed("audit", lease), parts.ledger.open() as ledger:
+    async with timed("audit", lease), systems.ledger.open() as ledger:
         started = now()
         source, target = await asyncio.gather(
-            parts.source.count(lease.window), parts.target.count(lease.window)
+            systems.source.count(lease.window), systems.target.count(lease.window)
         )
         failpoints.hit("mid_audit")
         verdict = judge(source, target, settings.audit_tolerance_percent)

@@ -10,27 +10,14 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from prefect import get_run_logger
 from prefect.tasks import exponential_backoff
 
 from ledgerflow.errors import LeaseLost, is_retryable
 from ledgerflow.ledger import Lease, Ledger
-from ledgerflow.ports import Source, Stage, Target
 from ledgerflow.windows import KeyHook
-
-
-class LedgerProvider(Protocol):
-    """Where tasks get a Ledger (the LedgerDatabase block)."""
-
-    def open(self) -> contextlib.AbstractAsyncContextManager[Ledger]:
-        """A Ledger for one task run, closed when the block exits."""
-        ...
-
-    async def prepare(self) -> None:
-        """Create or check the ledger schema."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -62,19 +49,6 @@ class RunSettings:
         Past the threshold the stale-lock cleanup may give the window to another worker; half
         leaves room for clock skew and for the interrupted phase to stop."""
         return self.stale_after.total_seconds() / 2
-
-    def cutoff(self, now: datetime | None = None) -> datetime:
-        return (now or datetime.now(UTC)) - self.lag
-
-
-@dataclass(frozen=True)
-class Parts:
-    """The systems one pipeline run talks to, seen through their Protocols."""
-
-    ledger: LedgerProvider
-    source: Source
-    stage: Stage
-    target: Target
 
 
 def logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:

@@ -15,13 +15,13 @@ from prefect import task
 from ledgerflow import failpoints
 from ledgerflow.errors import ExtractCountMismatch
 from ledgerflow.ledger import Lease, Phase
-from ledgerflow.ports import Manifest
-from ledgerflow.tasks.common import Parts, RunSettings, heartbeat, logger, timed
+from ledgerflow.ports import Manifest, Systems
+from ledgerflow.tasks.common import RunSettings, heartbeat, logger, timed
 from ledgerflow.windows import stage_location
 
 
 async def resumable_manifest(
-    parts: Parts, lease: Lease, location: str, source_count: int
+    systems: Systems, lease: Lease, location: str, source_count: int
 ) -> Manifest | None:
     """The recorded manifest, if this window already staged, the files are still there, and
     they hold as many rows as the source counts now (a row that arrived after the staging must
@@ -39,17 +39,17 @@ async def resumable_manifest(
             source_count,
         )
         return None
-    return manifest if manifest.matches(await parts.stage.files(location)) else None
+    return manifest if manifest.matches(await systems.stage.files(location)) else None
 
 
 @task(name="source_to_stage", persist_result=False)
 async def source_to_stage(
-    parts: Parts, settings: RunSettings, lease: Lease, source_count: int
+    systems: Systems, settings: RunSettings, lease: Lease, source_count: int
 ) -> Manifest:
     """Stage the window as Parquet files and record the manifest; return it."""
     location = stage_location(settings.pipeline_id, lease.window)
-    async with timed("source to stage", lease), parts.ledger.open() as ledger:
-        resumed = await resumable_manifest(parts, lease, location, source_count)
+    async with timed("source to stage", lease), systems.ledger.open() as ledger:
+        resumed = await resumable_manifest(systems, lease, location, source_count)
         if resumed is not None:
             logger().info("window id=%s: staged files intact, resuming at load", lease.id)
             return resumed
@@ -57,11 +57,11 @@ async def source_to_stage(
         async with heartbeat(
             ledger, lease, settings.heartbeat_every, give_up_after=settings.ledger_silence_limit
         ):
-            await parts.stage.clear(location)
+            await systems.stage.clear(location)
             # Names carry the lease, so each attempt's files differ (Snowflake load metadata).
-            manifest = await parts.stage.write(
+            manifest = await systems.stage.write(
                 location,
-                _crashable(parts.source.extract(lease.window)),
+                _crashable(systems.source.extract(lease.window)),
                 name_prefix=f"part-{lease.token[:8]}",
             )
         failpoints.hit("after_stage_before_ledger")

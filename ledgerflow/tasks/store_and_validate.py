@@ -16,13 +16,14 @@ from prefect.states import Completed, State
 
 from ledgerflow import failpoints
 from ledgerflow.ledger import Lease
-from ledgerflow.tasks.common import Parts, RunSettings, timed
+from ledgerflow.ports import Systems
+from ledgerflow.tasks.common import RunSettings, timed
 from ledgerflow.windows import Grid, Window, build_record, scheduled_windows
 
 
 @task(name="store_and_validate.register", persist_result=False)
 async def register_windows(
-    parts: Parts, settings: RunSettings, at: datetime | None = None
+    systems: Systems, settings: RunSettings, at: datetime | None = None
 ) -> State[Any]:
     """Register the windows that became eligible since the last run; return how many were new.
 
@@ -39,8 +40,8 @@ async def register_windows(
             settings.pipeline_id, window, settings.timezone, settings.hooks, settings.check_fields
         )
 
-    await parts.ledger.prepare()
-    async with timed("register windows"), parts.ledger.open() as ledger:
+    await systems.ledger.prepare()
+    async with timed("register windows"), systems.ledger.open() as ledger:
         done = await ledger.register_windows(
             settings.pipeline_id,
             Grid.of(settings.timezone, settings.granularity),
@@ -57,11 +58,11 @@ async def register_windows(
 
 
 @task(name="store_and_validate.claim", persist_result=False)
-async def claim_window(parts: Parts, settings: RunSettings, run_id: str) -> State[Any]:
+async def claim_window(systems: Systems, settings: RunSettings, run_id: str) -> State[Any]:
     """Claim the next eligible PENDING window (row lock, fresh lease), or say why there is none.
 
     Eligibility (`end <= now - x_time_back`) is judged by the database's clock, like the lease."""
-    async with parts.ledger.open() as ledger:
+    async with systems.ledger.open() as ledger:
         lease: Lease | None = await ledger.claim(
             settings.pipeline_id, run_id, lag=settings.lag, newest_first=settings.newest_first
         )

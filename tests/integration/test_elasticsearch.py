@@ -221,7 +221,8 @@ async def test_timestamps_read_from_source_equal_the_servers_in_every_form(
         got |= dict(
             zip(batch.column("_id").to_pylist(), batch.column("ts").to_pylist(), strict=True)
         )
-    assert src._stamps_from_source  # the fast path ran, with the array fetched from the server
+    # the fast path ran, with the array fetched from the server
+    assert src._facts.mapping and src._facts.mapping.stamps_from_source
     assert got == expected
 
 
@@ -241,7 +242,7 @@ async def test_a_custom_date_format_uses_the_servers_formatting(
     )
     src = source(osmem_url, index="custom")
     batches = [b async for b in src.extract(WINDOW)]
-    assert not src._stamps_from_source
+    assert src._facts.mapping and not src._facts.mapping.stamps_from_source
     assert batches[0].column("ts").to_pylist() == [datetime(2025, 3, 9, 10, 20, 30, tzinfo=UTC)]
 
 
@@ -554,7 +555,8 @@ async def test_epoch_millis_with_a_fraction_land_where_the_server_puts_them(
         seen |= rows
     assert set(seen) == set(BOUNDARY_SPELLINGS)  # the two windows hold every document once
     assert {k: r["ts"] for k, r in seen.items()} == oracle
-    assert src._stamps_from_source  # read from _source, not fetched from the server
+    # read from _source, not fetched from the server
+    assert src._facts.mapping and src._facts.mapping.stamps_from_source
 
 
 async def test_a_lone_surrogate_loads_as_the_server_returned_it(

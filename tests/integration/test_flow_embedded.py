@@ -10,11 +10,12 @@ from typing import Any
 import pytest
 from ledgerflow.blocks.config import load_final_config
 from ledgerflow.demo import DEMO_END, DEMO_START
-from ledgerflow.flows.pipeline import load_parts, settings_from, windowed_pipeline
+from ledgerflow.flows.pipeline import windowed_pipeline
 from ledgerflow.ledger import Ledger, Status
 from ledgerflow.tasks.source_to_stage import source_to_stage
 from ledgerflow.tasks.store_and_validate import claim_window, register_windows
 from ledgerflow.windows import build_record, windows_between
+from ledgerflow.wiring import load_systems, settings_from
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
@@ -180,14 +181,14 @@ async def test_a_failed_load_leaves_the_target_unchanged_and_a_rerun_resumes_at_
 async def test_a_reclaimed_window_with_an_intact_stage_resumes_at_load(pipeline: Pipeline) -> None:
     name = await pipeline.save(source=CountingSource, end=FIRST_WINDOW_END)
     config = await load_final_config(name)
-    parts = await load_parts(config)
+    systems = await load_systems(config)
     settings = settings_from(config)
-    await register_windows.fn(parts, settings)
-    lease = (await claim_window.fn(parts, settings, "crashed-run")).data
-    count = await parts.source.count(lease.window)
-    await source_to_stage.fn(parts, settings, lease, count)
+    await register_windows.fn(systems, settings)
+    lease = (await claim_window.fn(systems, settings, "crashed-run")).data
+    count = await systems.source.count(lease.window)
+    await source_to_stage.fn(systems, settings, lease, count)
     # The worker dies here; cleanup finds the stale lock and gives the window back.
-    async with parts.ledger.open() as ledger:
+    async with systems.ledger.open() as ledger:
         released = await ledger.release_stale(
             name,
             older_than=timedelta(0),

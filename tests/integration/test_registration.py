@@ -12,7 +12,7 @@ import pytest
 from ledgerflow.blocks.config import load_final_config, validate_config
 from ledgerflow.demo import DEMO_START
 from ledgerflow.errors import ConfigError
-from ledgerflow.flows.pipeline import load_parts, settings_from, windowed_pipeline
+from ledgerflow.flows.pipeline import windowed_pipeline
 from ledgerflow.ledger import Ledger
 from ledgerflow.ledger.store import Registration
 from ledgerflow.operate import backfill
@@ -25,6 +25,7 @@ from ledgerflow.windows import (
     window_containing,
     windows_between,
 )
+from ledgerflow.wiring import load_systems, settings_from
 
 from .kit import Pipeline
 
@@ -52,9 +53,9 @@ async def test_unset_start_registers_the_latest_eligible_window_then_every_later
 
     # Later runs register every window after it, with no gap, up to their own cutoff.
     config = await load_final_config(name)
-    parts, settings = await load_parts(config), settings_from(config)
+    systems, settings = await load_systems(config), settings_from(config)
     later = first.window_end_time + timedelta(days=1, hours=5)
-    await register_windows.fn(parts, settings, at=later)
+    await register_windows.fn(systems, settings, at=later)
     rows = await pipeline_any.records()
     expected = windows_between(first.window_start_time, later - timedelta(days=1), LA, "2h")
     assert [(r.window_start_time, r.window_end_time) for r in rows] == [

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from ledgerflow.blocks.config import load_final_config
 from ledgerflow.demo import DEMO_START
-from ledgerflow.flows.pipeline import load_parts, settings_from
 from ledgerflow.ledger import Ledger, Status
 from ledgerflow.tasks.source_to_stage import source_to_stage
 from ledgerflow.tasks.store_and_validate import register_windows
+from ledgerflow.wiring import load_systems, settings_from
 
 from tests.integration.kit import Pipeline
 
@@ -71,13 +71,13 @@ def test_a_resumed_stage_never_loads_rows_the_source_no_longer_holds(
 
     async def crash_after_staging() -> None:
         config = await load_final_config(name)
-        parts, settings = await load_parts(config), settings_from(config)
-        await register_windows.fn(parts, settings)
-        async with parts.ledger.open() as ledger:
+        systems, settings = await load_systems(config), settings_from(config)
+        await register_windows.fn(systems, settings)
+        async with systems.ledger.open() as ledger:
             lease = await ledger.claim(name, "doomed", lag=config.lag)
         assert lease is not None
-        count = await parts.source.count(lease.window)
-        await source_to_stage.fn(parts, settings, lease, count)  # then SIGKILL
+        count = await systems.source.count(lease.window)
+        await source_to_stage.fn(systems, settings, lease, count)  # then SIGKILL
 
     asyncio.run(crash_after_staging())
     # The source changes: one document is deleted, a late one arrives (the count is the same).
