@@ -44,6 +44,7 @@ from prefect.blocks.core import Block
 from pydantic.v1 import Field, PrivateAttr, SecretStr, root_validator, validator
 
 from ledgerflow import gctune
+from ledgerflow.blocks.es_fingerprint import window_fingerprint
 from ledgerflow.errors import SourceError, SourceTerminalError
 from ledgerflow.redact import has_userinfo, scrub_url, scrub_urls
 from ledgerflow.windows import Window
@@ -263,6 +264,13 @@ class ElasticsearchSource(Block):
             await self._check_mapping(client)
             result = await client.count(index=self.index, query=self._window_query(window))
         return int(result["count"])
+
+    async def fingerprint(self, window: Window) -> str | None:
+        """Per index: count, sum and max of `_seq_no` (see `es_fingerprint`); None if unknown."""
+        async with self._errors("fingerprint"), self._connect() as client:
+            if self.missing_index == "empty" and not await self._index_exists(client):
+                return None
+            return await window_fingerprint(client, self.index, self._window_query(window))
 
     async def extract(self, window: Window) -> AsyncIterator[pa.RecordBatch]:
         with gctune.for_bulk_json():
