@@ -265,7 +265,7 @@ def status(config: ConfigOption = None, as_json: JsonOption = False) -> None:
 
     async def go() -> tuple[Any, Any]:
         async with open_pipeline(name) as (cfg, ledger):
-            return cfg, await ledger.summary(cfg.pipeline_id)
+            return cfg, await ledger.summary(cfg.pipeline_id, start=cfg.start, end=cfg.end)
 
     cfg, summary = run_async(go())
     now = datetime.now(UTC)

@@ -36,6 +36,9 @@ class Manifest:
 
     location: str
     files: tuple[StagedFile, ...] = field(default_factory=tuple)
+    fingerprint: str | None = None
+    """The source's `Source.fingerprint` of the window when it was staged (None: unknown, so
+    the stage is never resumed)."""
 
     @property
     def rows(self) -> int:
@@ -46,12 +49,19 @@ class Manifest:
         return sum(f.bytes for f in self.files)
 
     def to_json(self) -> str:
-        return json.dumps({"location": self.location, "files": [asdict(f) for f in self.files]})
+        return json.dumps(
+            {
+                "location": self.location,
+                "files": [asdict(f) for f in self.files],
+                "fingerprint": self.fingerprint,
+            }
+        )
 
     @classmethod
     def from_json(cls, text: str) -> Manifest:
         data = json.loads(text)
-        return cls(data["location"], tuple(StagedFile(**f) for f in data["files"]))
+        files = tuple(StagedFile(**f) for f in data["files"])
+        return cls(data["location"], files, data.get("fingerprint"))
 
     def matches(self, found: Sequence[StagedFile]) -> bool:
         """True when `found` (a listing of the stage) holds exactly these files, byte for byte."""
@@ -82,6 +92,13 @@ class Source(Protocol):
 
     def extract(self, window: Window) -> AsyncIterator[pa.RecordBatch]:
         """Stream the window's records as bounded-size Arrow batches."""
+        ...
+
+    async def fingerprint(self, window: Window) -> str | None:
+        """A short text that changes whenever the window's records change: one added, deleted
+        or edited in place, even when the count stays the same. Cheap (an aggregate the source
+        computes, no rows moved). None when this source cannot tell; then a staged window is
+        never trusted on resume and is extracted again."""
         ...
 
 

@@ -284,6 +284,43 @@ def scheduled_windows(
     ]
 
 
+def windows_before(
+    start: datetime,
+    first: datetime,
+    cutoff: datetime,
+    end: datetime | None,
+    timezone: str,
+    granularity: str,
+) -> list[Window]:
+    """When the config's `start` moved before `first` (the start of the first registered
+    window): the windows from `start` up to `first`, eligible by `cutoff` and starting before
+    `end`. They tile `[start, first)` with no gap and no overlap, so `start` must be a boundary
+    of the grid and `first` too; otherwise ConfigError naming the nearest boundaries."""
+    start, first = as_utc(start), as_utc(first)
+    if start >= first:
+        return []
+    tz = zone(timezone)
+    holding = window_containing(start, timezone, granularity)
+    if holding.start != start:
+        raise ConfigError(
+            f"start={start.astimezone(tz).isoformat()} is before the first registered window "
+            f"({first.astimezone(tz).isoformat()}) but is not a window boundary of the grid "
+            f"(timezone={timezone!r}, granularity={granularity!r}); the nearest boundaries are "
+            f"{holding.start.astimezone(tz).isoformat()} and "
+            f"{holding.end.astimezone(tz).isoformat()}: set start to one of them"
+        )
+    earlier = windows_between(start, first, timezone, granularity)
+    if earlier[-1].end != first:
+        raise ConfigError(
+            f"start={start.astimezone(tz).isoformat()} is before the first registered window, "
+            f"which begins at {first.astimezone(tz).isoformat()}, not a window boundary of the "
+            f"grid (timezone={timezone!r}, granularity={granularity!r}; it was cut on an "
+            "earlier grid): registering the windows before it would overlap it. Backfill that "
+            "span on its own grid, or keep start where it was"
+        )
+    return [w for w in earlier if w.end <= cutoff and (end is None or w.start < end)]
+
+
 # --- record completeness: the seed's function_x/y/z and check_fields ------------------------
 
 KeyHook = Callable[[str, Window, str], "str | None"]

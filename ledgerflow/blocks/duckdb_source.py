@@ -104,6 +104,26 @@ class DuckDBSource(Block):
         result: int = await self._guard(self.handle.run(run))
         return result
 
+    async def fingerprint(self, window: Window) -> str | None:
+        """The window's row count and the sum of a hash of each extracted row (its columns'
+        values): a row deleted, added or edited in place changes it, whatever the count."""
+        relation, params = self._relation()
+        ts = quote_identifier(self.timestamp_column)
+        cols = ", ".join(quote_identifier(c) for c in self.columns) if self.columns else "*"
+        sql = (
+            f"SELECT count(*), sum(hash(r)) FROM (SELECT {cols} FROM {relation} "
+            f"WHERE {ts} >= ? AND {ts} < ?) AS r"
+        )
+
+        def run(cur: duckdb.DuckDBPyConnection) -> str:
+            self._check_timestamp(cur, relation, params)
+            row = cur.execute(sql, [*params, window.start, window.end]).fetchone()
+            rows, digest = row if row else (0, None)
+            return f"duckdb:{int(rows)}:{int(digest or 0)}"
+
+        result: str = await self._guard(self.handle.run(run))
+        return result
+
     async def extract(self, window: Window) -> AsyncIterator[pa.RecordBatch]:
         relation, params = self._relation()
         ts = quote_identifier(self.timestamp_column)

@@ -36,7 +36,7 @@ from ledgerflow.ledger.models import (
     UTCDateTime,
 )
 from ledgerflow.redact import scrub_url, scrub_urls
-from ledgerflow.windows import Grid, Window, split_registered
+from ledgerflow.windows import Grid, Window, split_registered, windows_before
 
 COMPONENT = "pipeline_records"
 _VERSIONS: sa.Table = SchemaVersion.__table__  # type: ignore[attr-defined]
@@ -125,6 +125,8 @@ class Registration:
     new: int
     cutoff: datetime
     watermark: datetime | None
+    earlier: list[Window] = field(default_factory=list)
+    """Windows chosen because the config's start moved before the first registered window."""
 
 
 @dataclass(frozen=True)
@@ -327,6 +329,8 @@ class Ledger:
         priority: int = 0,
         dry_run: bool = False,
         now: datetime | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
     ) -> Registration:
         """The one registration path, for scheduled runs and backfills alike, in one transaction:
 
@@ -335,7 +339,12 @@ class Ledger:
         grid, read the database clock (`now` overrides it in tests), let `choose` pick windows
         from the watermark and the cutoff (`now - lag`), refuse one that would overlap a
         registered window with other bounds, insert the rest, and, for the scheduled
-        registration only, advance the watermark to the end of the last window chosen."""
+        registration only, advance the watermark to the end of the last window chosen.
+
+        `start` (and `end`) are the config's: when `start` lies before the first registered
+        window, the windows from it up to that window are registered too (`windows_before`:
+        `start` must be a grid boundary), without moving the watermark, so moving `start`
+        earlier loads the earlier windows with no gap and no overlap."""
         async with self._connect() as conn:
             transaction = await conn.begin()
             try:
@@ -345,7 +354,20 @@ class Ledger:
                 cutoff = moment - lag
                 watermark = _as_utc(identity.registered_until)
                 windows = list(choose(watermark, cutoff))
-                fresh = await self._unregistered(conn, pipeline_id, windows)
+                earlier: list[Window] = []
+                # Without a watermark the schedule itself begins at `start`.
+                if start is not None and watermark is not None:
+                    first = await self._first_start(conn, pipeline_id)
+                    if first is not None:
+                        earlier = windows_before(
+                            start,
+                            min(first, watermark),
+                            cutoff,
+                            end,
+                            grid.timezone,
+                            grid.granularity,
+                        )
+                fresh = await self._unregistered(conn, pipeline_id, earlier + windows)
                 new = 0
                 if fresh and not dry_run:
                     new = await self._insert(conn, [build(w) for w in fresh], priority, moment)
@@ -360,7 +382,19 @@ class Ledger:
                 await transaction.rollback()
                 raise
             await (transaction.rollback() if dry_run else transaction.commit())
-        return Registration(windows, new if not dry_run else len(fresh), cutoff, watermark)
+        return Registration(
+            earlier + windows, new if not dry_run else len(fresh), cutoff, watermark, earlier
+        )
+
+    @staticmethod
+    async def _first_start(conn: AsyncConnection, pipeline_id: str) -> datetime | None:
+        """Start of the pipeline's first registered window."""
+        value = await conn.scalar(
+            sa.select(sa.func.min(RECORDS.c.window_start_time)).where(
+                RECORDS.c.pipeline_id == pipeline_id
+            )
+        )
+        return _as_utc(value)
 
     async def _lock_identity(
         self, conn: AsyncConnection, pipeline_id: str, grid: Grid, now: datetime | None
@@ -1029,10 +1063,22 @@ class Ledger:
         async with self._connect() as conn:
             return int(await conn.scalar(stmt) or 0)
 
-    async def summary(self, pipeline_id: str, *, failed_limit: int = 20) -> LedgerSummary:
-        """Counts per status, the oldest pending window, the newest loaded one, the failures."""
+    async def summary(
+        self,
+        pipeline_id: str,
+        *,
+        failed_limit: int = 20,
+        start: datetime | None = None,
+        end: datetime | None = None,
+    ) -> LedgerSummary:
+        """Counts per status, the oldest pending window, the newest loaded one, the failures.
+
+        `start` (and `end`) are the config's: a span from `start` to the first registered
+        window is a gap too (start moved earlier and the next run has not registered it yet,
+        or refused to)."""
         mine = RECORDS.c.pipeline_id == pipeline_id
         async with self._connect() as conn:
+            first = await self._first_start(conn, pipeline_id)
             counted = await conn.execute(
                 sa.select(RECORDS.c.pipeline_status, sa.func.count())
                 .where(mine)
@@ -1056,7 +1102,7 @@ class Ledger:
             newest_completed_end=_as_utc(newest),
             in_progress=running,
             failed=failed,
-            faults=await self.tiling_faults(pipeline_id),
+            faults=_before_first(start, end, first) + await self.tiling_faults(pipeline_id),
         )
 
     async def tiling_faults(self, pipeline_id: str, *, limit: int = 100) -> list[TilingFault]:
@@ -1138,6 +1184,16 @@ _PHASE_COLUMNS = {
 """The prefix of each phase's `_status`, `_start_time` and `_end_time` columns."""
 
 _PHASE_ROWS = {Phase.SOURCE_TO_STAGE: "extracted_count", Phase.STAGE_TO_TARGET: "loaded_count"}
+
+
+def _before_first(
+    start: datetime | None, end: datetime | None, first: datetime | None
+) -> list[TilingFault]:
+    """The gap from the config's `start` to the first registered window, if start is earlier."""
+    if start is None or first is None:
+        return []
+    lo, hi = _utc(start), first if end is None else min(first, _utc(end))
+    return [TilingFault("gap", lo, hi)] if lo < hi else []
 
 
 def _phase_prefix(phase: Phase) -> str:

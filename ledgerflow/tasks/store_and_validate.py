@@ -17,7 +17,7 @@ from prefect.states import Completed, State
 from ledgerflow import failpoints
 from ledgerflow.ledger import Lease
 from ledgerflow.ports import Systems
-from ledgerflow.tasks.common import RunSettings, timed
+from ledgerflow.tasks.common import RunSettings, logger, timed
 from ledgerflow.windows import Grid, Window, build_record, scheduled_windows
 
 
@@ -50,11 +50,19 @@ async def register_windows(
             lag=settings.lag,
             scheduled=True,
             now=at,
+            start=settings.start,
+            end=settings.end,
         )
-    return Completed(
-        message=f"registered {done.new} new window(s); eligible up to {done.cutoff.isoformat()}",
-        data=done.new,
-    )
+    message = f"registered {done.new} new window(s); eligible up to {done.cutoff.isoformat()}"
+    if done.earlier:
+        first, last = done.earlier[0].to_dict()["start"], done.earlier[-1].to_dict()["end"]
+        moved = (
+            f"start moved before the first registered window: registered the {len(done.earlier)}"
+            f" window(s) from {first} to {last} (not moving the watermark)"
+        )
+        logger().warning("%s", moved)
+        message += f"; {moved}"
+    return Completed(message=message, data=done.new)
 
 
 @task(name="store_and_validate.claim", persist_result=False)

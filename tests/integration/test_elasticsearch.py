@@ -683,3 +683,62 @@ async def test_boundary_documents_and_exact_numbers_load_once_end_to_end(
         con.close()
     assert row is not None
     assert json.loads(row[0], parse_float=Decimal) == json.loads(docs["odd"], parse_float=Decimal)
+
+
+# --- fingerprint: what lets a crashed worker's stage be resumed ----------------------------------
+# Checked against osmem, which differs from Elasticsearch here: it keeps one `_seq_no` counter per
+# index whatever its shard count (Elasticsearch counts per shard, hence None for more than one
+# shard), and it refuses scripts in aggregations (so no scripted hash of `_id`/`_version`).
+
+
+async def test_the_fingerprint_changes_with_any_write_to_the_window_and_only_then(
+    es: AsyncElasticsearch, osmem_url: str
+) -> None:
+    inside = START + timedelta(minutes=10)
+    await index_docs(
+        es,
+        [{"_id": f"d{i}", "@timestamp": iso(inside), "service": "web"} for i in range(5)]
+        + [{"_id": "outside", "@timestamp": iso(WINDOW.end + timedelta(minutes=1))}],
+    )
+    src = source(osmem_url)
+    first = await src.fingerprint(WINDOW)
+    assert first is not None and first == await src.fingerprint(WINDOW)
+
+    # A document outside the window changes nothing.
+    await es.index(index="events", id="outside", document={"@timestamp": iso(WINDOW.end)})
+    await es.indices.refresh(index="events")
+    assert await src.fingerprint(WINDOW) == first
+
+    # An edit in place (same count).
+    doc = {"@timestamp": iso(inside), "service": "api"}
+    await es.index(index="events", id="d1", document=doc, refresh=True)
+    edited = await src.fingerprint(WINDOW)
+    assert edited not in (None, first)
+
+    # A delete plus a late arrival (same count again).
+    await es.delete(index="events", id="d0", refresh=True)
+    await es.index(index="events", id="late", document={"@timestamp": iso(inside)}, refresh=True)
+    assert await src.count(WINDOW) == 5
+    swapped = await src.fingerprint(WINDOW)
+    assert swapped not in (None, first, edited)
+
+    # The extra query's documents only.
+    web = source(osmem_url, query={"term": {"service": "web"}})
+    before = await web.fingerprint(WINDOW)
+    await es.index(index="events", id="d1", document=doc, refresh=True)  # still "api"
+    assert await web.fingerprint(WINDOW) == before
+
+
+async def test_the_fingerprint_is_unknown_where_it_cannot_be_trusted(
+    es: AsyncElasticsearch, osmem_url: str
+) -> None:
+    # Sequence numbers are per shard: a delete in one and an insert in another could cancel.
+    await es.indices.create(
+        index="sharded",
+        mappings={"properties": {"@timestamp": {"type": "date"}}},
+        settings={"number_of_shards": 2},
+    )
+    await es.index(index="sharded", id="a", document={"@timestamp": iso(START)}, refresh=True)
+    assert await source(osmem_url, index="sharded").fingerprint(WINDOW) is None
+    # A missing index treated as empty has nothing to fingerprint.
+    assert await source(osmem_url, index="nope", missing_index="empty").fingerprint(WINDOW) is None

@@ -56,13 +56,6 @@ def test_two_pipelines_sharing_a_target_table_lose_no_rows_silently(tmp_path: Pa
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "known hole, FINDINGS.md #4: a resumed stage is trusted on an equal row count, so a "
-        "deleted row replaced by a late one goes unseen"
-    ),
-)
 def test_a_resumed_stage_never_loads_rows_the_source_no_longer_holds(
     tmp_path: Path, ledger_url: str
 ) -> None:

@@ -20,6 +20,7 @@ from pydantic.v1 import Field, PrivateAttr, SecretStr, root_validator, validator
 
 from ledgerflow import gctune
 from ledgerflow.blocks.elasticsearch.batches import Shaping
+from ledgerflow.blocks.elasticsearch.fingerprint import window_fingerprint
 from ledgerflow.blocks.elasticsearch.paging import PitApi, Reading, window_pages, window_query
 from ledgerflow.blocks.elasticsearch.probe import (
     ServerFacts,
@@ -175,6 +176,13 @@ class ElasticsearchSource(Block):
             await self._mapping(client)
             result = await client.count(index=self.index, query=self._window_query(window))
         return int(result["count"])
+
+    async def fingerprint(self, window: Window) -> str | None:
+        """Per index: count, sum and max of `_seq_no` (see `fingerprint`); None if unknown."""
+        async with source_errors(self, "fingerprint"), connect(self) as client:
+            if self.missing_index == "empty" and not await self._index_exists(client):
+                return None
+            return await window_fingerprint(client, self.index, self._window_query(window))
 
     async def extract(self, window: Window) -> AsyncIterator[pa.RecordBatch]:
         with gctune.for_bulk_json():
