@@ -44,6 +44,7 @@ from prefect.blocks.core import Block
 from pydantic.v1 import Field, PrivateAttr, SecretStr, root_validator, validator
 
 from ledgerflow import gctune
+from ledgerflow.blocks.checks import check_node_url, client_settings, forbid_unknown_fields
 from ledgerflow.errors import SourceError, SourceTerminalError
 from ledgerflow.redact import has_userinfo, scrub_url, scrub_urls
 from ledgerflow.windows import Window
@@ -137,6 +138,7 @@ class ElasticsearchSource(Block):
     _block_type_name = "Ledgerflow Elasticsearch Source"
     _block_type_slug = "ledgerflow-elasticsearch-source"
     _description = "Exact counts and parallel, bounded-memory extraction of time windows."
+    _known_fields = forbid_unknown_fields()
 
     hosts: list[str] | None = Field(
         None, title="Hosts", description="Node URLs, e.g. https://es.example.com:9200."
@@ -232,6 +234,7 @@ class ElasticsearchSource(Block):
                     "them and set username and password (or api_key, or bearer_token), "
                     "which are kept as secrets"
                 )
+            check_node_url(f"hosts[{i}]", host)
         return v
 
     @validator("query")
@@ -584,7 +587,8 @@ class ElasticsearchSource(Block):
             kwargs["bearer_auth"] = self.bearer_token.get_secret_value()
         if not self.compatibility_headers:
             kwargs["node_class"] = PlainJsonNode
-        client = AsyncElasticsearch(**kwargs)
+        with client_settings("Elasticsearch source"):
+            client = AsyncElasticsearch(**kwargs)
         try:
             yield client
         finally:
