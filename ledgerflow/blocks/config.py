@@ -66,6 +66,7 @@ class PipelineConfig(Block):
     _description = (
         "Windows, lag, retries, audit tolerance and the blocks of one ledgerflow pipeline."
     )
+    _known_fields = forbid_unknown_fields()
 
     pipeline_id: str = Field(
         ..., title="Pipeline ID", description="Unique name of the pipeline in the ledger."
@@ -260,8 +261,6 @@ class PipelineConfig(Block):
         if not _EMAIL.fullmatch(v):
             raise ValueError(f"email_list entry {v!r} is not an email address")
         return v
-
-    _known_fields = forbid_unknown_fields()
 
     @validator("notification_block", "ledger_block", "source_block", "stage_block", "target_block")
     def _slug(cls, v: str | None, field: Any) -> str | None:

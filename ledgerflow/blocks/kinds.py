@@ -3,7 +3,7 @@ PipelineConfig slot takes, so that a config naming a block of the wrong kind is 
 is built, not at run time.
 
 ledgerflow's own block types are listed here, so the check needs no client library imported
-(tests/unit/test_config.py checks the list against the Protocols each class implements). A
+(tests/integration/test_configure.py checks the list against the Protocols each class implements). A
 block type of yours is judged by its class when that class is imported (it implements
 `ledgerflow.ports.Source`, `Stage` or `Target`); otherwise the flow checks it when it loads it.
 """

@@ -9,6 +9,7 @@ from prefect.utilities.dispatch import get_registry_for_type
 from pydantic.v1 import ValidationError
 
 from ledgerflow.blocks.config import explain
+from ledgerflow.blocks.kinds import SLOT_KIND, check_slot
 from ledgerflow.errors import ConfigError
 
 
@@ -41,6 +42,12 @@ async def load_block(slug: str, field: str, protocol: type | None = None) -> Any
             "it on this Prefect API first: `ledgerflow blocks register --file blocks.toml` or "
             "<BlockClass>.parse_obj({...}).save(name) (see the README, Configure the blocks)"
         ) from None
+    if field in SLOT_KIND:
+        # Its class is imported now: a block type the config's own check could not judge.
+        try:
+            check_slot(field, slug)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     if protocol is not None and not isinstance(block, protocol):
         raise ConfigError(
             f"{field}={slug!r} is a {type(block).__name__}, which is not a {protocol.__name__}"

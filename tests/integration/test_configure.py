@@ -15,10 +15,11 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
-from ledgerflow.blocks.catalog import ALL_BLOCKS
+from ledgerflow.blocks.catalog import ALL_BLOCKS, MISSING
 from ledgerflow.blocks.config import PipelineConfig, load_final_config, validate_config
 from ledgerflow.blocks.duckdb_source import DuckDBSource
 from ledgerflow.blocks.elasticsearch import ElasticsearchSource
+from ledgerflow.blocks.kinds import KIND_OF_TYPE, kinds_of_class
 from ledgerflow.blocks.ledger_db import LedgerDatabase
 from ledgerflow.blocks.loading import load_block
 from ledgerflow.blocks.local_stage import LocalStage
@@ -272,6 +273,16 @@ def test_a_saved_document_with_an_unknown_field_fails_when_loaded() -> None:
 # --- slots naming a block of the wrong kind -----------------------------------------------------
 
 
+def test_the_kind_table_matches_what_each_block_implements() -> None:
+    for block in ALL_BLOCKS:
+        slug = block.get_block_type_slug()
+        if block is PipelineConfig:
+            assert KIND_OF_TYPE[slug] == "pipeline config"
+            continue
+        assert kinds_of_class(block) == {KIND_OF_TYPE[slug]}, slug
+    assert set(KIND_OF_TYPE) == {b.get_block_type_slug() for b in ALL_BLOCKS} | set(MISSING)
+
+
 class ProbeSource(Block):
     """A source block of a user's own: it implements ledgerflow.ports.Source."""
 
@@ -521,3 +532,20 @@ def test_a_missing_block_lists_the_saved_blocks_of_its_type(tmp_path: Path) -> N
     with pytest.raises(ConfigError) as caught:
         asyncio.run(load_block("ledgerflow-test-probe-source/nowhere", "source_block"))
     assert "no ledgerflow-test-probe-source block is saved on this Prefect API" in str(caught.value)
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_block_type_imported_only_at_load_is_checked_for_its_kind_then() -> None:
+    from ledgerflow.ports import Stage
+
+    slug = f"ledgerflow-test-late-{uuid.uuid4().hex[:6]}"
+    # The config is built before the type's class is imported anywhere: it cannot judge it.
+    validate_config({**BASE, "stage_block": f"{slug}/x"})
+
+    class LateSource(ProbeSource):
+        _block_type_slug = slug
+
+    LateSource().save("x", overwrite=True)
+    with pytest.raises(ConfigError) as caught:
+        asyncio.run(load_block(f"{slug}/x", "stage_block", Stage))
+    assert f"stage_block='{slug}/x' names a source block ({slug})" in str(caught.value)
