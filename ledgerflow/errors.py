@@ -33,6 +33,10 @@ class ConfigError(TerminalError, ValueError):
     error naming the field."""
 
 
+class ClientSettingsError(ConfigError):
+    """A block's settings cannot build its client (a malformed URL, cloud id or option)."""
+
+
 class DurationError(ConfigError):
     """A duration is not of the form <positive integer><m|h|d>."""
 

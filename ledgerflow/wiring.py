@@ -15,7 +15,10 @@ from typing import TYPE_CHECKING, TypeVar
 
 from prefect.blocks.core import Block
 from prefect.utilities.dispatch import get_registry_for_type
+from pydantic.v1 import ValidationError
 
+from ledgerflow.blocks.config import explain
+from ledgerflow.blocks.kinds import SLOT_KIND, check_slot
 from ledgerflow.errors import ConfigError
 from ledgerflow.ports import LedgerProvider, Source, Stage, Systems, Target
 
@@ -42,13 +45,43 @@ async def load_block(slug: str, field: str, protocol: type[P]) -> P:
     try:
         # A class's own load takes the document's name; Block.load the whole slug.
         block = await (Block.load(slug) if block_class is None else block_class.load(name))
+    except RuntimeError as exc:
+        # Block.load reports a document that fails validation (saved before a check existed,
+        # or written past it) as a RuntimeError caused by the ValidationError.
+        if isinstance(exc.__cause__, ValidationError):
+            raise explain(exc.__cause__, name, f"{field}={slug!r}") from None
+        raise
     except ValueError as exc:
+        if "Unable to find block document" not in str(exc):
+            raise ConfigError(f"{field}={slug!r} cannot be loaded: {exc}") from None
         raise ConfigError(
-            f"{field}={slug!r} names no saved block ({exc}); save it on this Prefect API "
-            "first: `ledgerflow blocks register --file blocks.toml` or "
+            f"{field}={slug!r} names no saved block; {await saved_of_type(block_type)}. Save "
+            "it on this Prefect API first: `ledgerflow blocks register --file blocks.toml` or "
             "<BlockClass>.parse_obj({...}).save(name) (see the README, Configure the blocks)"
         ) from None
+    if field in SLOT_KIND:
+        # Its class is imported now: a block type the config's own check could not judge.
+        try:
+            check_slot(field, slug)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     return _checked(f"{field}={slug!r}", block, protocol)
+
+
+async def saved_of_type(block_type: str) -> str:
+    """Which blocks of type `block_type` this Prefect API holds, as a phrase."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    async with get_client() as client:
+        try:
+            docs = await client.read_block_documents_by_type(block_type, include_secrets=False)
+        except ObjectNotFound:
+            docs = []
+    names = sorted(d.name for d in docs if d.name and not d.is_anonymous)
+    if not names:
+        return f"no {block_type} block is saved on this Prefect API"
+    return f"saved {block_type} blocks: {', '.join(names)}"
 
 
 async def load_ledger(config: PipelineConfig) -> LedgerDatabase:

@@ -14,6 +14,8 @@ from prefect.blocks.core import Block
 from prefect.utilities.asyncutils import sync_compatible
 from pydantic.v1 import BaseModel, Field, ValidationError, root_validator, validator
 
+from ledgerflow.blocks.checks import forbid_unknown_fields
+from ledgerflow.blocks.kinds import SLOT_KIND, check_slot
 from ledgerflow.durations import parse_duration
 from ledgerflow.errors import ConfigError
 from ledgerflow.windows import KEY_FIELDS, KeyHook, check_granularity, zone
@@ -44,6 +46,8 @@ class DefaultRecord(BaseModel):
         description="Leave unset; when set it must equal the config's pipeline_id.",
     )
 
+    _known_fields = forbid_unknown_fields()
+
 
 class PipelineConfig(Block):
     """Everything one windowed pipeline needs: its windows, its blocks, its retries and alerts.
@@ -62,6 +66,7 @@ class PipelineConfig(Block):
     _description = (
         "Windows, lag, retries, audit tolerance and the blocks of one ledgerflow pipeline."
     )
+    _known_fields = forbid_unknown_fields()
 
     pipeline_id: str = Field(
         ..., title="Pipeline ID", description="Unique name of the pipeline in the ledger."
@@ -264,6 +269,8 @@ class PipelineConfig(Block):
                 f"{field.name}={v!r} is not a block slug; write '<block-type-slug>/<block-name>', "
                 "e.g. 'ledgerflow-duckdb-source/demo'"
             )
+        if v is not None and field.name in SLOT_KIND:
+            check_slot(field.name, v)
         return v
 
     @validator("max_retry_task")
@@ -382,14 +389,16 @@ def _import_hook(field: str, path: str) -> KeyHook:
     return hook  # type: ignore[no-any-return]
 
 
-def explain(exc: ValidationError, name: str) -> ConfigError:
-    """One readable ConfigError from a pydantic error: one line per bad field."""
+def explain(exc: ValidationError, name: str, what: str | None = None) -> ConfigError:
+    """One readable ConfigError from a pydantic error: one line per bad field.
+
+    `what` says what is invalid (default: "pipeline config 'NAME'")."""
     lines = []
     for err in exc.errors():
         where = ".".join(str(p) for p in err["loc"] if p != "__root__")
         message = err["msg"]
-        lines.append(message if where and where in message else f"{where or 'config'}: {message}")
-    return ConfigError(f"pipeline config {name!r} is invalid: " + "; ".join(lines))
+        lines.append(message if not where or where in message else f"{where}: {message}")
+    return ConfigError(f"{what or f'pipeline config {name!r}'} is invalid: " + "; ".join(lines))
 
 
 def validate_config(data: dict[str, Any], name: str = "<inline>") -> PipelineConfig:
@@ -405,8 +414,11 @@ async def load_final_config(name: str) -> PipelineConfig:
     """Load the PipelineConfig block `name` and return it validated (the seed's entry point)."""
     try:
         config = await PipelineConfig.load(name)
-    except ValidationError as exc:
-        raise explain(exc, name) from None
+    except RuntimeError as exc:
+        # Block.load reports a document that fails validation as a RuntimeError caused by it.
+        if isinstance(exc.__cause__, ValidationError):
+            raise explain(exc.__cause__, name) from None
+        raise
     except ValueError as exc:
         if "Unable to find block document" in str(exc):
             raise ConfigError(

@@ -14,6 +14,7 @@ import pyarrow as pa
 from prefect.blocks.core import Block
 from pydantic.v1 import Field, root_validator, validator
 
+from ledgerflow.blocks.checks import forbid_unknown_fields
 from ledgerflow.blocks.duckdb_common import DUCKDB_ERRORS, DuckDBHandle, translate
 from ledgerflow.errors import SourceError, SourceTerminalError
 from ledgerflow.sqlident import quote_identifier
@@ -43,6 +44,7 @@ class DuckDBSource(Block):
     _block_type_name = "Ledgerflow DuckDB Source"
     _block_type_slug = "ledgerflow-duckdb-source"
     _description = "Embedded source: a DuckDB table or file glob with a timestamp column."
+    _known_fields = forbid_unknown_fields()
 
     path: str = Field(":memory:", title="Database file", description="DuckDB file (read-only).")
     table: str | None = Field(None, title="Table", description="Table to read (or use files).")

@@ -10,6 +10,7 @@ from prefect.blocks.core import Block
 from pydantic.v1 import Field, validator
 
 from ledgerflow import failpoints
+from ledgerflow.blocks.checks import forbid_unknown_fields
 from ledgerflow.blocks.duckdb_common import (
     DUCKDB_ERRORS,
     DuckDBHandle,
@@ -45,6 +46,7 @@ class DuckDBTarget(Block):
     _block_type_name = "Ledgerflow DuckDB Target"
     _block_type_slug = "ledgerflow-duckdb-target"
     _description = "Embedded target: a DuckDB table, each window replaced atomically."
+    _known_fields = forbid_unknown_fields()
 
     path: str = Field(
         ".ledgerflow/warehouse.duckdb", title="Database file", description="DuckDB file to load."

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 from prefect.blocks.core import Block
 from pydantic.v1 import Field, validator
 
+from ledgerflow.blocks.checks import forbid_unknown_fields
 from ledgerflow.blocks.parquet_parts import Part, write_parts
 from ledgerflow.errors import StageError, StageTerminalError
 from ledgerflow.ports import Manifest, StagedFile
@@ -33,6 +34,7 @@ class LocalStage(Block):
     _block_type_name = "Ledgerflow Local Stage"
     _block_type_slug = "ledgerflow-local-stage"
     _description = "Embedded stage: a local folder of Parquet parts per window."
+    _known_fields = forbid_unknown_fields()
 
     root: str = Field(
         ".ledgerflow/stage",

@@ -23,6 +23,7 @@ from snowflake.connector import errors as sf_errors
 
 from ledgerflow import failpoints
 from ledgerflow.blocks import snowflake_sql as sql
+from ledgerflow.blocks.checks import client_settings, forbid_unknown_fields
 from ledgerflow.blocks.interrupt import Interrupt, in_thread
 from ledgerflow.blocks.nested import revalidated
 from ledgerflow.errors import (
@@ -97,6 +98,7 @@ class SnowflakeTarget(Block):
     _description = (
         "Replace each window in a Snowflake table atomically (composes SnowflakeConnector)."
     )
+    _known_fields = forbid_unknown_fields()
 
     connector: SnowflakeConnector = Field(
         ..., title="Connector", description="A prefect-snowflake SnowflakeConnector block."
@@ -328,20 +330,22 @@ class SnowflakeTarget(Block):
 
     async def _session(self, work: Callable[[Any], T], action: str, *, transactional: bool) -> T:
         def run(interrupt: Interrupt) -> T:
-            args = dict(self.connect_args)
-            # A worker killed inside `replace` leaves its transaction detached, holding the
-            # table's lock until Snowflake rolls it back (after 4 h idle). Wait a bounded time.
-            args["session_parameters"] = {
-                "LOCK_TIMEOUT": self.lock_timeout_seconds,
-                **args.get("session_parameters", {}),
-            }
-            connection = revalidated(self.connector.credentials).get_client(
-                database=self.connector.database,
-                warehouse=self.connector.warehouse,
-                schema=self.connector.schema_,
-                autocommit=not transactional,
-                **args,
-            )
+            with client_settings("Snowflake target"):
+                args = dict(self.connect_args)
+                # A worker killed inside `replace` leaves its transaction detached, holding the
+                # table's lock until Snowflake rolls it back (after 4 h idle). Wait a bounded
+                # time.
+                args["session_parameters"] = {
+                    "LOCK_TIMEOUT": self.lock_timeout_seconds,
+                    **args.get("session_parameters", {}),
+                }
+                connection = revalidated(self.connector.credentials).get_client(
+                    database=self.connector.database,
+                    warehouse=self.connector.warehouse,
+                    schema=self.connector.schema_,
+                    autocommit=not transactional,
+                    **args,
+                )
             interrupt.arm(lambda: _cancel_all(connection))
             try:
                 cursor = connection.cursor()

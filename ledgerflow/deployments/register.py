@@ -35,7 +35,7 @@ from prefect.blocks.core import Block
 from pydantic.v1 import ValidationError
 
 from ledgerflow.blocks.catalog import ALL_BLOCKS, MISSING
-from ledgerflow.blocks.config import explain
+from ledgerflow.blocks.config import PipelineConfig, explain
 from ledgerflow.errors import ConfigError
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -112,7 +112,8 @@ def build_blocks(
         try:
             block = BLOCKS[kind].parse_obj(_expand(fields, section, env))
         except ValidationError as exc:
-            raise explain(exc, f"[{section}]") from None
+            what = "pipeline config" if kind == slug_of(PipelineConfig) else "block"
+            raise explain(exc, section, f"{what} [{section}]") from None
         built.append((str(name), block))
     return built
 

@@ -363,10 +363,16 @@ def test_config_errors_name_what_is_allowed() -> None:
         ElasticsearchSource.parse_obj({"index": "x"})
     with pytest.raises(ValueError, match="set one auth method, not api_key and username/password"):
         ElasticsearchSource.parse_obj(
-            {"hosts": ["http://h"], "index": "x", "api_key": "k", "username": "u", "password": "p"}
+            {
+                "hosts": ["http://h:9200"],
+                "index": "x",
+                "api_key": "k",
+                "username": "u",
+                "password": "p",
+            }
         )
     with pytest.raises(ValueError, match="slices=64 must be between 1 and 32"):
-        ElasticsearchSource.parse_obj({"hosts": ["http://h"], "index": "x", "slices": 64})
+        ElasticsearchSource.parse_obj({"hosts": ["http://h:9200"], "index": "x", "slices": 64})
 
 
 @pytest.mark.usefixtures("prefect_harness")
@@ -526,7 +532,7 @@ def stamped(stamps: dict[str, str]) -> dict[str, str]:
 
 async def server_ids(es: AsyncElasticsearch, index: str, window: Window) -> set[str]:
     """Which documents the server's own range query puts in the window."""
-    query = source("http://unused", index=index)._window_query(window)
+    query = source("http://unused:9200", index=index)._window_query(window)
     response = await es.search(index=index, query=query, size=1000, source=False)
     return {h["_id"] for h in response["hits"]["hits"]}
 

@@ -19,6 +19,7 @@ from prefect.blocks.core import Block
 from pydantic.v1 import Field, PrivateAttr, SecretStr, root_validator, validator
 
 from ledgerflow import gctune
+from ledgerflow.blocks.checks import check_node_url, forbid_unknown_fields
 from ledgerflow.blocks.elasticsearch.batches import Shaping
 from ledgerflow.blocks.elasticsearch.fingerprint import window_fingerprint
 from ledgerflow.blocks.elasticsearch.paging import PitApi, Reading, window_pages, window_query
@@ -55,6 +56,7 @@ class ElasticsearchSource(Block):
     _block_type_name = "Ledgerflow Elasticsearch Source"
     _block_type_slug = "ledgerflow-elasticsearch-source"
     _description = "Exact counts and parallel, bounded-memory extraction of time windows."
+    _known_fields = forbid_unknown_fields()
 
     hosts: list[str] | None = Field(
         None, title="Hosts", description="Node URLs, e.g. https://es.example.com:9200."
@@ -145,6 +147,7 @@ class ElasticsearchSource(Block):
                     "them and set username and password (or api_key, or bearer_token), "
                     "which are kept as secrets"
                 )
+            check_node_url(f"hosts[{i}]", host)
         return v
 
     @validator("query")

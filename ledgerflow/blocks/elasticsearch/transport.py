@@ -18,6 +18,7 @@ from elasticsearch import (
     NotFoundError,
 )
 
+from ledgerflow.blocks.checks import client_settings
 from ledgerflow.blocks.elasticsearch.jsontext import ExactJsonSerializer
 from ledgerflow.errors import SourceError, SourceTerminalError
 from ledgerflow.redact import scrub_url, scrub_urls
@@ -80,7 +81,8 @@ async def connect(block: ElasticsearchSource) -> AsyncIterator[AsyncElasticsearc
         kwargs["bearer_auth"] = block.bearer_token.get_secret_value()
     if not block.compatibility_headers:
         kwargs["node_class"] = PlainJsonNode
-    client = AsyncElasticsearch(**kwargs)
+    with client_settings("Elasticsearch source"):
+        client = AsyncElasticsearch(**kwargs)
     try:
         yield client
     finally:
