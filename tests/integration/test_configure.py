@@ -293,6 +293,9 @@ class ProbeSource(Block):
     async def count(self, window: Window) -> int:
         return 0
 
+    async def fingerprint(self, window: Window) -> str | None:
+        return None
+
     async def extract(self, window: Window) -> AsyncIterator[pa.RecordBatch]:
         for batch in ():
             yield batch
