@@ -21,7 +21,6 @@ from prefect.context import get_run_context
 from prefect.states import Completed, Failed, State
 from prefect.utilities.annotations import quote
 
-from ledgerflow.blocks import catalog  # noqa: F401  (registers every block type for Block.load)
 from ledgerflow.blocks.config import PipelineConfig, load_final_config
 from ledgerflow.blocks.ledger_db import LedgerDatabase
 from ledgerflow.blocks.loading import load_block
