@@ -14,6 +14,10 @@ from ledgerflow.blocks.checks import forbid_unknown_fields
 from ledgerflow.blocks.duckdb_common import (
     DUCKDB_ERRORS,
     DuckDBHandle,
+    Resources,
+    check_memory_limit,
+    check_temp_directory,
+    check_threads,
     creating_tables,
     table_exists,
     translate,
@@ -29,6 +33,13 @@ from ledgerflow.errors import (
 from ledgerflow.ports import Fence, Manifest
 from ledgerflow.sqlident import quote_identifier
 from ledgerflow.windows import Window
+
+# What a load may use by default. Measured on a 600,000-document window (about 180 MB of JSON
+# text): DuckDB's own defaults (80% of memory, a thread per core) took the load to +270 MB of
+# resident memory, one thread to +140 MB whatever the limit from 32MB to 256MB; a larger load
+# spills to temp_directory instead of growing (tests/integration/test_duckdb_resources.py).
+DEFAULT_MEMORY_LIMIT = "128MB"
+DEFAULT_THREADS: int | None = 1
 
 
 class DuckDBTarget(Block):
@@ -59,6 +70,29 @@ class DuckDBTarget(Block):
         True, title="Create table", description="Create the table from the first staged files."
     )
 
+    memory_limit: str | None = Field(
+        DEFAULT_MEMORY_LIMIT,
+        title="Memory limit",
+        description="DuckDB's memory while loading (e.g. '256MB'); a larger load spills to "
+        "temp_directory. Unset: DuckDB's default, 80% of the machine's memory.",
+    )
+    threads: int | None = Field(
+        DEFAULT_THREADS,
+        title="Threads",
+        description="DuckDB's threads while loading (each reads with its own buffers). "
+        "Unset: one per core.",
+    )
+    temp_directory: str | None = Field(
+        None,
+        title="Temp directory",
+        description="Where DuckDB spills what exceeds memory_limit. Unset: '<path>.tmp' beside "
+        "the database file.",
+    )
+
+    _memory_limit = validator("memory_limit", allow_reuse=True)(check_memory_limit)
+    _threads = validator("threads", allow_reuse=True)(check_threads)
+    _temp_directory = validator("temp_directory", allow_reuse=True)(check_temp_directory)
+
     @validator("table")
     def _table(cls, v: str) -> str:
         quote_identifier(v, field="table")
@@ -72,7 +106,8 @@ class DuckDBTarget(Block):
     @property
     def handle(self) -> DuckDBHandle:
         """Holds the file only while an operation runs (nothing stays open between them)."""
-        return DuckDBHandle(self.path, read_only=False)
+        resources = Resources(self.memory_limit, self.threads, self.temp_directory)
+        return DuckDBHandle(self.path, read_only=False, resources=resources)
 
     async def count(self, window: Window) -> int:
         table, ts = self._names()
