@@ -28,9 +28,6 @@ def test_the_seed_defaults_are_the_defaults() -> None:
     assert config.cron_schedule == "0 */2 * * *"
     assert config.max_retry_task == 3
     assert config.check_fields == ["key_x", "key_y", "key_z"]
-    assert config.default_record.source_name == "elasticsearch"
-    assert config.default_record.target_name == "snowflake"
-    assert config.default_record.pipeline_id == "main_pipeline"
     assert config.claim_order == "oldest_first"
     assert config.lag == timedelta(days=1) and config.step == timedelta(hours=2)
 
@@ -58,7 +55,6 @@ def test_the_seed_defaults_are_the_defaults() -> None:
         ("cron_schedule", "every hour", "not a valid 5-field cron"),
         ("source_block", "just-a-name", "not a block slug"),
         ("key_x_hook", "nocolon", "must be 'package.module:function'"),
-        ("default_record", {"pipeline_id": "other"}, "must match"),
     ],
 )
 def test_each_bad_value_names_field_value_and_what_is_allowed(
