@@ -67,8 +67,8 @@ async def backfill(
     return BackfillPlan(
         windows=len(eligible),
         new=done.new,
-        first=eligible[0].to_dict()["start"] if eligible else None,
-        last=eligible[-1].to_dict()["start"] if eligible else None,
+        first=eligible[0].start_iso if eligible else None,
+        last=eligible[-1].start_iso if eligible else None,
         skipped_not_eligible=len(in_range) - len(eligible),
         registered=0 if dry_run else done.new,
     )
@@ -142,7 +142,7 @@ async def rescan(
             await ledger.reopen(pipeline_id, [record.id or 0], f"rescan: {reason}", force=True)
         result.changed.append(
             RescanResult(
-                window_start=record.window.to_dict()["start"],
+                window_start=record.window.start_iso,
                 record_id=record.id or 0,
                 loaded=record.target_count,
                 source_then=record.source_count,
