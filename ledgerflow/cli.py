@@ -736,7 +736,7 @@ def blocks_register(
     file: Annotated[Path, typer.Option("--file", "-f", help="TOML file describing the blocks")],
 ) -> None:
     """Validate and save every block in the file (`${VAR}` reads the environment)."""
-    from ledgerflow.deployments.register import register_file
+    from ledgerflow.deployments.save_blocks import register_file
 
     prefect_ready(saves_blocks=True)
     for slug in run_async(register_file(file)):

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
+from ledgerflow.clock import as_utc as as_utc  # re-exported: older callers import it from here
+from ledgerflow.clock import iso_z
 from ledgerflow.durations import format_duration, parse_duration
 from ledgerflow.errors import ConfigError, RecordIncomplete
 
@@ -63,22 +65,23 @@ class Window:
         tz = ZoneInfo(timezone)
         return self.start.astimezone(tz), self.end.astimezone(tz)
 
+    @property
+    def start_iso(self) -> str:
+        """The start as ISO text in UTC, e.g. `2025-03-09T10:00:00Z`."""
+        return iso_z(self.start)
+
+    @property
+    def end_iso(self) -> str:
+        """The end as ISO text in UTC."""
+        return iso_z(self.end)
+
     def to_dict(self) -> dict[str, str]:
         return {
-            "start": self.start.isoformat().replace("+00:00", "Z"),
-            "end": self.end.isoformat().replace("+00:00", "Z"),
+            "start": self.start_iso,
+            "end": self.end_iso,
             "target_day": self.target_day.isoformat(),
             "time_interval": self.time_interval,
         }
-
-
-def as_utc(value: datetime) -> datetime:
-    """`value` as a plain aware UTC datetime (pendulum 2 DateTimes cannot take a ZoneInfo)."""
-    offset = value.utcoffset()
-    if offset is None:
-        raise ValueError(f"{value!r} is naive; an instant needs a UTC offset")
-    wall = datetime(*value.timetuple()[:6], value.microsecond)
-    return (wall - offset).replace(tzinfo=UTC)
 
 
 def zone(name: str) -> ZoneInfo:
@@ -378,7 +381,7 @@ def build_record(
     missing = [f for f in check_fields if record.get(f) in (None, "")]
     if missing:
         raise RecordIncomplete(
-            f"window {window.to_dict()['start']} of pipeline {pipeline_id!r} is incomplete: "
+            f"window {window.start_iso} of pipeline {pipeline_id!r} is incomplete: "
             f"check_fields {missing} are empty; every field in check_fields must be non-empty"
         )
     return record

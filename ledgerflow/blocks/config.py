@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from prefect.blocks.core import Block
 from prefect.utilities.asyncutils import sync_compatible
-from pydantic.v1 import BaseModel, Field, ValidationError, root_validator, validator
+from pydantic.v1 import Field, ValidationError, root_validator, validator
 
 from ledgerflow.blocks.checks import forbid_unknown_fields
 from ledgerflow.blocks.kinds import SLOT_KIND, check_slot
@@ -25,28 +25,6 @@ _HOOK = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 _SLUG = re.compile(r"[a-z0-9][a-z0-9\-]*/[A-Za-z0-9][\w\-]*")
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 CHECKABLE_FIELDS = (*KEY_FIELDS, "target_day", "time_interval")
-
-
-class DefaultRecord(BaseModel):
-    """The seed's `default_record`: names stamped on every window of this pipeline."""
-
-    source_name: str = Field(
-        "elasticsearch",
-        title="Source name",
-        description="Label of the source system, written on every window's ledger row.",
-    )
-    target_name: str = Field(
-        "snowflake",
-        title="Target name",
-        description="Label of the target system, written on every window's ledger row.",
-    )
-    pipeline_id: str | None = Field(
-        None,
-        title="Pipeline ID",
-        description="Leave unset; when set it must equal the config's pipeline_id.",
-    )
-
-    _known_fields = forbid_unknown_fields()
 
 
 class PipelineConfig(Block):
@@ -66,8 +44,6 @@ class PipelineConfig(Block):
     _description = (
         "Windows, lag, retries, audit tolerance and the blocks of one ledgerflow pipeline."
     )
-    _known_fields = forbid_unknown_fields()
-
     pipeline_id: str = Field(
         ..., title="Pipeline ID", description="Unique name of the pipeline in the ledger."
     )
@@ -152,11 +128,6 @@ class PipelineConfig(Block):
         title="key_z function",
         description="'package.module:function' computing a window's key_z "
         "(default: its length in seconds).",
-    )
-    default_record: DefaultRecord = Field(
-        default_factory=DefaultRecord,  # type: ignore[arg-type]
-        title="Ledger row labels",
-        description="Source and target names written on every window's ledger row.",
     )
     audit_tolerance_percent: float = Field(
         0.0, title="Audit tolerance (%)", description="Allowed |source-target|/source, 0-100."
@@ -342,17 +313,14 @@ class PipelineConfig(Block):
             )
         return values
 
-    @root_validator(skip_on_failure=True)
-    def _default_record(cls, values: dict[str, Any]) -> dict[str, Any]:
-        record: DefaultRecord = values["default_record"]
-        if record.pipeline_id is None:
-            values["default_record"] = record.copy(update={"pipeline_id": values["pipeline_id"]})
-        elif record.pipeline_id != values["pipeline_id"]:
-            raise ValueError(
-                f"default_record.pipeline_id={record.pipeline_id!r} differs from "
-                f"pipeline_id={values['pipeline_id']!r}; they must match (or leave it unset)"
-            )
-        return values
+    @root_validator(pre=True)
+    def _drop_default_record(cls, values: dict[str, Any]) -> dict[str, Any]:
+        # Configs saved by earlier versions carry `default_record` (source/target labels that
+        # nothing ever stored or read): drop it, so they still load and a re-save leaves it out.
+        return {key: value for key, value in values.items() if key != "default_record"}
+
+    # After `_drop_default_record`: pydantic runs pre root validators in the order they are defined.
+    _known_fields = forbid_unknown_fields()
 
     # --- derived values -----------------------------------------------------------------------
 

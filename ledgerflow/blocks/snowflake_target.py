@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, TypeVar
 
 from prefect.blocks.core import Block
@@ -26,6 +26,7 @@ from ledgerflow.blocks import snowflake_sql as sql
 from ledgerflow.blocks.checks import client_settings, forbid_unknown_fields
 from ledgerflow.blocks.interrupt import Interrupt, in_thread
 from ledgerflow.blocks.nested import revalidated
+from ledgerflow.clock import utc_now
 from ledgerflow.errors import (
     FencedOut,
     LoadCountMismatch,
@@ -197,7 +198,7 @@ class SnowflakeTarget(Block):
                     v
                     for v, c in (
                         (window.start, self.window_start_column),
-                        (datetime.now(UTC), self.loaded_at_column),
+                        (utc_now(), self.loaded_at_column),
                     )
                     if c
                 ]

@@ -79,8 +79,8 @@ class WindowOutcome:
             message = f"{message}; the ledger now says {record.pipeline_status}, not by this run"
         return cls(
             id=record.id or 0,
-            window_start=window.to_dict()["start"],
-            window_end=window.to_dict()["end"],
+            window_start=window.start_iso,
+            window_end=window.end_iso,
             local_window=f"{lo:%Y-%m-%d %H:%M %Z} - {hi:%H:%M %Z}",
             status=record.pipeline_status if ours else LEASE_LOST,
             source_count=record.source_count,

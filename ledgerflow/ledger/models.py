@@ -13,7 +13,7 @@ its source). It is for display; the audit decides on the exact integer counts.
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any
@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 from sqlmodel import Field, SQLModel
 
+from ledgerflow.clock import as_utc, stored_as_utc
 from ledgerflow.windows import Window
 
 SCHEMA_VERSION = 2
@@ -41,14 +42,14 @@ class UTCDateTime(sa.types.TypeDecorator[datetime]):
             return None
         if value.tzinfo is None:
             raise ValueError(f"ledger times must be aware datetimes, got naive {value!r}")
-        utc = value.astimezone(UTC)
+        utc = as_utc(value)
         # SQLite keeps text; strip the offset so every stored value sorts as UTC text.
         return utc.replace(tzinfo=None) if dialect.name == "sqlite" else utc
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return stored_as_utc(value)
 
 
 class Status(StrEnum):

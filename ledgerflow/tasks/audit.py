@@ -14,18 +14,19 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
 from ledgerflow import failpoints
+from ledgerflow.clock import utc_now
 from ledgerflow.errors import AuditMismatch
 from ledgerflow.ledger import Lease
 from ledgerflow.ledger.audit import AuditVerdict, judge
 from ledgerflow.ports import Systems
-from ledgerflow.tasks.common import RunSettings, artifact_key, logger, now, timed
+from ledgerflow.tasks.common import RunSettings, artifact_key, logger, timed
 
 
 @task(name="audit", persist_result=False)
 async def audit(systems: Systems, settings: RunSettings, lease: Lease) -> AuditVerdict:
     """Recount, record the audit columns, and complete or fail the window."""
     async with timed("audit", lease), systems.ledger.open() as ledger:
-        started = now()
+        started = utc_now()
         source, target = await asyncio.gather(
             systems.source.count(lease.window), systems.target.count(lease.window)
         )
@@ -58,7 +59,7 @@ async def explain_mismatch(settings: RunSettings, lease: Lease, error: AuditMism
                 "",
                 "| | |",
                 "|---|---|",
-                f"| window (UTC) | {window.to_dict()['start']} - {window.to_dict()['end']} |",
+                f"| window (UTC) | {window.start_iso} - {window.end_iso} |",
                 f"| window ({settings.timezone}) | {lo:%Y-%m-%d %H:%M %Z} - {hi:%H:%M %Z} |",
                 f"| ledger id | {lease.id} |",
                 f"| source rows | {error.source_count:,} |",

@@ -9,7 +9,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from prefect import get_run_logger
@@ -61,7 +61,7 @@ def logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
 @contextlib.asynccontextmanager
 async def timed(step: str, lease: Lease | None = None) -> AsyncIterator[None]:
     """Log how long `step` took and which window it worked on (the seed's logging with timing)."""
-    label = f"window {lease.window.to_dict()['start']} (id={lease.id})" if lease else "pipeline"
+    label = f"window {lease.window.start_iso} (id={lease.id})" if lease else "pipeline"
     started = time.perf_counter()
     log = logger()
     try:
@@ -161,10 +161,6 @@ def retry_options(
         "retry_delay_seconds": delays,
         "retry_condition_fn": retry_unless_terminal,
     }
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
 
 
 def artifact_key(pipeline_id: str, kind: str = "") -> str:

@@ -83,4 +83,4 @@ async def claim_window(systems: Systems, settings: RunSettings, run_id: str) -> 
             ),
             data=None,
         )
-    return Completed(message=f"claimed window {lease.window.to_dict()['start']}", data=lease)
+    return Completed(message=f"claimed window {lease.window.start_iso}", data=lease)

@@ -12,7 +12,7 @@ import yaml
 from ledgerflow.blocks.config import load_final_config
 from ledgerflow.blocks.ledger_db import LedgerDatabase
 from ledgerflow.cli import app
-from ledgerflow.deployments.register import build_blocks, register_file
+from ledgerflow.deployments.save_blocks import build_blocks, register_file
 from ledgerflow.errors import ConfigError
 from typer.testing import CliRunner
 

@@ -13,6 +13,7 @@ import pyarrow as pa
 import pytest
 from ledgerflow.blocks.config import load_final_config
 from ledgerflow.demo import DEMO_END, DEMO_START
+from ledgerflow.errors import ConfigError
 from ledgerflow.flows.pipeline import windowed_pipeline
 from ledgerflow.ledger import Ledger, Status
 from ledgerflow.tasks.source_to_stage import source_to_stage
@@ -326,11 +327,11 @@ async def test_a_missing_block_is_a_clear_error(pipeline: Pipeline) -> None:
     name = await pipeline.save(target_block="ledgerflow-duckdb-target/nope")
     state = await windowed_pipeline(config_block=name, return_state=True)
     assert state.is_failed()
-    with pytest.raises(Exception, match=r"target_block='ledgerflow-duckdb-target/nope' names no"):
+    with pytest.raises(ConfigError, match=r"target_block='ledgerflow-duckdb-target/nope' names no"):
         await state.result(fetch=True)
 
 
 async def test_a_missing_config_is_a_clear_error() -> None:
     state = await windowed_pipeline(config_block="never-saved", return_state=True)
-    with pytest.raises(Exception, match="no pipeline config block named 'never-saved'"):
+    with pytest.raises(ConfigError, match="no pipeline config block named 'never-saved'"):
         await state.result(fetch=True)

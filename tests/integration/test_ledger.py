@@ -252,5 +252,6 @@ async def test_updates_refuse_unknown_and_identity_columns(ledger: Ledger) -> No
 
 
 async def test_naive_times_are_refused(ledger: Ledger) -> None:
-    with pytest.raises(Exception, match="aware"):
+    # The column type refuses it before any SQL runs; SQLAlchemy wraps its ValueError.
+    with pytest.raises(sa.exc.StatementError, match="ledger times must be aware datetimes"):
         await ledger.claim(PIPE, "r", cutoff=datetime(2030, 1, 1))
