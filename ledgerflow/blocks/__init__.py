@@ -31,7 +31,7 @@ MODULE_OF_SLUG = {
     "ledgerflow-ledger-database": "ledgerflow.blocks.ledger_db",
     "ledgerflow-duckdb-source": "ledgerflow.blocks.duckdb_source",
     "ledgerflow-duckdb-target": "ledgerflow.blocks.duckdb_target",
-    "ledgerflow-elasticsearch-source": "ledgerflow.blocks.elasticsearch",
+    "ledgerflow-elasticsearch-source": "ledgerflow.blocks.elasticsearch.source",
     "ledgerflow-local-stage": "ledgerflow.blocks.local_stage",
     "ledgerflow-s3-stage": "ledgerflow.blocks.s3_stage",
     "ledgerflow-snowflake-target": "ledgerflow.blocks.snowflake_target",
