@@ -17,6 +17,7 @@ from ledgerflow.errors import (
     LoadCountMismatch,
     RowsOutsideWindow,
     StageTerminalError,
+    TableOwnedByAnotherPipeline,
     TargetTerminalError,
 )
 from ledgerflow.ports import Fence
@@ -293,8 +294,11 @@ async def test_a_stale_fence_commits_nothing_and_a_newer_one_wins(
     assert await target.replace(WINDOW, newer, Fence("p", START, 5)) == 30  # the same claim
     assert await target.replace(WINDOW, older, Fence("p", START, 6)) == 20
     assert ids_loaded(peers, database) == sorted(f"o{i}" for i in range(20))
-    # Per pipeline and window: another pipeline's first claim of this window is not fenced out.
-    assert await target.replace(WINDOW, newer, Fence("q", START, 1)) == 30
+    # Another pipeline may not load this table at all (it asserted that pipeline 'q' loads it
+    # before: red-team finding #2, two pipelines sharing a table erase each other's rows).
+    with pytest.raises(TableOwnedByAnotherPipeline, match=r"loaded by pipeline 'p'.*'q'"):
+        await target.replace(WINDOW, newer, Fence("q", START, 1))
+    assert ids_loaded(peers, database) == sorted(f"o{i}" for i in range(20))
 
 
 async def test_old_transaction_begun_then_newer_commits_then_old_commits_nothing(
@@ -308,12 +312,12 @@ async def test_old_transaction_begun_then_newer_commits_then_old_commits_nothing
     reached, go = threading.Event(), threading.Event()
     real = SnowflakeTarget._advance_fence
 
-    def paused(self: SnowflakeTarget, cur: Any, fence: Fence) -> None:
+    def paused(self: SnowflakeTarget, cur: Any, fence: Fence, end: datetime) -> None:
         if fence.token == 2:
             cur.execute("SELECT COUNT(*) FROM EVENTS")  # the transaction's snapshot is taken
             reached.set()
             assert go.wait(60)
-        real(self, cur, fence)
+        real(self, cur, fence, end)
 
     monkeypatch.setattr(SnowflakeTarget, "_advance_fence", paused)
     zombie = asyncio.create_task(target.replace(WINDOW, zombie_files, Fence("p", START, 2)))
