@@ -10,6 +10,7 @@ connector calls run in a worker thread, off the event loop.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import threading
 from collections.abc import Callable
@@ -321,10 +322,12 @@ class SnowflakeTarget(Block):
                         cur.execute(statement)
                     _created_tables.add(key)
 
+        # Not interruptible: a lease lost meanwhile abandons the window's load, not this DDL (it
+        # writes no rows, and nothing needs telling how it ended).
         try:
-            await self._session(create, action, transactional=False)
+            await self._session(create, action, transactional=False, interruptible=False)
         except TargetError:
-            await self._session(create, action, transactional=False)
+            await self._session(create, action, transactional=False, interruptible=False)
 
     def _table_key(self, table: str) -> tuple[str, ...]:
         credentials = self.connector.credentials
@@ -353,7 +356,14 @@ class SnowflakeTarget(Block):
 
     # --- connection and errors ----------------------------------------------------------------
 
-    async def _session(self, work: Callable[[Any], T], action: str, *, transactional: bool) -> T:
+    async def _session(
+        self,
+        work: Callable[[Any], T],
+        action: str,
+        *,
+        transactional: bool,
+        interruptible: bool = True,
+    ) -> T:
         def run(interrupt: Interrupt) -> T:
             args = dict(self.connect_args)
             # A worker killed inside `replace` leaves its transaction detached, holding the
@@ -388,7 +398,9 @@ class SnowflakeTarget(Block):
                 connection.close()
 
         try:
-            return await in_thread(run)
+            if interruptible:
+                return await in_thread(run)
+            return await asyncio.to_thread(run, Interrupt())
         except sf_errors.Error as exc:
             where = f"Snowflake table {self.table!r}"
             reason = terminal_reason(exc)
