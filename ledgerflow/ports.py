@@ -72,9 +72,11 @@ class Manifest:
 class Fence:
     """The fencing token of one claim of one window (Kleppmann's "How to do distributed locking").
 
-    The ledger raises `token` on every claim of the window, so a later claim always carries a
-    greater number than any earlier one. The target records, per (pipeline_id, window_start), the
-    greatest token it has seen, and refuses a load carrying a smaller one.
+    The ledger draws `token` for every claim from one counter per pipeline, so a later claim
+    always carries a greater number than any earlier claim of any window of the pipeline
+    (windows cut on two grids overlap after a re-tile). The target records, per (pipeline_id,
+    window_start), the greatest token it has seen with the window's end and the table, and
+    refuses a load carrying a smaller one than any overlapping window's.
     """
 
     pipeline_id: str
@@ -135,11 +137,16 @@ class Target(Protocol):
         Either the whole window is replaced or nothing changes. In that one transaction:
 
         1. First statement: advance a fence row keyed by (`fence.pipeline_id`,
-           `fence.window_start`) to `fence.token`, inserting it if missing, unless a greater
-           token is recorded; then abort, writing nothing, and raise `FencedOut`. An equal token
-           is the same claim retrying and goes on. The row must be written (not only read) so
-           that two transactions fencing one window cannot both commit: the storage's row or
-           table lock, or its write-write conflict, stops the second.
+           `fence.window_start`), holding `window.end` and the table, to `fence.token`,
+           inserting it if missing, unless a greater token is recorded for it or for any row of
+           the pipeline whose window overlaps `[window.start, window.end)`; then abort, writing
+           nothing, and raise `FencedOut`. An equal token is the same claim retrying and goes
+           on. The row must be written (not only read) so that two transactions fencing one
+           window cannot both commit: the storage's row or table lock, or its write-write
+           conflict, stops the second; and two overlapping windows' transactions must not both
+           commit unseen by each other either (a table lock, or a re-check at commit). Refuse,
+           writing nothing, a table whose fence rows name another pipeline
+           (`TableOwnedByAnotherPipeline`): one pipeline per target table.
         2. Delete the window's rows and load the files.
         3. Before commit, check that every loaded row's timestamp lies in
            `[window.start, window.end)` (none NULL); otherwise abort and raise

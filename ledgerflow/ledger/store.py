@@ -24,6 +24,7 @@ from ledgerflow.errors import ConfigError, LeaseLost, LedgerSchemaError, Transie
 from ledgerflow.ledger import migrations
 from ledgerflow.ledger.audit import AuditVerdict
 from ledgerflow.ledger.models import (
+    FENCE_COUNTERS,
     PIPELINES,
     RECORDS,
     SCHEMA_VERSION,
@@ -40,7 +41,7 @@ from ledgerflow.windows import Grid, Window, split_registered, windows_before
 
 COMPONENT = "pipeline_records"
 _VERSIONS: sa.Table = SchemaVersion.__table__  # type: ignore[attr-defined]
-_TABLES = [RECORDS, PIPELINES, _VERSIONS]
+_TABLES = [RECORDS, PIPELINES, FENCE_COUNTERS, _VERSIONS]
 """Every table the ledger owns, in creation order."""
 _SCHEMA_LOCK = 0x1EDF10
 """The Postgres advisory lock key that serialises schema creation and upgrades."""
@@ -705,9 +706,21 @@ class Ledger:
             "p_stamp": now,
             "p_token": token,
         }
-        async with self._single() as conn:
+        if self.dialect == "postgresql":
+            # One statement: it draws the pipeline's next fence number and takes the window.
+            async with self._single() as conn:
+                row = (await conn.execute(_claim(self.dialect, newest_first), params)).first()
+            return None if row is None else Lease(_row_to_record(row), token)
+        # SQLite has no writing CTE: two statements in one transaction, under its write lock
+        # (taken by the first, an UPDATE), so no other claim draws a number in between.
+        async with self._begin() as conn:
             row = (await conn.execute(_claim(self.dialect, newest_first), params)).first()
-        return None if row is None else Lease(_row_to_record(row), token)
+            if row is None:
+                return None
+            await conn.execute(
+                _record_fence(), {"p_pipeline": pipeline_id, "p_fence": row.fence_token}
+            )
+        return Lease(_row_to_record(row), token)
 
     # --- fenced writes ------------------------------------------------------------------------
 
@@ -1291,7 +1304,7 @@ def _claim_statement(dialect: str, newest_first: bool) -> sa.Update:
         sa.bindparam("p_cutoff", type_=UTCDateTime()),
         _clock(dialect, back=sa.bindparam("p_back", type_=sa.Float())),
     )
-    pick = (
+    picking = (
         sa.select(RECORDS.c.id)
         .where(
             RECORDS.c.pipeline_id == sa.bindparam("p_pipeline"),
@@ -1303,8 +1316,17 @@ def _claim_statement(dialect: str, newest_first: bool) -> sa.Update:
         .order_by(RECORDS.c.priority.desc(), order)
         .limit(1)
         .with_for_update(skip_locked=True)
-        .scalar_subquery()
     )
+    if dialect == "postgresql":
+        # One statement: the pick, then the pipeline's counter raised only if a window was
+        # picked (the counter's row lock serializes the claims of one pipeline for this
+        # statement only), then the window takes that number.
+        chosen = picking.cte("pick")
+        pick: Any = sa.select(chosen.c.id).scalar_subquery()
+        fence: Any = _next_fence_cte(chosen)
+    else:
+        pick = picking.scalar_subquery()
+        fence = _next_fence_sqlite()
     stamp = sa.func.coalesce(sa.bindparam("p_stamp", type_=UTCDateTime()), _clock(dialect))
     return (
         sa.update(RECORDS)
@@ -1314,19 +1336,58 @@ def _claim_statement(dialect: str, newest_first: bool) -> sa.Update:
             dag_run_id=sa.bindparam("p_run"),
             pipeline_locked_at=stamp,
             lease_token=sa.bindparam("p_token"),
-            # The target's fence: strictly greater for every later claim of this window, because
-            # claims of one row are serialized (its row lock, SQLite's write lock) and each adds
-            # one. Revocations (release_stale, reopen) need not raise it: until the next claim
-            # nobody newer writes the target, so a revoked worker committing meanwhile is the same
-            # as one that committed just before losing its lease (the after_load_before_ledger
-            # crash the next owner's load replaces), and the next claim's number locks it out.
-            fence_token=RECORDS.c.fence_token + 1,
+            # The target's fence: the pipeline's next number, so strictly greater than every
+            # earlier claim of any of its windows, including windows a re-tile replaced (a
+            # per-window number would start again for a re-cut window). Revocations
+            # (release_stale, reopen) need not raise it: until the next claim nobody newer writes
+            # the target, so a revoked worker committing meanwhile is the same as one that
+            # committed just before losing its lease (the after_load_before_ledger crash the
+            # next owner's load replaces), and the next claim's number locks it out.
+            fence_token=fence,
             pipeline_start_time=stamp,
             pipeline_end_time=None,
             error_message=None,
             record_last_updated_time=stamp,
         )
         .returning(*RECORDS.columns)
+    )
+
+
+def _next_fence_cte(chosen: sa.CTE) -> Any:
+    """Postgres: the pipeline's next fence number, from a writing CTE that raises its counter
+    (inserting it at 1) for each row of `chosen` (the picked window, or none)."""
+    counter = FENCE_COUNTERS.c
+    rows = sa.select(sa.bindparam("p_pipeline", type_=sa.String()), sa.literal(1, sa.BigInteger()))
+    bump = (
+        postgresql.insert(FENCE_COUNTERS)
+        .from_select(["pipeline_id", "fence"], rows.select_from(chosen))
+        .on_conflict_do_update(index_elements=["pipeline_id"], set_={"fence": counter.fence + 1})
+        .returning(counter.fence)
+        .cte("fence_bump")
+    )
+    return sa.select(bump.c.fence).scalar_subquery()
+
+
+def _next_fence_sqlite() -> Any:
+    """SQLite: the pipeline's counter plus one, read under the claim's write lock;
+    `_record_fence` stores it in the same transaction."""
+    last = (
+        sa.select(FENCE_COUNTERS.c.fence)
+        .where(FENCE_COUNTERS.c.pipeline_id == sa.bindparam("p_pipeline"))
+        .scalar_subquery()
+    )
+    return sa.func.coalesce(last, 0) + 1
+
+
+def _record_fence() -> Any:
+    """SQLite: store the number the claim just drew as the pipeline's last."""
+    return (
+        sqlite.insert(FENCE_COUNTERS)
+        .values(pipeline_id=sa.bindparam("p_pipeline"), fence=sa.bindparam("p_fence"))
+        .on_conflict_do_update(
+            index_elements=["pipeline_id"],
+            set_={"fence": sa.func.max(FENCE_COUNTERS.c.fence, sa.bindparam("p_fence"))},
+        )
     )
 
 

@@ -29,14 +29,6 @@ HI = DEMO_START + timedelta(hours=2)
 
 
 @pytest.mark.parametrize("held", ["first", "second"])
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "known hole, FINDINGS.md #1: the target fence is keyed by window start and fence numbers "
-        "restart after a retile, so a worker frozen across a retile can still overwrite the newer "
-        "load"
-    ),
-)
 def test_a_worker_frozen_across_a_retile_writes_nothing(
     tmp_path: Path, ledger_url: str, held: str
 ) -> None:

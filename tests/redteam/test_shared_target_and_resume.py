@@ -30,13 +30,6 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 LO, HI = DEMO_START, DEMO_START + timedelta(hours=2)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "known hole, FINDINGS.md #2: the target deletes and counts by time range only, so two "
-        "pipelines sharing a table erase each other"
-    ),
-)
 def test_two_pipelines_sharing_a_target_table_lose_no_rows_silently(tmp_path: Path) -> None:
     first = Pipeline(tmp_path / "a", rows=400)
     second = Pipeline(tmp_path / "b", rows=300)
