@@ -56,8 +56,21 @@ def test_read_only_commands_start_without_the_block_catalog_or_prefect_collectio
     """Where a read-only command's start went (measured with `python -X importtime`): the AWS,
     Elasticsearch and Snowflake clients behind the catalog, and the installed Prefect
     collections that Block.load and block auto-registration import. None of it is needed to
-    read a ledger, and none of it is imported."""
+    read a ledger, and none of it is imported, whether the config loads or not."""
     home = tmp_path / "prefect-home"
+    blocks = tmp_path / "blocks.toml"
+    blocks.write_text(
+        f'[ledger]\ntype = "ledgerflow-ledger-database"\nname = "quick"\n'
+        f'url = "sqlite+aiosqlite:///{tmp_path / "ledger.db"}"\n'
+        '[pipeline]\ntype = "ledgerflow-pipeline-config"\nname = "quick"\n'
+        'pipeline_id = "quick"\nledger_block = "ledgerflow-ledger-database/quick"\n'
+        'source_block = "ledgerflow-duckdb-source/quick"\n'
+        'stage_block = "ledgerflow-local-stage/quick"\n'
+        'target_block = "ledgerflow-duckdb-target/quick"\n'
+    )
+    for args in (["blocks", "register", "--file", str(blocks)], ["init", "-c", "quick"]):
+        done = cli(home, *args)
+        assert done.returncode == 0, (args, done.stdout, done.stderr)
     probe = (
         "import sys\n"
         "from ledgerflow.cli import app\n"
@@ -65,9 +78,16 @@ def test_read_only_commands_start_without_the_block_catalog_or_prefect_collectio
         "    app()\n"
         "finally:\n"
         "    heavy = ['ledgerflow.blocks.catalog', 'boto3', 'elasticsearch', 'snowflake',\n"
-        "             'prefect_aws', 'prefect_email', 'ledgerflow.flows.pipeline']\n"
+        "             'prefect_aws', 'prefect_email', 'prefect_snowflake',\n"
+        "             'ledgerflow.flows.pipeline']\n"
         "    print('IMPORTED', [m for m in heavy if m in sys.modules], file=sys.stderr)\n"
     )
-    done = cli(home, "status", "-c", "nosuch", code=probe)
-    assert done.returncode == 2, done.stderr
-    assert "IMPORTED []" in done.stderr, done.stderr
+    for args, code in [
+        (["status", "-c", "quick"], 0),
+        (["windows", "-c", "quick", "-s", "FAILED"], 0),
+        (["status", "-c", "nosuch"], 2),
+    ]:
+        done = cli(home, *args, code=probe)
+        assert done.returncode == code, (args, done.stdout, done.stderr)
+        assert done.stderr.strip().splitlines()[-1] == "IMPORTED []", (args, done.stderr)
+    assert "quick  PENDING: 0" in cli(home, "status", "-c", "quick").stdout
