@@ -505,6 +505,9 @@ def retry(
     if as_json:
         typer.echo(json.dumps({"reset": [r.id for r in rows]}))
         return
+    if not rows:
+        console.print(f"no FAILED windows to retry in {name}", markup=False, highlight=False)
+        return
     console.print(f"{len(rows)} FAILED window(s) back to PENDING: {[r.id for r in rows]}")
 
 
@@ -540,6 +543,14 @@ def reload(
     rows = run_async(go())
     if as_json:
         typer.echo(json.dumps({"reopened": [r.id for r in rows]}))
+        return
+    if not rows:
+        console.print(
+            f"no COMPLETED or FAILED windows of {name} start in {start} - {end}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
         return
     console.print(f"{len(rows)} window(s) reopened; the next run reloads them")
 
@@ -594,6 +605,9 @@ def release(
         typer.echo(
             json.dumps({"released": [{"id": r.id, "status": r.pipeline_status} for r in rows]})
         )
+        return
+    if not rows:
+        console.print(f"no stale locks in {name}", markup=False, highlight=False)
         return
     console.print(
         f"released {len(rows)} stale lock(s): "

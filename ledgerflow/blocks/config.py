@@ -398,17 +398,23 @@ async def load_final_config(name: str) -> PipelineConfig:
 
 
 async def pipeline_config_names() -> list[str]:
-    """The names of the saved PipelineConfig blocks (none when the type was never registered)."""
+    """The names of the saved PipelineConfig blocks (none when the type was never registered).
+
+    A Prefect server registers only the block types of its own process: until a ledgerflow
+    block is saved there, it answers 404 "Block type not found" (an HTTP status error, not
+    ObjectNotFound, from this client method)."""
+    import httpx
     from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
 
     async with get_client() as client:
         try:
             docs = await client.read_block_documents_by_type(
                 PipelineConfig._block_type_slug, include_secrets=False
             )
-        except ObjectNotFound:
-            return []
+        except httpx.HTTPStatusError as exc:
+            if exc.response.status_code == httpx.codes.NOT_FOUND:
+                return []
+            raise
     return sorted(d.name for d in docs if d.name and not d.is_anonymous)
 
 
