@@ -6,6 +6,8 @@ Rows whose timestamp is NULL belong to no window: they are neither counted nor e
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -107,8 +109,12 @@ class DuckDBSource(Block):
         return result
 
     async def fingerprint(self, window: Window) -> str | None:
-        """The window's row count and the sum of a hash of each extracted row (its columns'
-        values): a row deleted, added or edited in place changes it, whatever the count."""
+        """The window's row count, the sum of a hash of each extracted row (its columns'
+        values) and a digest of the extracted columns' names and types: a row deleted, added or
+        edited in place changes it, whatever the count, and so does a column renamed or retyped.
+        DuckDB's `hash` sees stored values only: `12.34::DECIMAL(12,2)` hashes like `1234` and a
+        renamed column like the old one, so without the schema digest a source converted from
+        `latency_ms INTEGER` to `latency_s DECIMAL(12,3)` kept its fingerprint (red-team #7)."""
         relation, params = self._relation()
         ts = quote_identifier(self.timestamp_column)
         cols = ", ".join(quote_identifier(c) for c in self.columns) if self.columns else "*"
@@ -121,7 +127,11 @@ class DuckDBSource(Block):
             self._check_timestamp(cur, relation, params)
             row = cur.execute(sql, [*params, window.start, window.end]).fetchone()
             rows, digest = row if row else (0, None)
-            return f"duckdb:{int(rows)}:{int(digest or 0)}"
+            described = cur.execute(f"SELECT {cols} FROM {relation} LIMIT 0", params).description
+            schema = hashlib.sha256(
+                json.dumps([(d[0], str(d[1])) for d in described or []]).encode()
+            ).hexdigest()[:16]
+            return f"duckdb:{int(rows)}:{int(digest or 0)}:{schema}"
 
         result: str = await self._guard(self.handle.run(run))
         return result
