@@ -30,11 +30,18 @@ def skew(monkeypatch: pytest.MonkeyPatch, delta: timedelta) -> None:
         def now(cls, tz: Any = None) -> Any:
             return datetime.now(tz) + delta
 
-    import ledgerflow.ledger.store as store
+    import ledgerflow.ledger.base as base
+    import ledgerflow.ledger.commands as commands
+    import ledgerflow.ledger.leases as leases
+    import ledgerflow.ledger.phases as phases
+    import ledgerflow.ledger.registration as registration
+    import ledgerflow.ledger.sql as sql
+    import ledgerflow.ledger.status as status
     import ledgerflow.tasks.common as common
     import ledgerflow.windows as windows
 
-    for module in (store, common, windows):
+    ledger_modules = (base, commands, leases, phases, registration, sql, status)
+    for module in (*ledger_modules, common, windows):
         monkeypatch.setattr(module, "datetime", Skewed)
 
 

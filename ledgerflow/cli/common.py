@@ -1,0 +1,208 @@
+"""What every `ledgerflow` command shares: the typer app, the console, errors as one line, the
+-c/--json/--status options, --start/--end parsing, and opening a pipeline's ledger."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Coroutine
+from datetime import date, datetime, time
+from enum import StrEnum
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from ledgerflow.errors import LedgerflowError
+from ledgerflow.windows import as_utc
+
+if TYPE_CHECKING:
+    from ledgerflow.ledger import Ledger
+
+app = typer.Typer(
+    name="ledgerflow",
+    help="Windowed batch ELT on Prefect 2: every window loaded exactly once.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+_probe = Console()
+# Tables are wide; when piped (no terminal to measure), do not squeeze them into 80 columns.
+console = _probe if _probe.is_terminal else Console(width=120)
+T = TypeVar("T")
+
+
+def fail(message: str) -> typer.Exit:
+    err = Console(stderr=True)
+    # The message is text, never markup ("[ledger] type='x' is unknown" keeps its "[ledger]"),
+    # and is printed whole: no wrapping or cropping at the terminal's width.
+    err.print("error:", style="bold red", end=" ")
+    err.print(message, markup=False, highlight=False, soft_wrap=True)
+    return typer.Exit(code=2)
+
+
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    from sqlalchemy.exc import DBAPIError
+
+    try:
+        return asyncio.run(coro)
+    except LedgerflowError as exc:
+        raise fail(str(exc)) from None
+    except DBAPIError as exc:
+        raise fail(f"the ledger database refused the request: {exc.orig}") from None
+
+
+def parse_when(text: str, option: str) -> datetime | date:
+    """An ISO 8601 instant with its offset, or a plain date (read later in the pipeline's zone)."""
+    if len(text) == 10:
+        try:
+            return date.fromisoformat(text)
+        except ValueError:
+            pass
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise fail(
+            f"{option}={text!r} is not an ISO 8601 instant or a date, e.g. "
+            "2025-03-09T00:00:00Z or 2025-03-09"
+        ) from None
+    if value.tzinfo is None:
+        raise fail(f"{option}={text!r} has no UTC offset; add Z or e.g. -08:00, or give a date")
+    return as_utc(value)
+
+
+def in_zone(value: datetime | date, timezone: str) -> datetime:
+    """A plain date is local midnight in `timezone`; an instant stays as it is."""
+    from ledgerflow.windows import to_utc, zone
+
+    if isinstance(value, datetime):
+        return value
+    try:
+        return to_utc(value, time(), zone(timezone))  # the grid's rule for local wall times
+    except LedgerflowError as exc:
+        raise fail(str(exc)) from None
+
+
+def span(
+    lo: datetime | date, hi: datetime | date, timezone: str, start: str, end: str
+) -> tuple[datetime, datetime]:
+    """--start and --end as instants in `timezone`, the end after the start."""
+    lo_at, hi_at = in_zone(lo, timezone), in_zone(hi, timezone)
+    if hi_at <= lo_at:
+        raise fail(f"--end={end!r} must be after --start={start!r}")
+    return lo_at, hi_at
+
+
+def parse_span(start: str, end: str) -> tuple[datetime | date, datetime | date]:
+    """--start and --end parsed; refused at once when both are of one kind and out of order
+    (a date and an instant are compared once the pipeline's zone is known)."""
+    lo, hi = parse_when(start, "--start"), parse_when(end, "--end")
+    if isinstance(lo, datetime) == isinstance(hi, datetime):
+        span(lo, hi, "UTC", start, end)
+    return lo, hi
+
+
+def parse_bounds(
+    start: str | None, end: str | None
+) -> tuple[datetime | date | None, datetime | date | None]:
+    """Optional --start and --end parsed, each on its own (placed with `bounds_in_zone`)."""
+    lo = parse_when(start, "--start") if start else None
+    hi = parse_when(end, "--end") if end else None
+    return lo, hi
+
+
+def bounds_in_zone(
+    lo: datetime | date | None, hi: datetime | date | None, timezone: str
+) -> tuple[datetime | None, datetime | None]:
+    """Optional --start and --end as instants in `timezone`."""
+    return (
+        None if lo is None else in_zone(lo, timezone),
+        None if hi is None else in_zone(hi, timezone),
+    )
+
+
+WHEN = "ISO 8601 instant with offset, or a date: local midnight in the pipeline's timezone"
+
+
+@app.callback()
+def main() -> None:
+    """Windowed batch ELT on Prefect 2: every window loaded exactly once."""
+    # Nothing here starts Prefect: commands that load blocks call `need_config`/`prefect_ready`,
+    # so `plan`, `demo` (which must import Prefect first, after choosing its own home) and
+    # `--help` start fast.
+
+
+def prefect_ready(*, saves_blocks: bool = False) -> None:
+    """Start Prefect's ephemeral API (when there is no server) before the first block is read.
+
+    Only commands that load blocks call this: `plan`, `demo` and `--help` never start Prefect."""
+    from ledgerflow.prefect_home import start_ephemeral_api
+
+    start_ephemeral_api(saves_blocks=saves_blocks)  # several commands may start at once
+
+
+def need_config(name: str | None, *, saves_blocks: bool = False) -> str:
+    """The -c value, or an error that lists the PipelineConfig blocks to choose from.
+
+    Starts Prefect's ephemeral API first: every command that needs a pipeline loads blocks."""
+    prefect_ready(saves_blocks=saves_blocks)
+    if name:
+        return name
+    from ledgerflow.blocks.config import pipeline_config_names, saved_configs_sentence
+
+    names = run_async(pipeline_config_names())
+    raise fail(
+        f"-c/--config NAME is needed (a PipelineConfig block); {saved_configs_sentence(names)}"
+    )
+
+
+ConfigOption = Annotated[
+    str | None, typer.Option("--config", "-c", help="PipelineConfig block name (required)")
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables")]
+
+
+class StatusChoice(StrEnum):
+    """What --status accepts, in any case: the values of `ledgerflow.ledger.Status`, spelled
+    here so that a read-only command starts without importing the ledger."""
+
+    PENDING = "PENDING"
+    IN_PROGRESS = "IN_PROGRESS"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+
+
+StatusOption = Annotated[
+    list[StatusChoice] | None,
+    typer.Option(
+        "--status",
+        "-s",
+        case_sensitive=False,
+        help="PENDING, IN_PROGRESS, COMPLETED or FAILED",
+    ),
+]
+
+
+@contextlib.asynccontextmanager
+async def open_pipeline(config_name: str) -> AsyncIterator[tuple[Any, Ledger]]:
+    """The validated config block and an open Ledger it points at."""
+    from ledgerflow.blocks.config import load_final_config
+    from ledgerflow.wiring import load_ledger  # the ledger's block, not every block
+
+    config = await load_final_config(config_name)
+    ledger_block = await load_ledger(config)
+    async with ledger_block.open() as ledger:
+        await ledger.check_schema()  # a clear "run ledgerflow init" instead of a SQL error
+        yield config, ledger
+
+
+def prefect_api() -> str:
+    """Where blocks and deployments go: the server in PREFECT_API_URL, or this machine only."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME
+
+    url = PREFECT_API_URL.value()
+    if url:
+        return f"the Prefect server at {url}"
+    return (
+        f"the local Prefect database in {PREFECT_HOME.value()} (PREFECT_API_URL is not set: "
+        "a server and its workers will not see it)"
+    )
