@@ -11,8 +11,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
-from ledgerflow.ledger import Ledger
+from ledgerflow.ledger import Ledger, migrations
 from ledgerflow.ledger.models import RECORDS
 
 from tests.integration.test_fence_counter import T0, grid, scheduled
@@ -70,3 +71,28 @@ async def test_an_upgraded_sqlite_ledger_keeps_its_rows_ids_and_claim_indexes_an
         "idx_locked_at",
     } <= set(schema)
     assert new_id is not None and new_id[0] > top.id
+
+
+async def test_a_version_2_sqlite_ledger_without_autoincrement_is_rebuilt_by_init(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An early build of version 2 stamped SQLite ledgers 2 without AUTOINCREMENT."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}"
+    await _make_v1_ledger(url)
+    with monkeypatch.context() as early_build:
+        early_build.setattr(migrations, "_sqlite_autoincrement", lambda connection: True)
+        async with Ledger.from_url(url) as ledger:
+            assert await ledger.create_schema() == [2]
+    assert "AUTOINCREMENT" not in await _table_sql(url)
+    async with Ledger.from_url(url) as ledger:
+        assert await ledger.create_schema() == []
+        assert [r.id for r in await ledger.windows("orders")] == [1, 2, 3, 4, 5]
+    assert "AUTOINCREMENT" in await _table_sql(url)
+
+
+async def _table_sql(url: str) -> str:
+    async with Ledger.from_url(url) as ledger, ledger.engine.connect() as conn:
+        found = await conn.scalar(
+            sa.text("SELECT sql FROM sqlite_master WHERE name = :t"), {"t": RECORDS.name}
+        )
+    return str(found)
