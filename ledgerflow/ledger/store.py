@@ -1363,7 +1363,8 @@ def _claim_statement(dialect: str, newest_first: bool) -> sa.Update:
 
 def _next_fence_cte(chosen: sa.CTE) -> Any:
     """Postgres: the pipeline's next fence number, from a writing CTE that raises its counter
-    (inserting it at 1) for each row of `chosen` (the picked window, or none)."""
+    (inserting it when missing, see `_first_fence`) for each row of `chosen` (the picked window,
+    or none)."""
     counter = FENCE_COUNTERS.c
     rows = sa.select(sa.bindparam("p_pipeline", type_=sa.String()), _next_fence())
     bump = (
