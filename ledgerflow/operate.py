@@ -133,7 +133,7 @@ async def rescan(
         # One window at a time, both sides at once: the load on the source and the warehouse
         # stays that of one worker, however many windows are rescanned.
         source_now, target_now = await asyncio.gather(
-            source.count(record.window), target.count(record.window)
+            source.count(record.window), target.count(record.window, pipeline_id)
         )
         reason = rescan_reason(record, source_now, target_now)
         if reason is None:

@@ -127,8 +127,16 @@ class Stage(Protocol):
 class Target(Protocol):
     """Where the data lands."""
 
-    async def count(self, window: Window) -> int:
-        """Number of rows whose timestamp lies in `[window.start, window.end)`."""
+    async def count(self, window: Window, pipeline_id: str) -> int:
+        """Number of rows whose timestamp lies in `[window.start, window.end)`, as pipeline
+        `pipeline_id` sees them.
+
+        Refuse with `TableOwnedByAnotherPipeline` (reading nothing) when the table's fence rows
+        (see `replace`) name another pipeline: those rows are not this pipeline's, and counting
+        them would let pre-validation skip, or the audit pass, a window that was never loaded
+        (the counts would compare this pipeline's source with another pipeline's rows). No
+        fence rows yet (nothing loaded): count as usual.
+        """
         ...
 
     async def replace(self, window: Window, manifest: Manifest, fence: Fence) -> int:

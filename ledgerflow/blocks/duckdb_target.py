@@ -113,10 +113,12 @@ class DuckDBTarget(Block):
         resources = Resources(self.memory_limit, self.threads, self.temp_directory)
         return DuckDBHandle(self.path, read_only=False, resources=resources)
 
-    async def count(self, window: Window) -> int:
+    async def count(self, window: Window, pipeline_id: str) -> int:
         table, ts = self._names()
 
         def run(cur: duckdb.DuckDBPyConnection) -> int:
+            if table_exists(cur, FENCE_TABLE):  # another pipeline's rows are not ours to count
+                check_owner(cur, pipeline_id, table_key(self.table))
             if not table_exists(cur, table):
                 return 0
             sql = f"SELECT count(*) FROM {table} WHERE {ts} >= ? AND {ts} < ?"

@@ -148,6 +148,12 @@ def read_fence_sql(fences: str) -> str:
     )
 
 
+def owner_sql(fences: str) -> str:
+    """Another pipeline whose fence rows name the table, if any (bound: table, pipeline)."""
+    f = quote_identifier(fences)
+    return f"SELECT MIN(PIPELINE_ID) FROM {f} WHERE TARGET_TABLE = %s AND PIPELINE_ID <> %s"
+
+
 def outside_example_sql(table: str, ts: str, loaded_at: str) -> str:
     """One row this transaction loaded (its load time not stamped yet) outside the window."""
     t, c, stamp = quote_identifier(table), quote_identifier(ts), quote_identifier(loaded_at)

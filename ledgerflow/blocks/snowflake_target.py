@@ -167,8 +167,9 @@ class SnowflakeTarget(Block):
 
     # --- Target protocol ----------------------------------------------------------------------
 
-    async def count(self, window: Window) -> int:
+    async def count(self, window: Window, pipeline_id: str) -> int:
         def run(cur: Any) -> int:
+            self._check_owner(cur, pipeline_id)
             try:
                 cur.execute(sql.count_sql(self.table, self.timestamp_column), _bounds(window))
             except sf_errors.ProgrammingError as exc:
@@ -248,6 +249,22 @@ class SnowflakeTarget(Block):
         if recorded != fence.token:
             raise FencedOut(
                 fence.pipeline_id, fence.window_start.isoformat(), fence.token, recorded
+            )
+
+    def _check_owner(self, cur: Any, pipeline_id: str) -> None:
+        """Refuse (TableOwnedByAnotherPipeline) when another pipeline's fence rows name the
+        table: its rows are not this pipeline's to count."""
+        fences = sql.fence_table(self.table)
+        try:
+            cur.execute(sql.owner_sql(fences), (self._owned_name(), pipeline_id))
+        except sf_errors.ProgrammingError as exc:
+            if exc.errno == 2003:
+                return  # no fence table yet: nothing loaded yet, by anyone
+            raise
+        found = cur.fetchone()
+        if found and found[0] is not None:
+            raise TableOwnedByAnotherPipeline(
+                f"{self.table!r} (Snowflake schema of {fences})", str(found[0]), pipeline_id
             )
 
     def _owned_name(self) -> str:

@@ -43,7 +43,7 @@ def _claim_statement(dialect: str, newest_first: bool) -> sa.Update:
         fence: Any = _next_fence_cte(chosen)
     else:
         pick = picking.scalar_subquery()
-        fence = _next_fence_sqlite()
+        fence = _next_fence()
     stamp = sa.func.coalesce(sa.bindparam("p_stamp", type_=UTCDateTime()), _clock(dialect))
     return (
         sa.update(RECORDS)
@@ -72,9 +72,10 @@ def _claim_statement(dialect: str, newest_first: bool) -> sa.Update:
 
 def _next_fence_cte(chosen: sa.CTE) -> Any:
     """Postgres: the pipeline's next fence number, from a writing CTE that raises its counter
-    (inserting it at 1) for each row of `chosen` (the picked window, or none)."""
+    (inserting it when missing, see `_first_fence`) for each row of `chosen` (the picked window,
+    or none)."""
     counter = FENCE_COUNTERS.c
-    rows = sa.select(sa.bindparam("p_pipeline", type_=sa.String()), sa.literal(1, sa.BigInteger()))
+    rows = sa.select(sa.bindparam("p_pipeline", type_=sa.String()), _next_fence())
     bump = (
         postgresql.insert(FENCE_COUNTERS)
         .from_select(["pipeline_id", "fence"], rows.select_from(chosen))
@@ -85,15 +86,28 @@ def _next_fence_cte(chosen: sa.CTE) -> Any:
     return sa.select(bump.c.fence).scalar_subquery()
 
 
-def _next_fence_sqlite() -> Any:
-    """SQLite: the pipeline's counter plus one, read under the claim's write lock;
-    `_record_fence` stores it in the same transaction."""
+def _next_fence() -> Any:
+    """The pipeline's counter plus one (or `_first_fence`). SQLite reads it under the claim's
+    write lock and `_record_fence` stores it in the same transaction; Postgres inserts it as a
+    missing counter row."""
     last = (
         sa.select(FENCE_COUNTERS.c.fence)
         .where(FENCE_COUNTERS.c.pipeline_id == sa.bindparam("p_pipeline"))
         .scalar_subquery()
     )
-    return sa.func.coalesce(last, 0) + 1
+    return sa.func.coalesce(last + 1, _first_fence())
+
+
+def _first_fence() -> Any:
+    """A pipeline's number when it has no counter row yet: one above its windows' greatest (a
+    counter row lost, or never seeded), so no claim reuses a number. COALESCE evaluates it only
+    when the counter row is missing (on Postgres that row's conflict then raises the counter)."""
+    most = (
+        sa.select(sa.func.max(RECORDS.c.fence_token))
+        .where(RECORDS.c.pipeline_id == sa.bindparam("p_pipeline"))
+        .scalar_subquery()
+    )
+    return sa.func.coalesce(most, 0) + 1
 
 
 def _record_fence() -> Any:

@@ -35,8 +35,6 @@ def _v2(op: Operations) -> None:
     grid from its config, and only if its registered windows lie on that grid (see
     `Ledger.register_windows`).
     """
-    from ledgerflow.ledger.models import FENCE_COUNTERS, PIPELINES, RECORDS
-
     op.add_column(
         "pipeline_records",
         sa.Column("fence_token", sa.BigInteger(), nullable=False, server_default="0"),
@@ -52,21 +50,8 @@ def _v2(op: Operations) -> None:
             existing_type=sa.Numeric(9, 2),
             existing_nullable=True,
         )
-    PIPELINES.create(op.get_bind(), checkfirst=True)
-    FENCE_COUNTERS.create(op.get_bind(), checkfirst=True)
-    records = sa.table(
-        RECORDS.name,
-        sa.column("pipeline_id", sa.String()),
-        sa.column("fence_token", sa.BigInteger()),
-    )
-    op.get_bind().execute(
-        FENCE_COUNTERS.insert().from_select(
-            ["pipeline_id", "fence"],
-            sa.select(records.c.pipeline_id, sa.func.max(records.c.fence_token)).group_by(
-                records.c.pipeline_id
-            ),
-        )
-    )
+    # The tables version 2 adds (the fence counters seeded from each pipeline's windows), and
+    # pipeline_records with AUTOINCREMENT on SQLite: `repair`, which `upgrade` runs last.
 
 
 STEPS: dict[int, Step] = {2: _v2}
@@ -86,4 +71,96 @@ def upgrade(connection: sa.Connection, found: int, wanted: int) -> list[int]:
     for version in range(found + 1, wanted + 1):
         STEPS[version](op)
         applied.append(version)
+    repair(connection)
     return applied
+
+
+def missing_tables(connection: sa.Connection) -> list[str]:
+    """The current version's tables the ledger lacks (an early build of version 2 stamped the
+    ledger 2 before `ledgerflow_fence_counters` existed)."""
+    from ledgerflow.ledger.models import CURRENT_TABLES
+
+    have = set(sa.inspect(connection).get_table_names())
+    return [t.name for t in CURRENT_TABLES if t.name not in have]
+
+
+def repair(connection: sa.Connection) -> list[str]:
+    """Bring a ledger stamped at the current version to what this version creates; return what
+    was done. Run by `create_schema` (so `ledgerflow init`) under its lock, whatever the stamp
+    says, so that no ledger an earlier build of this version made stays stuck:
+
+    - a missing table is created; a missing fence counter table is seeded, in the same
+      transaction, with each pipeline's greatest `fence_token`, so the next claim draws above
+      every number a worker may carry;
+    - on SQLite, `pipeline_records` without AUTOINCREMENT is rebuilt with it (see
+      `rebuild_records_with_autoincrement`).
+    """
+    from ledgerflow.ledger.models import CURRENT_TABLES, FENCE_COUNTERS, RECORDS
+
+    done = []
+    missing = set(missing_tables(connection))
+    for table in CURRENT_TABLES:
+        if table.name not in missing:
+            continue
+        table.create(connection)
+        done.append(f"created {table.name}")
+        if table is FENCE_COUNTERS:
+            records = sa.table(
+                RECORDS.name,
+                sa.column("pipeline_id", sa.String()),
+                sa.column("fence_token", sa.BigInteger()),
+            )
+            connection.execute(
+                FENCE_COUNTERS.insert().from_select(
+                    ["pipeline_id", "fence"],
+                    sa.select(records.c.pipeline_id, sa.func.max(records.c.fence_token)).group_by(
+                        records.c.pipeline_id
+                    ),
+                )
+            )
+    if connection.dialect.name == "sqlite" and not _sqlite_autoincrement(connection):
+        rebuild_records_with_autoincrement(connection)
+        done.append(f"rebuilt {RECORDS.name} with AUTOINCREMENT")
+    return done
+
+
+def _sqlite_autoincrement(connection: sa.Connection) -> bool:
+    from ledgerflow.ledger.models import RECORDS
+
+    sql = connection.scalar(
+        sa.text("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = :name"),
+        {"name": RECORDS.name},
+    )
+    return "AUTOINCREMENT" in str(sql or "").upper()
+
+
+def rebuild_records_with_autoincrement(connection: sa.Connection) -> None:
+    """SQLite: recreate `pipeline_records` with AUTOINCREMENT, keeping every row, its id and the
+    indexes (the partial claim indexes included, recreated from the model).
+
+    Without AUTOINCREMENT SQLite hands out max(id) + 1, so a window a re-tile deleted had its id
+    reused by the next window registered: an operator acting on `retry --id N` from an older
+    notification would act on another window. With it, SQLite never reuses an id. The new
+    table's sequence starts at the greatest id it holds; ids deleted above that before the
+    rebuild cannot be known, so they may be used once more. Runs in the caller's transaction
+    (the schema lock's): it all happens or none of it.
+    """
+    from ledgerflow.ledger.models import RECORDS
+
+    old = f"_{RECORDS.name}_before_autoincrement"
+    connection.exec_driver_sql(f'ALTER TABLE "{RECORDS.name}" RENAME TO "{old}"')
+    indexes = connection.execute(
+        sa.text(
+            "SELECT name FROM sqlite_master "
+            "WHERE type = 'index' AND tbl_name = :t AND sql IS NOT NULL"
+        ),
+        {"t": old},
+    ).scalars()
+    for name in list(indexes):  # the unique constraint's own index goes with its table
+        connection.exec_driver_sql(f'DROP INDEX "{name}"')
+    RECORDS.create(connection)
+    have = {c["name"] for c in sa.inspect(connection).get_columns(old)}
+    names = [c.name for c in RECORDS.columns if c.name in have]
+    before = sa.table(old, *(sa.column(n) for n in names))
+    connection.execute(RECORDS.insert().from_select(names, sa.select(*before.c)))
+    connection.exec_driver_sql(f'DROP TABLE "{old}"')

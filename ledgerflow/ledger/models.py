@@ -186,6 +186,10 @@ class PipelineRecordRow(PipelineRecord, table=True):
             )
             for name, direction in (("oldest", "ASC"), ("newest", "DESC"))
         ),
+        # SQLite never reuses an id (a re-tile deletes windows; without AUTOINCREMENT the next
+        # window registered would take a deleted one's id, and `retry --id N` from an older
+        # notification would act on another window). Postgres' sequence never does.
+        {"sqlite_autoincrement": True},
     )
 
 
@@ -239,3 +243,5 @@ PIPELINES = PipelineIdentity.__table__  # type: ignore[attr-defined]
 """The pipelines' identities and watermarks, for the ledger's SQL."""
 FENCE_COUNTERS = FenceCounter.__table__  # type: ignore[attr-defined]
 """The pipelines' fence counters, for the claim."""
+CURRENT_TABLES: tuple[sa.Table, ...] = (RECORDS, PIPELINES, FENCE_COUNTERS)
+"""The tables of the current schema version, besides `ledgerflow_schema`."""

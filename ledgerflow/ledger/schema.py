@@ -46,6 +46,7 @@ class SchemaMixin(LedgerBase):
             if found > SCHEMA_VERSION:
                 raise _version_error(found)
             if found == SCHEMA_VERSION:
+                await conn.run_sync(migrations.repair)  # an earlier build of this version's
                 return []
             applied = await conn.run_sync(
                 lambda sync: migrations.upgrade(sync, found, SCHEMA_VERSION)
@@ -64,6 +65,13 @@ class SchemaMixin(LedgerBase):
             )
         if found != SCHEMA_VERSION:
             raise _version_error(found)
+        async with self._connect() as conn:
+            missing = await conn.run_sync(migrations.missing_tables)
+        if missing:
+            raise LedgerSchemaError(
+                f"the ledger lacks table(s) {', '.join(missing)} of schema version {found} (made "
+                "by an earlier build of it); run `ledgerflow init` to add them"
+            )
 
     async def _lock_schema(self, conn: AsyncConnection) -> None:
         if self.dialect == "postgresql":

@@ -28,7 +28,8 @@ async def audit(systems: Systems, settings: RunSettings, lease: Lease) -> AuditV
     async with timed("audit", lease), systems.ledger.open() as ledger:
         started = utc_now()
         source, target = await asyncio.gather(
-            systems.source.count(lease.window), systems.target.count(lease.window)
+            systems.source.count(lease.window),
+            systems.target.count(lease.window, lease.record.pipeline_id),
         )
         failpoints.hit("mid_audit")
         verdict = judge(source, target, settings.audit_tolerance_percent)

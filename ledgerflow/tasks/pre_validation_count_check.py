@@ -39,7 +39,8 @@ async def pre_validation_count_check(
     """Count both sides. Equal counts complete the window here and skip the transfer."""
     async with timed("pre-validation count check", lease), systems.ledger.open() as ledger:
         source, target = await asyncio.gather(
-            systems.source.count(lease.window), systems.target.count(lease.window)
+            systems.source.count(lease.window),
+            systems.target.count(lease.window, lease.record.pipeline_id),
         )
         interrupted = lease.record.stage_to_target_ingestion_status == PhaseStatus.IN_PROGRESS
         if source != target or lease.record.force_reload or interrupted:

@@ -88,10 +88,10 @@ class FlakyCountTarget(DuckDBTarget):
     _block_type_slug = "test-flaky-count-target"
     marker: str = "flaky"
 
-    async def count(self, window: Window) -> int:
+    async def count(self, window: Window, pipeline_id: str) -> int:
         if Path(self.path).with_suffix(".loaded").exists():
             raise ConnectionError("warehouse went away during the audit")
-        return await super().count(window)
+        return await super().count(window, pipeline_id)
 
     async def replace(self, window: Window, manifest: Manifest, fence: Fence) -> int:
         loaded = await super().replace(window, manifest, fence)

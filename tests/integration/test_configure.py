@@ -514,7 +514,7 @@ def test_snowflake_connect_args_that_cannot_build_a_client_are_terminal(tmp_path
     )
     window = window_containing(DEMO_START, "UTC", "2h")
     with pytest.raises(ClientSettingsError) as caught:
-        asyncio.run(target.count(window))
+        asyncio.run(target.count(window, "p"))
     assert "the Snowflake target block's settings cannot build a client" in str(caught.value)
     assert not is_retryable(caught.value)
 

@@ -76,14 +76,14 @@ async def test_eight_concurrent_replace_and_count_calls_on_one_file_always_pass(
         # A fresh file each time: the first replaces also race to create the table.
         results = await asyncio.gather(
             *(target.replace(w, m, fence_for(w)) for w, m in zip(windows, manifests, strict=True)),
-            *(target.count(w) for w in windows),
+            *(target.count(w, "p") for w in windows),
         )
         assert results[:4] == [50, 51, 52, 53], f"iteration {iteration}"
         assert all(c in (0, 50 + i) for i, c in enumerate(results[4:])), f"iteration {iteration}"
         # Replace again while counting: each window is loaded once, never twice.
         again = await asyncio.gather(
             *(target.replace(w, m, fence_for(w)) for w, m in zip(windows, manifests, strict=True)),
-            *(target.count(w) for w in windows),
+            *(target.count(w, "p") for w in windows),
         )
         assert again == [50, 51, 52, 53, 50, 51, 52, 53], f"iteration {iteration}"
 
@@ -302,7 +302,7 @@ async def test_a_schema_change_fails_the_load_naming_the_table_and_the_column(
     retyped = staged(tmp_path / "s3", w, 5, extra={"n": pa.array(["x"] * 5)})
     with pytest.raises(TargetTerminalError, match=r"table 'events'.*column n"):
         await target.replace(w, retyped, fence_for(w))
-    assert await target.count(w) == 5, "a refused load changed the window"
+    assert await target.count(w, "p") == 5, "a refused load changed the window"
 
 
 async def test_a_missing_table_with_create_table_off_names_the_table(tmp_path: Path) -> None:

@@ -59,7 +59,7 @@ async def test_a_load_larger_than_the_memory_limit_lands_whole(tmp_path: Path) -
     )
     loaded = await target.replace(WINDOW, manifest, Fence("p", WINDOW.start, 1))
     assert loaded == 200_000
-    assert await target.count(WINDOW) == 200_000
+    assert await target.count(WINDOW, "p") == 200_000
     with duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True) as con:
         row = con.execute("SELECT count(DISTINCT _id), min(length(document)) FROM events")
         assert row.fetchone() == (200_000, 600)

@@ -11,8 +11,10 @@ import sqlalchemy as sa
 from ledgerflow.errors import LedgerSchemaError
 from ledgerflow.ledger import Ledger, Status
 from ledgerflow.ledger.models import FENCE_COUNTERS, RECORDS, SCHEMA_VERSION
+from ledgerflow.windows import Grid
 
 from tests.integration.ledger_v1 import DDL
+from tests.integration.test_fence_counter import scheduled
 
 PIPE = "orders"
 T0 = datetime(2025, 3, 8, 8, tzinfo=UTC)
@@ -131,3 +133,47 @@ async def test_a_database_without_ledgerflow_tables_is_created_fresh(ledger_url:
             await ledger.check_schema()
         assert await ledger.create_schema() == []
         await ledger.check_schema()
+
+
+async def _claim_three(url: str) -> list[int]:
+    """A current ledger with four 1h windows, three of them claimed (fences 1, 2 and 3)."""
+    async with Ledger.from_url(url) as ledger:
+        await ledger.create_schema()
+        await scheduled(ledger, Grid.of("UTC", "1h"), T0 + timedelta(hours=4))
+        leases = [await ledger.claim(PIPE, f"run-{i}", cutoff=FAR) for i in range(3)]
+    return [lease.fence for lease in leases if lease is not None]
+
+
+async def _execute(url: str, statement: str) -> None:
+    engine = sa.ext.asyncio.create_async_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.exec_driver_sql(statement)
+    finally:
+        await engine.dispose()
+
+
+async def test_a_version_2_ledger_made_before_the_fence_counters_existed_is_completed_by_init(
+    ledger_url: str,
+) -> None:
+    """An early build of version 2 stamped the ledger 2 without the counter table: every claim
+    then failed, and `ledgerflow init` found the version current and did nothing."""
+    assert await _claim_three(ledger_url) == [1, 2, 3]
+    await _execute(ledger_url, f"DROP TABLE {FENCE_COUNTERS.name}")
+    async with Ledger.from_url(ledger_url) as ledger:
+        with pytest.raises(LedgerSchemaError, match=rf"{FENCE_COUNTERS.name}.*ledgerflow init"):
+            await ledger.check_schema()
+        assert await ledger.create_schema() == []
+        await ledger.check_schema()
+        lease = await ledger.claim(PIPE, "run-4", cutoff=FAR)
+    assert lease is not None and lease.fence > 3
+
+
+async def test_a_pipeline_without_a_counter_row_draws_above_its_windows_fences(
+    ledger_url: str,
+) -> None:
+    assert await _claim_three(ledger_url) == [1, 2, 3]
+    await _execute(ledger_url, f"DELETE FROM {FENCE_COUNTERS.name}")
+    async with Ledger.from_url(ledger_url) as ledger:
+        lease = await ledger.claim(PIPE, "run-4", cutoff=FAR)
+    assert lease is not None and lease.fence > 3

@@ -89,7 +89,7 @@ async def test_concurrent_first_windows_all_load_and_create_the_table_once(
             *(target.replace(w, m, fence_for(w)) for w, m in zip(windows, manifests, strict=True))
         )
         assert loaded == [10, 11, 12, 13, 14, 15]
-        assert await asyncio.gather(*(target.count(w) for w in windows)) == loaded
+        assert await asyncio.gather(*(target.count(w, "p") for w in windows)) == loaded
         # Windows that started before the table was made take turns; all but one find it made.
         assert creates == [target.table], "the first windows each sent a CREATE TABLE"
         creates.clear()

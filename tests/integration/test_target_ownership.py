@@ -69,3 +69,31 @@ def test_a_second_pipeline_loading_a_table_another_one_loads_fails_and_writes_no
     assert {r.pipeline_status for r in asyncio.run(second.records())} == {Status.FAILED}
     assert "nothing to claim" in (again.message or "") or again.is_completed(), again.message
     assert ids(first.warehouse, LO, HI) == loaded
+
+
+def test_a_refused_pipeline_whose_counts_equal_the_owners_rows_completes_nothing(
+    tmp_path: Path, ledger_url: str
+) -> None:
+    """Pre-validation counts the target too: equal counts must not skip (COMPLETED, MATCH) a
+    window of a pipeline whose table another pipeline owns, comparing its source with another
+    pipeline's rows."""
+    first = Pipeline(tmp_path / "a", rows=400, ledger_url=ledger_url)
+    second = Pipeline(tmp_path / "b", rows=400, ledger_url=ledger_url)
+    second.warehouse = first.warehouse
+    query(second.source_path, "UPDATE web_events SET event_id = 'b-' || event_id")
+    a, b = asyncio.run(first.save(end=HI)), asyncio.run(second.save(end=HI))
+    assert asyncio.run(windowed_pipeline(config_block=a, return_state=True)).is_completed()
+    loaded = ids(first.warehouse, LO, HI)
+    assert len(ids(second.source_path, LO, HI)) == len(loaded)  # the same count, window by window
+
+    state = asyncio.run(windowed_pipeline(config_block=b, return_state=True))
+    assert state.is_failed(), state.message
+    assert "loaded by pipeline" in (state.message or ""), state.message
+    records = asyncio.run(second.records())
+    assert records and {r.pipeline_status for r in records} == {Status.FAILED}, [
+        (r.pipeline_status, r.audit_result) for r in records
+    ]
+    assert all(r.audit_result is None for r in records)
+    assert all(r.retry_attempt == 0 for r in records)
+    assert all(f"loaded by pipeline {a!r}" in (r.error_message or "") for r in records)
+    assert ids(first.warehouse, LO, HI) == loaded

@@ -122,7 +122,7 @@ async def test_the_target_raises_the_class_retries_decide_by(
     start = datetime(2025, 3, 9, 10, tzinfo=UTC)
     window = Window(start, start + timedelta(hours=1), start.date(), "1h")
     with pytest.raises(kind) as info:
-        await target().count(window)
+        await target().count(window, "p")
     assert type(info.value) is kind
     assert "count failed" in str(info.value)
 
@@ -141,6 +141,6 @@ async def test_a_url_in_the_connectors_message_is_scrubbed(monkeypatch: pytest.M
     monkeypatch.setattr(SnowflakeCredentials, "get_client", refuse)
     start = datetime(2025, 3, 9, 10, tzinfo=UTC)
     with pytest.raises(TargetTerminalError) as info:
-        await target().count(Window(start, start + timedelta(hours=1), start.date(), "1h"))
+        await target().count(Window(start, start + timedelta(hours=1), start.date(), "1h"), "p")
     assert "https://***@acme.okta.com/sso?token=***" in str(info.value)
     assert "pw-9f" not in str(info.value) and "tk-31" not in str(info.value)
