@@ -23,11 +23,6 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 LO, HI = DEMO_START, DEMO_START + timedelta(hours=2)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding 6: the target table's owner is keyed by its spelling, not by the table "
-    "DuckDB resolves (catalog-qualified name)",
-)
 def test_a_second_pipeline_naming_the_table_with_its_catalog_is_refused(tmp_path: Path) -> None:
     first = Pipeline(tmp_path / "a", rows=400)
     second = Pipeline(tmp_path / "b", rows=300)
