@@ -12,8 +12,15 @@ from typing import Any, Literal
 
 from prefect.blocks.core import Block
 from prefect.utilities.asyncutils import sync_compatible
-from pydantic.v1 import BaseModel, Field, ValidationError, root_validator, validator
 
+from ledgerflow.compat import (
+    BaseModel,
+    Field,
+    ValidationError,
+    model_copy,
+    root_validator,
+    validator,
+)
 from ledgerflow.durations import parse_duration
 from ledgerflow.errors import ConfigError
 from ledgerflow.windows import KEY_FIELDS, KeyHook, check_granularity, zone
@@ -339,7 +346,7 @@ class PipelineConfig(Block):
     def _default_record(cls, values: dict[str, Any]) -> dict[str, Any]:
         record: DefaultRecord = values["default_record"]
         if record.pipeline_id is None:
-            values["default_record"] = record.copy(update={"pipeline_id": values["pipeline_id"]})
+            values["default_record"] = model_copy(record, {"pipeline_id": values["pipeline_id"]})
         elif record.pipeline_id != values["pipeline_id"]:
             raise ValueError(
                 f"default_record.pipeline_id={record.pipeline_id!r} differs from "

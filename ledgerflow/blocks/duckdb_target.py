@@ -7,7 +7,6 @@ from typing import Any
 
 import duckdb
 from prefect.blocks.core import Block
-from pydantic.v1 import Field, validator
 
 from ledgerflow import failpoints
 from ledgerflow.blocks.duckdb_common import (
@@ -18,6 +17,7 @@ from ledgerflow.blocks.duckdb_common import (
     translate,
 )
 from ledgerflow.blocks.interrupt import Interrupt, in_thread
+from ledgerflow.compat import Field, validator
 from ledgerflow.errors import (
     FencedOut,
     LoadCountMismatch,

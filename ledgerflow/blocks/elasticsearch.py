@@ -41,9 +41,9 @@ from elasticsearch import (
     NotFoundError,
 )
 from prefect.blocks.core import Block
-from pydantic.v1 import Field, PrivateAttr, SecretStr, root_validator, validator
 
 from ledgerflow import gctune
+from ledgerflow.compat import Field, PrivateAttr, SecretStr, root_validator, validator
 from ledgerflow.errors import SourceError, SourceTerminalError
 from ledgerflow.redact import has_userinfo, scrub_url, scrub_urls
 from ledgerflow.windows import Window

@@ -18,13 +18,13 @@ from typing import Any, TypeVar
 
 from prefect.blocks.core import Block
 from prefect_snowflake.database import SnowflakeConnector
-from pydantic.v1 import Field, validator
 from snowflake.connector import errors as sf_errors
 
 from ledgerflow import failpoints
 from ledgerflow.blocks import snowflake_sql as sql
 from ledgerflow.blocks.interrupt import Interrupt, in_thread
 from ledgerflow.blocks.nested import revalidated
+from ledgerflow.compat import Field, validator
 from ledgerflow.errors import (
     FencedOut,
     LoadCountMismatch,

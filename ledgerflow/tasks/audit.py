@@ -11,16 +11,16 @@ from __future__ import annotations
 import asyncio
 
 from prefect import task
-from prefect.artifacts import create_markdown_artifact
 
 from ledgerflow import failpoints
+from ledgerflow.compat import create_markdown_artifact, uncached
 from ledgerflow.errors import AuditMismatch
 from ledgerflow.ledger import Lease
 from ledgerflow.ledger.audit import AuditVerdict, judge
 from ledgerflow.tasks.common import Parts, RunSettings, artifact_key, logger, now, timed
 
 
-@task(name="audit", persist_result=False)
+@task(name="audit", persist_result=False, **uncached())
 async def audit(parts: Parts, settings: RunSettings, lease: Lease) -> AuditVerdict:
     """Recount, record the audit columns, and complete or fail the window."""
     async with timed("audit", lease), parts.ledger.open() as ledger:
@@ -48,7 +48,7 @@ async def explain_mismatch(settings: RunSettings, lease: Lease, error: AuditMism
     window = lease.window
     lo, hi = window.local(settings.timezone)
     more = "more" if error.target_count > error.source_count else "fewer"
-    await create_markdown_artifact(  # type: ignore[misc]
+    await create_markdown_artifact(
         key=artifact_key(settings.pipeline_id, "audit"),
         description=f"audit mismatch in {settings.pipeline_id}",
         markdown="\n".join(

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from prefect import task
 
+from ledgerflow.compat import uncached
 from ledgerflow.ledger import PipelineRecord
 from ledgerflow.tasks.common import Parts, RunSettings, logger, timed
 
 
-@task(name="cleanup_stale_locks", persist_result=False)
+@task(name="cleanup_stale_locks", persist_result=False, **uncached())
 async def cleanup_stale_locks(parts: Parts, settings: RunSettings) -> list[PipelineRecord]:
     """Release IN_PROGRESS windows with no heartbeat for the stale threshold."""
     async with timed("cleanup stale locks"), parts.ledger.open() as ledger:

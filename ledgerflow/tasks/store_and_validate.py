@@ -15,12 +15,13 @@ from prefect import task
 from prefect.states import Completed, State
 
 from ledgerflow import failpoints
+from ledgerflow.compat import uncached
 from ledgerflow.ledger import Lease
 from ledgerflow.tasks.common import Parts, RunSettings, timed
 from ledgerflow.windows import Grid, Window, build_record, scheduled_windows
 
 
-@task(name="store_and_validate.register", persist_result=False)
+@task(name="store_and_validate.register", persist_result=False, **uncached())
 async def register_windows(
     parts: Parts, settings: RunSettings, at: datetime | None = None
 ) -> State[Any]:
@@ -56,7 +57,7 @@ async def register_windows(
     )
 
 
-@task(name="store_and_validate.claim", persist_result=False)
+@task(name="store_and_validate.claim", persist_result=False, **uncached())
 async def claim_window(parts: Parts, settings: RunSettings, run_id: str) -> State[Any]:
     """Claim the next eligible PENDING window (row lock, fresh lease), or say why there is none.
 

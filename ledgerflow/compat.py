@@ -1,0 +1,217 @@
+"""The one module that knows whether Prefect 2 or Prefect 3 is installed.
+
+Prefect 2.20 (the reference) builds its blocks on pydantic's v1 API (`pydantic.v1`); Prefect 3
+builds them on pydantic v2. Block modules import `BaseModel`, `Field`, `SecretStr`,
+`PrivateAttr`, `ValidationError`, `validator` and `root_validator` from here, and call
+`model_validate`, `model_dump` and `model_copy` instead of the v1-only `parse_obj`, `dict` and
+`copy`. On Prefect 2 every name is pydantic.v1's own, so behaviour there is unchanged. On
+Prefect 3, `validator` and `root_validator` keep the v1 contract the blocks are written against
+(a ValueError's text is the error message, `values`/`field` parameters, `each_item`, post root
+validators that see every field) on top of v2's `field_validator`/`model_validator`, without
+pydantic's deprecation warnings.
+
+Tasks take `uncached()` (`@task(..., **uncached())`): Prefect 3 caches a task's result by its
+inputs, and a side-effecting task (claim, load, audit) must run every time it is called.
+
+This module imports no Prefect at import time: `ledgerflow.prefect_home` must set Prefect's
+settings before the first `import prefect`.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from importlib.metadata import version
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, TypeVar
+
+PREFECT_VERSION = version("prefect")
+PREFECT_MAJOR = int(PREFECT_VERSION.split(".")[0])
+PREFECT_3 = PREFECT_MAJOR >= 3
+
+M = TypeVar("M")
+
+__all__ = [
+    "PREFECT_3",
+    "PREFECT_MAJOR",
+    "PREFECT_VERSION",
+    "BaseModel",
+    "Field",
+    "PrivateAttr",
+    "SecretStr",
+    "ValidationError",
+    "model_copy",
+    "model_dump",
+    "model_validate",
+    "root_validator",
+    "uncached",
+    "validator",
+]
+
+if TYPE_CHECKING or not PREFECT_3:
+    # Type-checked against the reference (Prefect 2, pydantic.v1).
+    from pydantic.v1 import (
+        BaseModel,
+        Field,
+        PrivateAttr,
+        SecretStr,
+        ValidationError,
+        root_validator,
+        validator,
+    )
+else:
+    from pydantic import BaseModel, Field, PrivateAttr, SecretStr, ValidationError
+    from pydantic import field_validator as _field_validator
+    from pydantic import model_validator as _model_validator
+    from pydantic_core import PydanticCustomError as _CustomError
+
+    def _as_error(exc: ValueError) -> Exception:
+        # v1 reported a validator's ValueError as its text; v2 prefixes "Value error, ".
+        return _CustomError("value_error", str(exc))
+
+    def validator(  # type: ignore[no-redef]
+        *fields: str,
+        pre: bool = False,
+        each_item: bool = False,
+        always: bool = False,
+        allow_reuse: bool = False,
+    ) -> Callable[[Callable[..., Any]], Any]:
+        """pydantic v1's `@validator` on a v2 model: `(cls, v[, values][, field])`."""
+
+        def decorate(fn: Callable[..., Any]) -> Any:
+            params = inspect.signature(fn).parameters
+            wants_values, wants_field = "values" in params, "field" in params
+
+            def one(cls: Any, v: Any, info: Any) -> Any:
+                kwargs: dict[str, Any] = {}
+                if wants_values:
+                    kwargs["values"] = dict(info.data)
+                if wants_field:
+                    kwargs["field"] = SimpleNamespace(name=info.field_name)
+                return fn(cls, v, **kwargs)
+
+            @functools.wraps(fn)
+            def check(cls: Any, v: Any, info: Any) -> Any:
+                try:
+                    if each_item and isinstance(v, list | tuple | set | frozenset):
+                        return type(v)(one(cls, item, info) for item in v)
+                    if each_item and isinstance(v, dict):
+                        return {k: one(cls, item, info) for k, item in v.items()}
+                    return one(cls, v, info)
+                except ValueError as exc:
+                    raise _as_error(exc) from exc
+
+            mode = "before" if pre else "after"
+            return _field_validator(*fields, mode=mode)(classmethod(check))  # type: ignore[arg-type]
+
+        return decorate
+
+    def root_validator(  # type: ignore[no-redef]
+        _fn: Callable[..., Any] | None = None,
+        *,
+        pre: bool = False,
+        skip_on_failure: bool = False,
+        allow_reuse: bool = False,
+    ) -> Any:
+        """pydantic v1's `@root_validator` on a v2 model: `(cls, values) -> values`.
+
+        A post validator runs only when every field validated (v2 never calls an after model
+        validator otherwise, which is v1's `skip_on_failure=True`)."""
+
+        def decorate(fn: Callable[..., Any]) -> Any:
+            if pre:
+
+                @functools.wraps(fn)
+                def before(cls: Any, data: Any) -> Any:
+                    if not isinstance(data, dict):
+                        return data
+                    try:
+                        return fn(cls, dict(data))
+                    except ValueError as exc:
+                        raise _as_error(exc) from exc
+
+                return _model_validator(mode="before")(classmethod(before))  # type: ignore[arg-type]
+
+            @functools.wraps(fn)
+            def after(self: Any) -> Any:
+                names = list(type(self).model_fields)
+                values = {name: getattr(self, name) for name in names}
+                try:
+                    result = fn(type(self), dict(values))
+                except ValueError as exc:
+                    raise _as_error(exc) from exc
+                for name in names:
+                    if name in result and result[name] is not values[name]:
+                        object.__setattr__(self, name, result[name])
+                return self
+
+            return _model_validator(mode="after")(after)
+
+        return decorate if _fn is None else decorate(_fn)
+
+
+def model_validate(cls: type[M], data: Any) -> M:
+    """`cls` built and validated from `data` (v1 `parse_obj`, v2 `model_validate`)."""
+    if PREFECT_3:
+        return cls.model_validate(data)  # type: ignore[attr-defined,no-any-return]
+    return cls.parse_obj(data)  # type: ignore[attr-defined,no-any-return]
+
+
+def model_dump(model: Any, **kwargs: Any) -> dict[str, Any]:
+    """The model's fields as a dict (v1 `dict`, v2 `model_dump`)."""
+    if PREFECT_3:
+        return model.model_dump(**kwargs)  # type: ignore[no-any-return]
+    return model.dict(**kwargs)  # type: ignore[no-any-return]
+
+
+def model_copy(model: M, update: dict[str, Any]) -> M:
+    """A copy of `model` with `update` applied, unvalidated (v1 `copy`, v2 `model_copy`)."""
+    if PREFECT_3:
+        return model.model_copy(update=update)  # type: ignore[attr-defined,no-any-return]
+    return model.copy(update=update)  # type: ignore[attr-defined,no-any-return]
+
+
+def uncached() -> dict[str, Any]:
+    """Task options that turn result caching off: `@task(..., **uncached())`."""
+    if not PREFECT_3:
+        return {}  # Prefect 2 caches a task only when it is given a cache_key_fn
+    from prefect.cache_policies import NO_CACHE
+
+    return {"cache_policy": NO_CACHE}
+
+
+async def state_result(state: Any, *, raise_on_failure: bool = True) -> Any:
+    """The result a final state holds, read in async code (Prefect 3 has no `fetch`)."""
+    if PREFECT_3:
+        return await state.aresult(raise_on_failure=raise_on_failure)
+    return await state.result(raise_on_failure=raise_on_failure, fetch=True)
+
+
+def state_result_sync(state: Any, *, raise_on_failure: bool = True) -> Any:
+    """The result a final state holds, read outside any event loop."""
+    if PREFECT_3:
+        return state.result(raise_on_failure=raise_on_failure, _sync=True)
+    return state.result(raise_on_failure=raise_on_failure, fetch=True)
+
+
+async def create_table_artifact(**kwargs: Any) -> Any:
+    """Prefect's table artifact, created from async code on either Prefect."""
+    if PREFECT_3:
+        from prefect.artifacts import acreate_table_artifact  # type: ignore[attr-defined]
+
+        return await acreate_table_artifact(**kwargs)
+    from prefect.artifacts import create_table_artifact as create
+
+    return await create(**kwargs)
+
+
+async def create_markdown_artifact(**kwargs: Any) -> Any:
+    """Prefect's markdown artifact, created from async code on either Prefect."""
+    if PREFECT_3:
+        from prefect.artifacts import acreate_markdown_artifact  # type: ignore[attr-defined]
+
+        return await acreate_markdown_artifact(**kwargs)
+    from prefect.artifacts import create_markdown_artifact as create
+
+    return await create(**kwargs)
