@@ -16,11 +16,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-$(DEMO_STAMP): pyproject.toml
+$(DEMO_STAMP): pyproject.toml constraints/prefect2.txt
 	@echo "make demo: creating $(VENV) and installing ledgerflow with its core dependencies" \
 	  "(Prefect, DuckDB, pyarrow); the first time takes a minute or two"
 	@$(PYTHON) -m venv $(VENV)
-	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e .
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e . \
+	  -c constraints/prefect2.txt
 	@touch $(DEMO_STAMP)
 	@echo "make demo: installed; running the demo"
 

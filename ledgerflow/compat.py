@@ -19,9 +19,9 @@ settings before the first `import prefect`.
 
 from __future__ import annotations
 
-import functools
 import inspect
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from importlib.metadata import version
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -66,6 +66,13 @@ else:
     from pydantic import model_validator as _model_validator
     from pydantic_core import PydanticCustomError as _CustomError
 
+    def _named(wrapper: Callable[..., Any], fn: Callable[..., Any]) -> None:
+        # Not functools.wraps: pydantic reads the wrapper's own signature (through __wrapped__)
+        # to decide how to call it.
+        wrapper.__name__ = fn.__name__
+        wrapper.__qualname__ = fn.__qualname__
+        wrapper.__doc__ = fn.__doc__
+
     def _as_error(exc: ValueError) -> Exception:
         # v1 reported a validator's ValueError as its text; v2 prefixes "Value error, ".
         return _CustomError("value_error", str(exc))
@@ -91,7 +98,6 @@ else:
                     kwargs["field"] = SimpleNamespace(name=info.field_name)
                 return fn(cls, v, **kwargs)
 
-            @functools.wraps(fn)
             def check(cls: Any, v: Any, info: Any) -> Any:
                 try:
                     if each_item and isinstance(v, list | tuple | set | frozenset):
@@ -102,6 +108,7 @@ else:
                 except ValueError as exc:
                     raise _as_error(exc) from exc
 
+            _named(check, fn)
             mode = "before" if pre else "after"
             return _field_validator(*fields, mode=mode)(classmethod(check))  # type: ignore[arg-type]
 
@@ -122,7 +129,6 @@ else:
         def decorate(fn: Callable[..., Any]) -> Any:
             if pre:
 
-                @functools.wraps(fn)
                 def before(cls: Any, data: Any) -> Any:
                     if not isinstance(data, dict):
                         return data
@@ -131,9 +137,9 @@ else:
                     except ValueError as exc:
                         raise _as_error(exc) from exc
 
+                _named(before, fn)
                 return _model_validator(mode="before")(classmethod(before))  # type: ignore[arg-type]
 
-            @functools.wraps(fn)
             def after(self: Any) -> Any:
                 names = list(type(self).model_fields)
                 values = {name: getattr(self, name) for name in names}
@@ -146,6 +152,7 @@ else:
                         object.__setattr__(self, name, result[name])
                 return self
 
+            _named(after, fn)
             return _model_validator(mode="after")(after)
 
         return decorate if _fn is None else decorate(_fn)
@@ -215,3 +222,23 @@ async def create_markdown_artifact(**kwargs: Any) -> Any:
     from prefect.artifacts import create_markdown_artifact as create
 
     return await create(**kwargs)
+
+
+def cron_is_valid(expression: str) -> bool:
+    """Whether Prefect's scheduler accepts `expression` (the croniter it schedules with: a
+    dependency of Prefect 2, vendored inside Prefect 3)."""
+    if PREFECT_3:
+        from prefect._vendor.croniter import croniter
+    else:
+        from croniter import croniter
+    return bool(croniter.is_valid(expression))
+
+
+def prefect_test_harness() -> AbstractContextManager[None]:
+    """Prefect's temporary test API. Prefect 3 starts it as a server process and gives up after
+    30 s by default, too short on a loaded machine: allow five minutes."""
+    from prefect.testing.utilities import prefect_test_harness as harness
+
+    if PREFECT_3:
+        return harness(server_startup_timeout=300)  # type: ignore[no-any-return,call-arg]
+    return harness()  # type: ignore[no-any-return]

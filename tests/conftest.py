@@ -79,7 +79,7 @@ async def ledger(ledger_url: str) -> AsyncIterator[Ledger]:
 @pytest.fixture(scope="session")
 def prefect_harness() -> Iterator[None]:
     """One temporary Prefect API (SQLite) for the whole session: starting one costs seconds."""
-    from prefect.testing.utilities import prefect_test_harness
+    from ledgerflow.compat import prefect_test_harness
 
     with prefect_test_harness():
         yield

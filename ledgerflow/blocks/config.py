@@ -17,6 +17,7 @@ from ledgerflow.compat import (
     BaseModel,
     Field,
     ValidationError,
+    cron_is_valid,
     model_copy,
     root_validator,
     validator,
@@ -252,9 +253,7 @@ class PipelineConfig(Block):
 
     @validator("cron_schedule")
     def _cron(cls, v: str) -> str:
-        from croniter import croniter
-
-        if not croniter.is_valid(v):
+        if not cron_is_valid(v):
             raise ValueError(f"cron_schedule={v!r} is not a valid 5-field cron expression")
         return v
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from ledgerflow.cli import app
+from ledgerflow.compat import state_result_sync
 from ledgerflow.demo import DEMO_END, DEMO_START
 from ledgerflow.flows.pipeline import windowed_pipeline
 from ledgerflow.ledger import Ledger, Status
@@ -50,7 +51,7 @@ def test_backfill_registers_behind_fresh_windows_and_rescan_reloads_late_data(
 
     # The next run takes a fresh (day two) window before any backfilled one.
     state = asyncio.run(windowed_pipeline(config_block=name, return_state=True))
-    [row] = state.result(fetch=True)
+    [row] = state_result_sync(state)
     assert row["window_start"] >= (DEMO_START + timedelta(days=1)).astimezone(UTC).isoformat()[:19]
 
     # Load everything, then a late document arrives in an already loaded window.
