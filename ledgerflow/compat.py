@@ -100,6 +100,8 @@ else:
 
             def check(cls: Any, v: Any, info: Any) -> Any:
                 try:
+                    if each_item and v is None:
+                        return v  # v1 validates the items of a list, and None has none
                     if each_item and isinstance(v, list | tuple | set | frozenset):
                         return type(v)(one(cls, item, info) for item in v)
                     if each_item and isinstance(v, dict):
