@@ -244,3 +244,20 @@ def prefect_test_harness() -> AbstractContextManager[None]:
     if PREFECT_3:
         return harness(server_startup_timeout=300)  # type: ignore[no-any-return,call-arg]
     return harness()  # type: ignore[no-any-return]
+
+
+EPHEMERAL_ENV: dict[str, str] = (
+    # Prefect 3 runs the ephemeral API as a server process of its own and gives it 20 s to
+    # start; commands started together on a loaded machine wait for each other (prefect_home).
+    {"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "300"} if PREFECT_3 else {}
+)
+"""Environment defaults for a process that may start Prefect's ephemeral API."""
+
+
+async def flush_run_logs() -> None:
+    """Send the logs this process has queued to the API. Prefect 2 has sent them when a flow
+    run returns; Prefect 3 ships them in the background."""
+    if PREFECT_3:
+        from prefect.logging.handlers import APILogHandler
+
+        await APILogHandler.aflush()  # type: ignore[no-untyped-call]

@@ -15,6 +15,8 @@ import os
 import sys
 from pathlib import Path
 
+from ledgerflow.compat import EPHEMERAL_ENV
+
 try:
     import fcntl
 except ImportError:  # Windows: no flock; processes there need one PREFECT_HOME each
@@ -39,6 +41,9 @@ def start_ephemeral_api(*, saves_blocks: bool = True) -> None:
     when Prefect is not imported yet: its settings are read once, at import."""
     if not saves_blocks and "prefect" not in sys.modules:
         for name, value in _READ_ONLY_SETTINGS.items():
+            os.environ.setdefault(name, value)
+    if "prefect" not in sys.modules:
+        for name, value in EPHEMERAL_ENV.items():
             os.environ.setdefault(name, value)
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, PREFECT_HOME
