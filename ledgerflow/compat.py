@@ -20,8 +20,9 @@ settings before the first `import prefect`.
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Callable
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from importlib.metadata import version
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -246,12 +247,21 @@ def prefect_test_harness() -> AbstractContextManager[None]:
     return harness()  # type: ignore[no-any-return]
 
 
-EPHEMERAL_ENV: dict[str, str] = (
-    # Prefect 3 runs the ephemeral API as a server process of its own and gives it 20 s to
-    # start; commands started together on a loaded machine wait for each other (prefect_home).
-    {"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "300"} if PREFECT_3 else {}
-)
-"""Environment defaults for a process that may start Prefect's ephemeral API."""
+EPHEMERAL_START_TIMEOUT = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+
+
+def ephemeral_start() -> AbstractContextManager[Any]:
+    """Settings for starting Prefect's ephemeral API. Prefect 3 runs it as a server process of
+    its own and gives it 20 s to answer; commands started together on a loaded machine queue for
+    it (ledgerflow.prefect_home), so allow five minutes unless the user chose a limit."""
+    if not PREFECT_3 or EPHEMERAL_START_TIMEOUT in os.environ:
+        return nullcontext()
+    from prefect.settings import (  # type: ignore[attr-defined]
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as limit,
+    )
+    from prefect.settings import temporary_settings
+
+    return temporary_settings({limit: 300})  # type: ignore[no-any-return]
 
 
 async def flush_run_logs() -> None:

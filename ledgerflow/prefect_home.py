@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from ledgerflow.compat import EPHEMERAL_ENV
+from ledgerflow.compat import ephemeral_start
 
 try:
     import fcntl
@@ -42,9 +42,6 @@ def start_ephemeral_api(*, saves_blocks: bool = True) -> None:
     if not saves_blocks and "prefect" not in sys.modules:
         for name, value in _READ_ONLY_SETTINGS.items():
             os.environ.setdefault(name, value)
-    if "prefect" not in sys.modules:
-        for name, value in EPHEMERAL_ENV.items():
-            os.environ.setdefault(name, value)
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, PREFECT_HOME
 
@@ -54,5 +51,8 @@ def start_ephemeral_api(*, saves_blocks: bool = True) -> None:
     home.mkdir(parents=True, exist_ok=True)
     with (home / LOCK_NAME).open("a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
-        with get_client(sync_client=True) as client:  # runs the API's start: migrate, register
+        with (
+            ephemeral_start(),
+            get_client(sync_client=True) as client,
+        ):  # runs the API's start: migrate, register
             client.hello()
