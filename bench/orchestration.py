@@ -76,29 +76,28 @@ async def _with_prefect(root: Path) -> float:
 async def _without_prefect(root: Path) -> float:
     """The same ledger and block calls the tasks make, in plain asyncio."""
     from ledgerflow.blocks.config import load_final_config
-    from ledgerflow.flows.pipeline import close_parts, load_parts, settings_from
     from ledgerflow.tasks.cleanup_stale_locks import cleanup_stale_locks
     from ledgerflow.tasks.pre_validation_count_check import pre_validation_count_check
     from ledgerflow.tasks.store_and_validate import claim_window, register_windows
+    from ledgerflow.wiring import load_systems, settings_from
 
     name = f"b{uuid.uuid4().hex[:8]}"
     await _save_blocks(root, name)
     started = time.perf_counter()
     config = await load_final_config(name)
-    parts = await load_parts(config)
+    systems = await load_systems(config)
     settings = settings_from(config)
-    await register_windows.fn(parts, settings)
+    await register_windows.fn(systems, settings)
 
     async def worker() -> int:
         done = 0
-        while (lease := (await claim_window.fn(parts, settings, "bench")).data) is not None:
-            await pre_validation_count_check.fn(parts, settings, lease)
+        while (lease := (await claim_window.fn(systems, settings, "bench")).data) is not None:
+            await pre_validation_count_check.fn(systems, settings, lease)
             done += 1
         return done
 
     done = sum(await asyncio.gather(*(worker() for _ in range(CONCURRENCY))))
-    await cleanup_stale_locks.fn(parts, settings)
-    await close_parts(parts)
+    await cleanup_stale_locks.fn(systems, settings)
     elapsed = time.perf_counter() - started
     assert done == WINDOWS, done
     return elapsed

@@ -3,9 +3,9 @@
 `python -m bench.run_probe [--tracemalloc] [--what-if NAME ...] ARGS...` runs `ledgerflow
 ARGS...` in this process (the console script's entry point) while a thread samples the process's
 resident set (VmRSS) every 10 ms and, with `--tracemalloc`, the bytes Python's allocator holds.
-`--what-if` tries a fix from outside before anyone changes the product: `duckdb-limits` (every
-DuckDB connection gets `memory_limit` 64MB and one thread), `trim` (after each Prefect task,
-Arrow's pool releases unused memory and glibc's malloc_trim returns freed heap to the system).
+`--what-if` tries a fix from outside before anyone changes the product: `trim` (after each
+Prefect task, Arrow's pool releases unused memory and glibc's malloc_trim returns freed heap to
+the system). The DuckDB target's memory is its block's `memory_limit` and `threads` fields.
 Phase marks come from the interpreter's start, the imports, and Prefect's own log records
 (flow and task runs created and finished), so no product code is touched. At exit it prints, as
 its last line, `{"phases": [...], "peak_mb": ...}`: per phase its start and length in seconds,
@@ -105,21 +105,6 @@ class PrefectMarks(logging.Handler):
             self.probe.mark(f"{text.split(' for ')[0].split(' in state')[0]} {who}".strip())
 
 
-def _duckdb_limits() -> None:
-    import duckdb
-    from ledgerflow.blocks import duckdb_common
-
-    plain = duckdb_common.DuckDBHandle.connect
-
-    def connect(self: duckdb_common.DuckDBHandle) -> duckdb.DuckDBPyConnection:
-        con = plain(self)
-        con.execute("SET memory_limit = '64MB'")
-        con.execute("SET threads = 1")
-        return con
-
-    duckdb_common.DuckDBHandle.connect = connect  # type: ignore[method-assign]
-
-
 class Trim(logging.Handler):
     """Hands freed memory (Arrow's pool, then glibc's heap) back to the system whenever a
     Prefect task run finishes."""
@@ -161,8 +146,6 @@ def main() -> None:
     handler = PrefectMarks(probe)
     for name in ("prefect.flow_runs", "prefect.task_runs", "prefect.engine"):
         logging.getLogger(name).addHandler(handler)
-    if "duckdb-limits" in what_if:
-        _duckdb_limits()
     if "trim" in what_if:
         logging.getLogger("prefect.task_runs").addHandler(Trim())
     code = 0

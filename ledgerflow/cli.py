@@ -190,12 +190,11 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of 
 @contextlib.asynccontextmanager
 async def open_pipeline(config_name: str) -> AsyncIterator[tuple[Any, Ledger]]:
     """The validated config block and an open Ledger it points at."""
-    from ledgerflow.blocks import ledger_db  # noqa: F401  (the ledger's block, not every block)
     from ledgerflow.blocks.config import load_final_config
-    from ledgerflow.blocks.loading import load_block
+    from ledgerflow.wiring import load_ledger  # the ledger's block, not every block
 
     config = await load_final_config(config_name)
-    ledger_block = await load_block(config.ledger_block, "ledger_block")
+    ledger_block = await load_ledger(config)
     async with ledger_block.open() as ledger:
         await ledger.check_schema()  # a clear "run ledgerflow init" instead of a SQL error
         yield config, ledger
@@ -237,10 +236,10 @@ def init(
         if config is None:
             return slugs, None, []
         from ledgerflow.blocks.config import load_final_config
-        from ledgerflow.blocks.loading import load_block
+        from ledgerflow.wiring import load_ledger
 
         cfg = await load_final_config(config)
-        block = await load_block(cfg.ledger_block, "ledger_block")
+        block = await load_ledger(cfg)
         async with block.open() as ledger:
             upgraded = await ledger.create_schema()
         return slugs, str(block.display_url()), upgraded
@@ -266,7 +265,7 @@ def status(config: ConfigOption = None, as_json: JsonOption = False) -> None:
 
     async def go() -> tuple[Any, Any]:
         async with open_pipeline(name) as (cfg, ledger):
-            return cfg, await ledger.summary(cfg.pipeline_id)
+            return cfg, await ledger.summary(cfg.pipeline_id, start=cfg.start, end=cfg.end)
 
     cfg, summary = run_async(go())
     now = datetime.now(UTC)
@@ -508,6 +507,9 @@ def retry(
     if as_json:
         typer.echo(json.dumps({"reset": [r.id for r in rows]}))
         return
+    if not rows:
+        console.print(f"no FAILED windows to retry in {name}", markup=False, highlight=False)
+        return
     console.print(f"{len(rows)} FAILED window(s) back to PENDING: {[r.id for r in rows]}")
 
 
@@ -544,6 +546,14 @@ def reload(
     if as_json:
         typer.echo(json.dumps({"reopened": [r.id for r in rows]}))
         return
+    if not rows:
+        console.print(
+            f"no COMPLETED or FAILED windows of {name} start in {start} - {end}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        return
     console.print(f"{len(rows)} window(s) reopened; the next run reloads them")
 
 
@@ -551,7 +561,7 @@ def refuse_unsafe_age(text: str, seconds: float, cfg: Any) -> None:
     """A lock younger than two heartbeat intervals may belong to a healthy worker: its age
     reaches one interval plus the beat's own latency just before every beat."""
     from ledgerflow.errors import ConfigError
-    from ledgerflow.flows.pipeline import settings_from
+    from ledgerflow.wiring import settings_from
 
     every = settings_from(cfg).heartbeat_every
     if seconds < 2 * every:
@@ -597,6 +607,9 @@ def release(
         typer.echo(
             json.dumps({"released": [{"id": r.id, "status": r.pipeline_status} for r in rows]})
         )
+        return
+    if not rows:
+        console.print(f"no stale locks in {name}", markup=False, highlight=False)
         return
     console.print(
         f"released {len(rows)} stale lock(s): "
@@ -706,8 +719,8 @@ def rescan(
     as_json: JsonOption = False,
 ) -> None:
     """Recount source and target; reopen windows whose counts disagree or changed since loading."""
-    from ledgerflow.flows.pipeline import close_parts, load_parts
     from ledgerflow.operate import rescan as do_rescan
+    from ledgerflow.wiring import load_systems
 
     if last < 1:
         raise fail(f"--last={last} must be at least 1")
@@ -715,13 +728,10 @@ def rescan(
 
     async def go() -> Any:
         async with open_pipeline(name) as (cfg, ledger):
-            parts = await load_parts(cfg)
-            try:
-                return await do_rescan(
-                    ledger, parts.source, parts.target, cfg.pipeline_id, last, dry_run=dry_run
-                )
-            finally:
-                await close_parts(parts)
+            systems = await load_systems(cfg)
+            return await do_rescan(
+                ledger, systems.source, systems.target, cfg.pipeline_id, last, dry_run=dry_run
+            )
 
     result = run_async(go())
     if as_json:
@@ -742,7 +752,7 @@ def blocks_register(
     file: Annotated[Path, typer.Option("--file", "-f", help="TOML file describing the blocks")],
 ) -> None:
     """Validate and save every block in the file (`${VAR}` reads the environment)."""
-    from ledgerflow.deployments.register import register_file
+    from ledgerflow.deployments.save_blocks import register_file
 
     prefect_ready(saves_blocks=True)
     for slug in run_async(register_file(file)):

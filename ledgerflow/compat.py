@@ -42,6 +42,7 @@ __all__ = [
     "PrivateAttr",
     "SecretStr",
     "ValidationError",
+    "field_aliases",
     "model_copy",
     "model_dump",
     "model_validate",
@@ -90,6 +91,9 @@ else:
         def decorate(fn: Callable[..., Any]) -> Any:
             params = inspect.signature(fn).parameters
             wants_values, wants_field = "values" in params, "field" in params
+            # Like v1: a function whose first parameter is not `cls` is a plain check of the
+            # value, shared between models (`validator("f", allow_reuse=True)(check_f)`).
+            takes_cls = next(iter(params), None) == "cls"
 
             def one(cls: Any, v: Any, info: Any) -> Any:
                 kwargs: dict[str, Any] = {}
@@ -97,7 +101,7 @@ else:
                     kwargs["values"] = dict(info.data)
                 if wants_field:
                     kwargs["field"] = SimpleNamespace(name=info.field_name)
-                return fn(cls, v, **kwargs)
+                return fn(cls, v, **kwargs) if takes_cls else fn(v, **kwargs)
 
             def check(cls: Any, v: Any, info: Any) -> Any:
                 try:
@@ -117,6 +121,19 @@ else:
 
         return decorate
 
+    _V1_PRE = "__ledgerflow_v1_pre_root__"
+
+    def _pre_root_validators(cls: Any) -> list[tuple[Any, Callable[..., Any]]]:
+        """(wrapper, v1 function) of each pre root validator of `cls`, in definition order
+        (a base class's first)."""
+        chain = []
+        for decorator in cls.__pydantic_decorators__.model_validators.values():
+            wrapper = getattr(decorator.func, "__func__", decorator.func)
+            original = getattr(wrapper, _V1_PRE, None)
+            if original is not None:
+                chain.append((wrapper, original))
+        return chain
+
     def root_validator(  # type: ignore[no-redef]
         _fn: Callable[..., Any] | None = None,
         *,
@@ -133,14 +150,21 @@ else:
             if pre:
 
                 def before(cls: Any, data: Any) -> Any:
-                    if not isinstance(data, dict):
+                    # v2 runs before-validators last defined first; v1 ran pre root validators
+                    # in the order they were defined (a later one may rely on an earlier one's
+                    # work). The last defined runs them all, in v1's order; the others pass.
+                    chain = _pre_root_validators(cls)
+                    if not isinstance(data, dict) or chain[-1][0] is not before:
                         return data
-                    try:
-                        return fn(cls, dict(data))
-                    except ValueError as exc:
-                        raise _as_error(exc) from exc
+                    for _, each in chain:
+                        try:
+                            data = each(cls, dict(data))
+                        except ValueError as exc:
+                            raise _as_error(exc) from exc
+                    return data
 
                 _named(before, fn)
+                before.__dict__[_V1_PRE] = fn
                 return _model_validator(mode="before")(classmethod(before))  # type: ignore[arg-type]
 
             def after(self: Any) -> Any:
@@ -180,6 +204,13 @@ def model_copy(model: M, update: dict[str, Any]) -> M:
     if PREFECT_3:
         return model.model_copy(update=update)  # type: ignore[attr-defined,no-any-return]
     return model.copy(update=update)  # type: ignore[attr-defined,no-any-return]
+
+
+def field_aliases(cls: type[Any]) -> dict[str, str]:
+    """Each field's name and the alias its data is given under (its name when it has none)."""
+    if PREFECT_3:
+        return {name: f.alias or name for name, f in cls.model_fields.items()}
+    return {f.name: f.alias for f in cls.__fields__.values()}
 
 
 def uncached() -> dict[str, Any]:

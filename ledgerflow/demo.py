@@ -126,7 +126,6 @@ async def register_demo_blocks(paths: DemoPaths, name: str = "demo") -> Pipeline
             "concurrency": 4,
             "max_retry_task": 2,
             "retry_backoff_seconds": 1,
-            "default_record": {"source_name": "duckdb", "target_name": "duckdb"},
             "ledger_block": f"ledgerflow-ledger-database/{name}",
             "source_block": f"ledgerflow-duckdb-source/{name}",
             "stage_block": f"ledgerflow-local-stage/{name}",

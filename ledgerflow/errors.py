@@ -33,6 +33,10 @@ class ConfigError(TerminalError, ValueError):
     error naming the field."""
 
 
+class ClientSettingsError(ConfigError):
+    """A block's settings cannot build its client (a malformed URL, cloud id or option)."""
+
+
 class DurationError(ConfigError):
     """A duration is not of the form <positive integer><m|h|d>."""
 
@@ -57,17 +61,39 @@ class LeaseLost(TerminalError):
 
 
 class FencedOut(TerminalError):
-    """A newer claim of the window reached the target first; this worker wrote nothing to it."""
+    """A newer claim of the window, or of a window overlapping it (cut on another grid after a
+    re-tile), reached the target first; this worker wrote nothing to it."""
 
-    def __init__(self, pipeline_id: str, window_start: str, token: int, recorded: int) -> None:
+    def __init__(
+        self, pipeline_id: str, window_start: str, token: int, recorded: int, over: str = ""
+    ) -> None:
         self.pipeline_id = pipeline_id
         self.window_start = window_start
         self.token = token
         self.recorded = recorded
+        where = f" for the overlapping window {over}" if over else ""
         super().__init__(
             f"pipeline {pipeline_id!r} window {window_start}: this worker's lease (fence token "
             f"{token}) was superseded by a later claim (token {recorded} already recorded by the "
-            "target); the load was aborted and this worker wrote nothing to the target"
+            f"target{where}); the load was aborted and this worker wrote nothing to the target"
+        )
+
+
+class TableOwnedByAnotherPipeline(ConfigError):
+    """Another pipeline loads this target table; the load was refused before writing anything.
+
+    A window's load deletes every row of the table in the window's time range, whichever pipeline
+    loaded it, so two pipelines sharing a table would silently erase each other's rows."""
+
+    def __init__(self, table: str, owner: str, pipeline_id: str) -> None:
+        self.table = table
+        self.owner = owner
+        self.pipeline_id = pipeline_id
+        super().__init__(
+            f"target table {table} is loaded by pipeline {owner!r}; pipeline {pipeline_id!r} may "
+            "not load it too. Each target table belongs to one pipeline (a window's load replaces "
+            "every row in its time range, whichever pipeline loaded it): point the target block "
+            f"of pipeline {pipeline_id!r} at another table. Nothing was written"
         )
 
 

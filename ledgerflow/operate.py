@@ -67,15 +67,15 @@ async def backfill(
     return BackfillPlan(
         windows=len(eligible),
         new=done.new,
-        first=eligible[0].to_dict()["start"] if eligible else None,
-        last=eligible[-1].to_dict()["start"] if eligible else None,
+        first=eligible[0].start_iso if eligible else None,
+        last=eligible[-1].start_iso if eligible else None,
         skipped_not_eligible=len(in_range) - len(eligible),
         registered=0 if dry_run else done.new,
     )
 
 
 @dataclass(frozen=True)
-class RescanResult:
+class ChangedWindow:
     """One window whose recounts disagree with each other or with what the ledger recorded."""
 
     window_start: str
@@ -89,9 +89,11 @@ class RescanResult:
 
 
 @dataclass
-class Rescan:
+class RescanResult:
+    """What a rescan found: how many COMPLETED windows it recounted, and those that changed."""
+
     checked: int = 0
-    changed: list[RescanResult] = field(default_factory=list)
+    changed: list[ChangedWindow] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {"checked": self.checked, "changed": [r.__dict__ for r in self.changed]}
@@ -118,7 +120,7 @@ async def rescan(
     last: int,
     *,
     dry_run: bool,
-) -> Rescan:
+) -> RescanResult:
     """Recount the source and the target for the newest `last` COMPLETED windows; reopen those
     whose recounts disagree or differ from the recorded counts, so the next run loads them again
     (late documents in the source, rows lost or duplicated in the target behind the ledger's
@@ -126,7 +128,7 @@ async def rescan(
     done = await ledger.windows(
         pipeline_id, statuses=[Status.COMPLETED.value], limit=last, newest_first=True
     )
-    result = Rescan(checked=len(done))
+    result = RescanResult(checked=len(done))
     for record in done:
         # One window at a time, both sides at once: the load on the source and the warehouse
         # stays that of one worker, however many windows are rescanned.
@@ -141,8 +143,8 @@ async def rescan(
             # row and a duplicated one cancel out; the reload must not be skipped on them).
             await ledger.reopen(pipeline_id, [record.id or 0], f"rescan: {reason}", force=True)
         result.changed.append(
-            RescanResult(
-                window_start=record.window.to_dict()["start"],
+            ChangedWindow(
+                window_start=record.window.start_iso,
                 record_id=record.id or 0,
                 loaded=record.target_count,
                 source_then=record.source_count,

@@ -6,15 +6,19 @@ streams, so memory stays bounded whatever a window's size.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import pyarrow as pa
 
 from ledgerflow.windows import Window
+
+if TYPE_CHECKING:
+    from ledgerflow.ledger import Ledger
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,9 @@ class Manifest:
 
     location: str
     files: tuple[StagedFile, ...] = field(default_factory=tuple)
+    fingerprint: str | None = None
+    """The source's `Source.fingerprint` of the window when it was staged (None: unknown, so
+    the stage is never resumed)."""
 
     @property
     def rows(self) -> int:
@@ -42,12 +49,19 @@ class Manifest:
         return sum(f.bytes for f in self.files)
 
     def to_json(self) -> str:
-        return json.dumps({"location": self.location, "files": [asdict(f) for f in self.files]})
+        return json.dumps(
+            {
+                "location": self.location,
+                "files": [asdict(f) for f in self.files],
+                "fingerprint": self.fingerprint,
+            }
+        )
 
     @classmethod
     def from_json(cls, text: str) -> Manifest:
         data = json.loads(text)
-        return cls(data["location"], tuple(StagedFile(**f) for f in data["files"]))
+        files = tuple(StagedFile(**f) for f in data["files"])
+        return cls(data["location"], files, data.get("fingerprint"))
 
     def matches(self, found: Sequence[StagedFile]) -> bool:
         """True when `found` (a listing of the stage) holds exactly these files, byte for byte."""
@@ -58,9 +72,11 @@ class Manifest:
 class Fence:
     """The fencing token of one claim of one window (Kleppmann's "How to do distributed locking").
 
-    The ledger raises `token` on every claim of the window, so a later claim always carries a
-    greater number than any earlier one. The target records, per (pipeline_id, window_start), the
-    greatest token it has seen, and refuses a load carrying a smaller one.
+    The ledger draws `token` for every claim from one counter per pipeline, so a later claim
+    always carries a greater number than any earlier claim of any window of the pipeline
+    (windows cut on two grids overlap after a re-tile). The target records, per (pipeline_id,
+    window_start), the greatest token it has seen with the window's end and the table, and
+    refuses a load carrying a smaller one than any overlapping window's.
     """
 
     pipeline_id: str
@@ -78,6 +94,13 @@ class Source(Protocol):
 
     def extract(self, window: Window) -> AsyncIterator[pa.RecordBatch]:
         """Stream the window's records as bounded-size Arrow batches."""
+        ...
+
+    async def fingerprint(self, window: Window) -> str | None:
+        """A short text that changes whenever the window's records change: one added, deleted
+        or edited in place, even when the count stays the same. Cheap (an aggregate the source
+        computes, no rows moved). None when this source cannot tell; then a staged window is
+        never trusted on resume and is extracted again."""
         ...
 
 
@@ -114,11 +137,16 @@ class Target(Protocol):
         Either the whole window is replaced or nothing changes. In that one transaction:
 
         1. First statement: advance a fence row keyed by (`fence.pipeline_id`,
-           `fence.window_start`) to `fence.token`, inserting it if missing, unless a greater
-           token is recorded; then abort, writing nothing, and raise `FencedOut`. An equal token
-           is the same claim retrying and goes on. The row must be written (not only read) so
-           that two transactions fencing one window cannot both commit: the storage's row or
-           table lock, or its write-write conflict, stops the second.
+           `fence.window_start`), holding `window.end` and the table, to `fence.token`,
+           inserting it if missing, unless a greater token is recorded for it or for any row of
+           the pipeline whose window overlaps `[window.start, window.end)`; then abort, writing
+           nothing, and raise `FencedOut`. An equal token is the same claim retrying and goes
+           on. The row must be written (not only read) so that two transactions fencing one
+           window cannot both commit: the storage's row or table lock, or its write-write
+           conflict, stops the second; and two overlapping windows' transactions must not both
+           commit unseen by each other either (a table lock, or a re-check at commit). Refuse,
+           writing nothing, a table whose fence rows name another pipeline
+           (`TableOwnedByAnotherPipeline`): one pipeline per target table.
         2. Delete the window's rows and load the files.
         3. Before commit, check that every loaded row's timestamp lies in
            `[window.start, window.end)` (none NULL); otherwise abort and raise
@@ -129,3 +157,27 @@ class Target(Protocol):
         where the driver allows it; whatever happens then, the fence decides.
         """
         ...
+
+
+@runtime_checkable
+class LedgerProvider(Protocol):
+    """Where tasks get a Ledger (the LedgerDatabase block)."""
+
+    def open(self) -> contextlib.AbstractAsyncContextManager[Ledger]:
+        """A Ledger for one task run, closed when the block exits."""
+        ...
+
+    async def prepare(self) -> None:
+        """Create or check the ledger schema."""
+        ...
+
+
+@dataclass(frozen=True)
+class Systems:
+    """The systems one pipeline run talks to, seen through their Protocols (built by
+    `ledgerflow.wiring`)."""
+
+    ledger: LedgerProvider
+    source: Source
+    stage: Stage
+    target: Target

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from ledgerflow.compat import ephemeral_start
@@ -51,8 +52,14 @@ def start_ephemeral_api(*, saves_blocks: bool = True) -> None:
     home.mkdir(parents=True, exist_ok=True)
     with (home / LOCK_NAME).open("a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
-        with (
-            ephemeral_start(),
-            get_client(sync_client=True) as client,
-        ):  # runs the API's start: migrate, register
-            client.hello()
+        with warnings.catch_warnings():
+            # A fresh home's migration reflects Prefect's own expression indexes, which
+            # SQLAlchemy cannot: two warnings about Prefect's schema, nothing a user can act on.
+            warnings.filterwarnings(
+                "ignore", message="Skipped unsupported reflection of expression-based index"
+            )
+            with (
+                ephemeral_start(),
+                get_client(sync_client=True) as client,
+            ):  # runs the API's start: migrate, register
+                client.hello()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 from rich.markup import escape
 from rich.table import Table
 
+from ledgerflow.clock import utc_now
 from ledgerflow.ledger import AuditResult, LedgerSummary, PipelineRecord
 from ledgerflow.ledger.audit import explain_record
 from ledgerflow.windows import check_granularity
@@ -52,7 +53,7 @@ def record_dict(
 ) -> dict[str, Any]:
     """A window as plain JSON-ready data."""
     window = record.window
-    beat = heartbeat_age(record, now or datetime.now(UTC))
+    beat = heartbeat_age(record, now or utc_now())
     lo, hi = window.local(timezone)
     return {
         "id": record.id,
@@ -82,7 +83,7 @@ def windows_table(
     """One row per window, with its id (what `retry --id` takes). The error column appears when
     a FAILED window is shown whose error the audit column does not already say (why it failed),
     the heartbeat column when an IN_PROGRESS window is (how long ago its worker last beat)."""
-    moment = now or datetime.now(UTC)
+    moment = now or utc_now()
     failed = any(_error(r) for r in records)
     running = any(r.pipeline_status == "IN_PROGRESS" for r in records)
     table = Table(title=title, title_justify="left")
@@ -185,7 +186,7 @@ def _cell(value: Any) -> str:
 def summary_dict(
     summary: LedgerSummary, timezone: str, now: datetime | None = None
 ) -> dict[str, Any]:
-    moment = now or datetime.now(UTC)
+    moment = now or utc_now()
     oldest = summary.oldest_pending
     lag = summary.lag(moment)
     return {

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
+from ledgerflow.clock import as_utc as as_utc  # re-exported: older callers import it from here
+from ledgerflow.clock import iso_z
 from ledgerflow.durations import format_duration, parse_duration
 from ledgerflow.errors import ConfigError, RecordIncomplete
 
@@ -63,22 +65,23 @@ class Window:
         tz = ZoneInfo(timezone)
         return self.start.astimezone(tz), self.end.astimezone(tz)
 
+    @property
+    def start_iso(self) -> str:
+        """The start as ISO text in UTC, e.g. `2025-03-09T10:00:00Z`."""
+        return iso_z(self.start)
+
+    @property
+    def end_iso(self) -> str:
+        """The end as ISO text in UTC."""
+        return iso_z(self.end)
+
     def to_dict(self) -> dict[str, str]:
         return {
-            "start": self.start.isoformat().replace("+00:00", "Z"),
-            "end": self.end.isoformat().replace("+00:00", "Z"),
+            "start": self.start_iso,
+            "end": self.end_iso,
             "target_day": self.target_day.isoformat(),
             "time_interval": self.time_interval,
         }
-
-
-def as_utc(value: datetime) -> datetime:
-    """`value` as a plain aware UTC datetime (pendulum 2 DateTimes cannot take a ZoneInfo)."""
-    offset = value.utcoffset()
-    if offset is None:
-        raise ValueError(f"{value!r} is naive; an instant needs a UTC offset")
-    wall = datetime(*value.timetuple()[:6], value.microsecond)
-    return (wall - offset).replace(tzinfo=UTC)
 
 
 def zone(name: str) -> ZoneInfo:
@@ -243,10 +246,6 @@ def eligible_cutoff(now: datetime, x_time_back: timedelta) -> datetime:
     return as_utc(now) - x_time_back
 
 
-def is_eligible(window: Window, now: datetime, x_time_back: timedelta) -> bool:
-    return window.end <= eligible_cutoff(now, x_time_back)
-
-
 def eligible_windows(
     after: datetime, now: datetime, timezone: str, granularity: str, x_time_back: timedelta
 ) -> list[Window]:
@@ -286,6 +285,43 @@ def scheduled_windows(
         for w in windows_between(begin, cutoff, timezone, granularity)
         if w.end <= cutoff and (end is None or w.start < end)
     ]
+
+
+def windows_before(
+    start: datetime,
+    first: datetime,
+    cutoff: datetime,
+    end: datetime | None,
+    timezone: str,
+    granularity: str,
+) -> list[Window]:
+    """When the config's `start` moved before `first` (the start of the first registered
+    window): the windows from `start` up to `first`, eligible by `cutoff` and starting before
+    `end`. They tile `[start, first)` with no gap and no overlap, so `start` must be a boundary
+    of the grid and `first` too; otherwise ConfigError naming the nearest boundaries."""
+    start, first = as_utc(start), as_utc(first)
+    if start >= first:
+        return []
+    tz = zone(timezone)
+    holding = window_containing(start, timezone, granularity)
+    if holding.start != start:
+        raise ConfigError(
+            f"start={start.astimezone(tz).isoformat()} is before the first registered window "
+            f"({first.astimezone(tz).isoformat()}) but is not a window boundary of the grid "
+            f"(timezone={timezone!r}, granularity={granularity!r}); the nearest boundaries are "
+            f"{holding.start.astimezone(tz).isoformat()} and "
+            f"{holding.end.astimezone(tz).isoformat()}: set start to one of them"
+        )
+    earlier = windows_between(start, first, timezone, granularity)
+    if earlier[-1].end != first:
+        raise ConfigError(
+            f"start={start.astimezone(tz).isoformat()} is before the first registered window, "
+            f"which begins at {first.astimezone(tz).isoformat()}, not a window boundary of the "
+            f"grid (timezone={timezone!r}, granularity={granularity!r}; it was cut on an "
+            "earlier grid): registering the windows before it would overlap it. Backfill that "
+            "span on its own grid, or keep start where it was"
+        )
+    return [w for w in earlier if w.end <= cutoff and (end is None or w.start < end)]
 
 
 # --- record completeness: the seed's function_x/y/z and check_fields ------------------------
@@ -345,7 +381,7 @@ def build_record(
     missing = [f for f in check_fields if record.get(f) in (None, "")]
     if missing:
         raise RecordIncomplete(
-            f"window {window.to_dict()['start']} of pipeline {pipeline_id!r} is incomplete: "
+            f"window {window.start_iso} of pipeline {pipeline_id!r} is incomplete: "
             f"check_fields {missing} are empty; every field in check_fields must be non-empty"
         )
     return record

@@ -79,7 +79,33 @@ async def ledger(ledger_url: str) -> AsyncIterator[Ledger]:
 @pytest.fixture(scope="session")
 def prefect_harness() -> Iterator[None]:
     """One temporary Prefect API (SQLite) for the whole session: starting one costs seconds."""
-    from ledgerflow.compat import prefect_test_harness
+    from ledgerflow.compat import PREFECT_3, prefect_test_harness
 
     with prefect_test_harness():
+        if not PREFECT_3:  # Prefect 3's harness has started (and migrated) its server by now
+            _prepare_prefect_database()
         yield
+
+
+def _prepare_prefect_database() -> None:
+    """Migrate the harness's database and register every block type before its API starts.
+
+    Prefect 2's in-process API gives its start (the same two steps) 30 s, hard-coded
+    (`LifespanManager(startup_timeout=30)` in prefect/client/base.py); on a busy shared machine a
+    fresh database took longer and the first test to touch the API failed with a TimeoutError.
+    Done here, with no limit, the start finds the work done (migrations at head, block types
+    imported and stored) and takes a fraction of that."""
+    import asyncio
+
+    from prefect.server.database.dependencies import provide_database_interface
+    from prefect.server.models.block_registration import run_block_auto_registration
+
+    async def prepare() -> None:
+        db = provide_database_interface()
+        await db.create_db()
+        session = await db.session()
+        async with session:
+            await run_block_auto_registration(session=session)
+            await session.commit()
+
+    asyncio.run(prepare())

@@ -24,6 +24,19 @@ _WHERE = {
 
 __all__ = sorted(_WHERE)
 
+# Each ledgerflow block type's slug and the module that defines it: loading a saved block imports
+# that module alone (tests/unit/test_blocks_standard.py checks this against the catalog).
+MODULE_OF_SLUG = {
+    "ledgerflow-pipeline-config": "ledgerflow.blocks.config",
+    "ledgerflow-ledger-database": "ledgerflow.blocks.ledger_db",
+    "ledgerflow-duckdb-source": "ledgerflow.blocks.duckdb_source",
+    "ledgerflow-duckdb-target": "ledgerflow.blocks.duckdb_target",
+    "ledgerflow-elasticsearch-source": "ledgerflow.blocks.elasticsearch.source",
+    "ledgerflow-local-stage": "ledgerflow.blocks.local_stage",
+    "ledgerflow-s3-stage": "ledgerflow.blocks.s3_stage",
+    "ledgerflow-snowflake-target": "ledgerflow.blocks.snowflake_target",
+}
+
 
 def __getattr__(name: str) -> Any:
     if name not in _WHERE:

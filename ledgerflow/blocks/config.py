@@ -13,15 +13,9 @@ from typing import Any, Literal
 from prefect.blocks.core import Block
 from prefect.utilities.asyncutils import sync_compatible
 
-from ledgerflow.compat import (
-    BaseModel,
-    Field,
-    ValidationError,
-    cron_is_valid,
-    model_copy,
-    root_validator,
-    validator,
-)
+from ledgerflow.blocks.checks import forbid_unknown_fields
+from ledgerflow.blocks.kinds import SLOT_KIND, check_slot
+from ledgerflow.compat import Field, ValidationError, cron_is_valid, root_validator, validator
 from ledgerflow.durations import parse_duration
 from ledgerflow.errors import ConfigError
 from ledgerflow.windows import KEY_FIELDS, KeyHook, check_granularity, zone
@@ -31,26 +25,6 @@ _HOOK = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 _SLUG = re.compile(r"[a-z0-9][a-z0-9\-]*/[A-Za-z0-9][\w\-]*")
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 CHECKABLE_FIELDS = (*KEY_FIELDS, "target_day", "time_interval")
-
-
-class DefaultRecord(BaseModel):
-    """The seed's `default_record`: names stamped on every window of this pipeline."""
-
-    source_name: str = Field(
-        "elasticsearch",
-        title="Source name",
-        description="Label of the source system, written on every window's ledger row.",
-    )
-    target_name: str = Field(
-        "snowflake",
-        title="Target name",
-        description="Label of the target system, written on every window's ledger row.",
-    )
-    pipeline_id: str | None = Field(
-        None,
-        title="Pipeline ID",
-        description="Leave unset; when set it must equal the config's pipeline_id.",
-    )
 
 
 class PipelineConfig(Block):
@@ -70,7 +44,6 @@ class PipelineConfig(Block):
     _description = (
         "Windows, lag, retries, audit tolerance and the blocks of one ledgerflow pipeline."
     )
-
     pipeline_id: str = Field(
         ..., title="Pipeline ID", description="Unique name of the pipeline in the ledger."
     )
@@ -155,11 +128,6 @@ class PipelineConfig(Block):
         title="key_z function",
         description="'package.module:function' computing a window's key_z "
         "(default: its length in seconds).",
-    )
-    default_record: DefaultRecord = Field(
-        default_factory=DefaultRecord,  # type: ignore[arg-type]
-        title="Ledger row labels",
-        description="Source and target names written on every window's ledger row.",
     )
     audit_tolerance_percent: float = Field(
         0.0, title="Audit tolerance (%)", description="Allowed |source-target|/source, 0-100."
@@ -270,6 +238,8 @@ class PipelineConfig(Block):
                 f"{field.name}={v!r} is not a block slug; write '<block-type-slug>/<block-name>', "
                 "e.g. 'ledgerflow-duckdb-source/demo'"
             )
+        if v is not None and field.name in SLOT_KIND:
+            check_slot(field.name, v)
         return v
 
     @validator("max_retry_task")
@@ -341,17 +311,14 @@ class PipelineConfig(Block):
             )
         return values
 
-    @root_validator(skip_on_failure=True)
-    def _default_record(cls, values: dict[str, Any]) -> dict[str, Any]:
-        record: DefaultRecord = values["default_record"]
-        if record.pipeline_id is None:
-            values["default_record"] = model_copy(record, {"pipeline_id": values["pipeline_id"]})
-        elif record.pipeline_id != values["pipeline_id"]:
-            raise ValueError(
-                f"default_record.pipeline_id={record.pipeline_id!r} differs from "
-                f"pipeline_id={values['pipeline_id']!r}; they must match (or leave it unset)"
-            )
-        return values
+    @root_validator(pre=True)
+    def _drop_default_record(cls, values: dict[str, Any]) -> dict[str, Any]:
+        # Configs saved by earlier versions carry `default_record` (source/target labels that
+        # nothing ever stored or read): drop it, so they still load and a re-save leaves it out.
+        return {key: value for key, value in values.items() if key != "default_record"}
+
+    # After `_drop_default_record`: pydantic runs pre root validators in the order they are defined.
+    _known_fields = forbid_unknown_fields()
 
     # --- derived values -----------------------------------------------------------------------
 
@@ -388,14 +355,16 @@ def _import_hook(field: str, path: str) -> KeyHook:
     return hook  # type: ignore[no-any-return]
 
 
-def explain(exc: ValidationError, name: str) -> ConfigError:
-    """One readable ConfigError from a pydantic error: one line per bad field."""
+def explain(exc: ValidationError, name: str, what: str | None = None) -> ConfigError:
+    """One readable ConfigError from a pydantic error: one line per bad field.
+
+    `what` says what is invalid (default: "pipeline config 'NAME'")."""
     lines = []
     for err in exc.errors():
         where = ".".join(str(p) for p in err["loc"] if p != "__root__")
         message = err["msg"]
-        lines.append(message if where and where in message else f"{where or 'config'}: {message}")
-    return ConfigError(f"pipeline config {name!r} is invalid: " + "; ".join(lines))
+        lines.append(message if not where or where in message else f"{where}: {message}")
+    return ConfigError(f"{what or f'pipeline config {name!r}'} is invalid: " + "; ".join(lines))
 
 
 def validate_config(data: dict[str, Any], name: str = "<inline>") -> PipelineConfig:
@@ -411,8 +380,11 @@ async def load_final_config(name: str) -> PipelineConfig:
     """Load the PipelineConfig block `name` and return it validated (the seed's entry point)."""
     try:
         config = await PipelineConfig.load(name)
-    except ValidationError as exc:
-        raise explain(exc, name) from None
+    except RuntimeError as exc:
+        # Block.load reports a document that fails validation as a RuntimeError caused by it.
+        if isinstance(exc.__cause__, ValidationError):
+            raise explain(exc.__cause__, name) from None
+        raise
     except ValueError as exc:
         if "Unable to find block document" in str(exc):
             raise ConfigError(
@@ -424,17 +396,23 @@ async def load_final_config(name: str) -> PipelineConfig:
 
 
 async def pipeline_config_names() -> list[str]:
-    """The names of the saved PipelineConfig blocks (none when the type was never registered)."""
+    """The names of the saved PipelineConfig blocks (none when the type was never registered).
+
+    A Prefect server registers only the block types of its own process: until a ledgerflow
+    block is saved there, it answers 404 "Block type not found" (an HTTP status error, not
+    ObjectNotFound, from this client method)."""
+    import httpx
     from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
 
     async with get_client() as client:
         try:
             docs = await client.read_block_documents_by_type(
                 PipelineConfig._block_type_slug, include_secrets=False
             )
-        except ObjectNotFound:
-            return []
+        except httpx.HTTPStatusError as exc:
+            if exc.response.status_code == httpx.codes.NOT_FOUND:
+                return []
+            raise
     return sorted(d.name for d in docs if d.name and not d.is_anonymous)
 
 

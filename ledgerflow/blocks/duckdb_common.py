@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -32,6 +33,68 @@ import duckdb
 from ledgerflow.errors import LedgerflowError, TerminalError, TransientError
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What a block lets DuckDB use: `memory_limit` (e.g. "256MB"), `threads`, `temp_directory`
+    (where an operation larger than the limit spills), each None for DuckDB's own default (80%
+    of the machine's memory, one thread per core, `<path>.tmp` beside the database file)."""
+
+    memory_limit: str | None = None
+    threads: int | None = None
+    temp_directory: str | None = None
+
+    def config(self) -> dict[str, str | bool | int | float | list[str]]:
+        """For duckdb.connect: every set value."""
+        found: dict[str, str | bool | int | float | list[str] | None] = {
+            "memory_limit": self.memory_limit,
+            "threads": self.threads,
+            "temp_directory": self.temp_directory,
+        }
+        return {k: v for k, v in found.items() if v is not None}
+
+
+_MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)\s*$", re.IGNORECASE)
+_UNIT = {"kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12, "kib": 2**10, "mib": 2**20}
+_UNIT |= {"gib": 2**30, "tib": 2**40}
+MIN_MEMORY_LIMIT = 32 * 2**20  # below it a load of one row group fails
+
+
+def check_memory_limit(value: str | None) -> str | None:
+    """A DuckDB memory size such as "256MB" or "1GiB", at least 32 MiB; None is DuckDB's
+    default (80% of the machine's memory)."""
+    if value is None:
+        return None
+    found = _MEMORY.match(value)
+    if found is None:
+        raise ValueError(
+            f"memory_limit={value!r} is not a memory size; allowed: a number and a unit, KB MB GB "
+            "TB (powers of 1000) or KiB MiB GiB TiB (powers of 1024), e.g. '256MB', or unset "
+            "for DuckDB's default (80% of the machine's memory)"
+        )
+    size = float(found[1]) * _UNIT[found[2].lower()]
+    if size < MIN_MEMORY_LIMIT:
+        raise ValueError(
+            f"memory_limit={value!r} is below 32MiB, too little for DuckDB to load a Parquet "
+            "row group; allowed: 32MiB or more"
+        )
+    return f"{found[1]}{found[2]}"
+
+
+def check_threads(value: int | None) -> int | None:
+    if value is not None and not 1 <= value <= 1024:
+        raise ValueError(f"threads={value!r} must be between 1 and 1024, or unset for one per core")
+    return value
+
+
+def check_temp_directory(value: str | None) -> str | None:
+    if value is not None and not value.strip():
+        raise ValueError(
+            f"temp_directory={value!r} names no folder; give a folder, or leave it unset for "
+            "'<database file>.tmp' beside the database"
+        )
+    return value
 
 
 class FileBusy(TimeoutError):
@@ -75,15 +138,23 @@ class DuckDBHandle:
     to open one file with both configurations at once.
     """
 
-    def __init__(self, path: str, *, read_only: bool, lock_timeout: float = 120.0) -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        read_only: bool,
+        lock_timeout: float = 120.0,
+        resources: Resources | None = None,
+    ) -> None:
         self.path = path
         self.read_only = read_only
         self.lock_timeout = lock_timeout
+        self.resources = resources or Resources()
 
     def open(self) -> duckdb.DuckDBPyConnection:
         """A cursor of its own on this process's database for the file; give it back to close()."""
         if self.path == ":memory:":  # each in-memory database is private: nothing to share
-            return _utc(duckdb.connect(self.path))
+            return _utc(duckdb.connect(self.path, config=self.resources.config()))
         if not self.read_only:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         key = (os.getpid(), os.path.abspath(self.path))
@@ -96,12 +167,12 @@ class DuckDBHandle:
                     break  # this thread opens it, below, without holding the condition
                 if not db.busy and self._can_share(db):
                     assert db.con is not None
-                    cur = _cursor(db.con)
+                    cur = _cursor(db.con, self.resources)
                     db.users += 1  # only once the cursor exists, so a failure leaks no count
                     return cur
                 self._wait(db, deadline)
         try:
-            con = _connect(self.path, self.read_only, deadline)
+            con = _connect(self.path, self.read_only, deadline, self.resources)
         except BaseException:
             with _changed:
                 del _databases[key]
@@ -110,7 +181,7 @@ class DuckDBHandle:
         with _changed:
             db.con, db.busy = con, False
             _changed.notify_all()
-            cur = _cursor(con)
+            cur = _cursor(con, self.resources)
             db.users += 1
             return cur
 
@@ -169,12 +240,14 @@ class DuckDBHandle:
             db.writers_waiting -= writer
 
 
-def _connect(path: str, read_only: bool, deadline: float) -> duckdb.DuckDBPyConnection:
+def _connect(
+    path: str, read_only: bool, deadline: float, resources: Resources
+) -> duckdb.DuckDBPyConnection:
     """Open the file, waiting while another process holds its lock."""
     delay = 0.05
     while True:
         try:
-            return duckdb.connect(path, read_only=read_only)
+            return duckdb.connect(path, read_only=read_only, config=resources.config())
         except duckdb.Error as exc:
             # A lock held by another process, or DuckDB's own cache racing with a connect that
             # is not ours (another library in this process): both pass.
@@ -184,8 +257,16 @@ def _connect(path: str, read_only: bool, deadline: float) -> duckdb.DuckDBPyConn
             delay = min(delay * 2, 1.0)
 
 
-def _cursor(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
-    return _utc(con.cursor())
+def _cursor(con: duckdb.DuckDBPyConnection, resources: Resources) -> duckdb.DuckDBPyConnection:
+    """A cursor; the database's memory limit and threads become this operation's block's (they
+    are the database's, for every cursor: the blocks sharing one file should agree). The temp
+    directory is set once, when the file is opened: DuckDB cannot move it once used."""
+    cur = _utc(con.cursor())
+    if resources.memory_limit is not None:
+        cur.execute(f"SET memory_limit = '{resources.memory_limit}'")  # checked: digits, unit
+    if resources.threads is not None:
+        cur.execute(f"SET threads = {int(resources.threads)}")
+    return cur
 
 
 def _utc(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:

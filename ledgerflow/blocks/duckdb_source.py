@@ -13,6 +13,7 @@ import duckdb
 import pyarrow as pa
 from prefect.blocks.core import Block
 
+from ledgerflow.blocks.checks import forbid_unknown_fields
 from ledgerflow.blocks.duckdb_common import DUCKDB_ERRORS, DuckDBHandle, translate
 from ledgerflow.compat import Field, root_validator, validator
 from ledgerflow.errors import SourceError, SourceTerminalError
@@ -43,6 +44,7 @@ class DuckDBSource(Block):
     _block_type_name = "Ledgerflow DuckDB Source"
     _block_type_slug = "ledgerflow-duckdb-source"
     _description = "Embedded source: a DuckDB table or file glob with a timestamp column."
+    _known_fields = forbid_unknown_fields()
 
     path: str = Field(":memory:", title="Database file", description="DuckDB file (read-only).")
     table: str | None = Field(None, title="Table", description="Table to read (or use files).")
@@ -102,6 +104,26 @@ class DuckDBSource(Block):
             return int(row[0]) if row else 0
 
         result: int = await self._guard(self.handle.run(run))
+        return result
+
+    async def fingerprint(self, window: Window) -> str | None:
+        """The window's row count and the sum of a hash of each extracted row (its columns'
+        values): a row deleted, added or edited in place changes it, whatever the count."""
+        relation, params = self._relation()
+        ts = quote_identifier(self.timestamp_column)
+        cols = ", ".join(quote_identifier(c) for c in self.columns) if self.columns else "*"
+        sql = (
+            f"SELECT count(*), sum(hash(r)) FROM (SELECT {cols} FROM {relation} "
+            f"WHERE {ts} >= ? AND {ts} < ?) AS r"
+        )
+
+        def run(cur: duckdb.DuckDBPyConnection) -> str:
+            self._check_timestamp(cur, relation, params)
+            row = cur.execute(sql, [*params, window.start, window.end]).fetchone()
+            rows, digest = row if row else (0, None)
+            return f"duckdb:{int(rows)}:{int(digest or 0)}"
+
+        result: str = await self._guard(self.handle.run(run))
         return result
 
     async def extract(self, window: Window) -> AsyncIterator[pa.RecordBatch]:

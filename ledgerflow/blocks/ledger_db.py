@@ -9,6 +9,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from prefect.blocks.core import Block
 
+from ledgerflow.blocks.checks import forbid_unknown_fields
 from ledgerflow.compat import Field, SecretStr, validator
 from ledgerflow.ledger import Ledger
 from ledgerflow.redact import scrub_url
@@ -31,6 +32,7 @@ class LedgerDatabase(Block):
     _block_type_name = "Ledgerflow Ledger Database"
     _block_type_slug = "ledgerflow-ledger-database"
     _description = "Postgres (postgresql+asyncpg://) or SQLite (sqlite+aiosqlite:///) ledger."
+    _known_fields = forbid_unknown_fields()
 
     url: SecretStr = Field(
         default=SecretStr(DEFAULT_URL),

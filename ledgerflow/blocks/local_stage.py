@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from prefect.blocks.core import Block
 
+from ledgerflow.blocks.checks import forbid_unknown_fields
 from ledgerflow.blocks.parquet_parts import Part, write_parts
 from ledgerflow.compat import Field, validator
 from ledgerflow.errors import StageError, StageTerminalError
@@ -33,6 +34,7 @@ class LocalStage(Block):
     _block_type_name = "Ledgerflow Local Stage"
     _block_type_slug = "ledgerflow-local-stage"
     _description = "Embedded stage: a local folder of Parquet parts per window."
+    _known_fields = forbid_unknown_fields()
 
     root: str = Field(
         ".ledgerflow/stage",

@@ -23,6 +23,7 @@ from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionEr
 from prefect.blocks.core import Block
 from prefect_aws.s3 import S3Bucket
 
+from ledgerflow.blocks.checks import client_settings, forbid_unknown_fields
 from ledgerflow.blocks.nested import revalidated
 from ledgerflow.blocks.parquet_parts import Part, write_parts
 from ledgerflow.compat import Field, PrivateAttr, validator
@@ -55,6 +56,7 @@ class S3Stage(Block):
     _block_type_name = "Ledgerflow S3 Stage"
     _block_type_slug = "ledgerflow-s3-stage"
     _description = "Stage windows as Parquet parts in S3 (composes prefect-aws S3Bucket)."
+    _known_fields = forbid_unknown_fields()
 
     bucket: S3Bucket = Field(..., title="Bucket", description="A prefect-aws S3Bucket block.")
     prefix: str = Field(
@@ -176,7 +178,8 @@ class S3Stage(Block):
     def client(self) -> Any:
         # boto3 clients are thread-safe and not bound to an event loop, so one is kept.
         if self._client is None:
-            self._client = revalidated(self.bucket.credentials).get_s3_client()
+            with client_settings("S3 stage"):
+                self._client = revalidated(self.bucket.credentials).get_s3_client()
         return self._client
 
     def _delete(self, keys: list[str]) -> None:

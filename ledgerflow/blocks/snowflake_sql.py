@@ -98,31 +98,53 @@ def fence_table(table: str) -> str:
 
 
 def create_fence_table_sql(fences: str) -> str:
-    """The greatest claim number seen per (pipeline, window start)."""
+    """Per (pipeline, window start): the greatest claim number seen, the window's end, and the
+    table it was loaded into (a table belongs to the pipeline whose fence rows name it)."""
     return (
         f"CREATE TABLE IF NOT EXISTS {quote_identifier(fences)} (PIPELINE_ID VARCHAR NOT NULL, "
-        "WINDOW_START TIMESTAMP_TZ NOT NULL, TOKEN NUMBER(38, 0) NOT NULL)"
+        "WINDOW_START TIMESTAMP_TZ NOT NULL, TOKEN NUMBER(38, 0) NOT NULL, "
+        "WINDOW_END TIMESTAMP_TZ, TARGET_TABLE VARCHAR)"
     )
 
 
+def add_fence_columns_sql(fences: str) -> list[str]:
+    """The columns a fence table made by an earlier ledgerflow lacks (its rows hold NULL)."""
+    f = quote_identifier(fences)
+    return [
+        f"ALTER TABLE {f} ADD COLUMN IF NOT EXISTS {column} {kind}"
+        for column, kind in (("WINDOW_END", "TIMESTAMP_TZ"), ("TARGET_TABLE", "VARCHAR"))
+    ]
+
+
 def advance_fence_sql(fences: str) -> str:
-    """Raise the window's recorded token to the bound one (pipeline, window start, token), or
-    insert it; a greater recorded token is left alone (the caller reads it back). A MERGE, not
-    an INSERT: DML that updates takes the table's lock, so fencing transactions serialize."""
+    """Raise the window's recorded token to the bound one, with its end and table, or insert it
+    (bound: pipeline, window start, window end, table, token); a greater recorded token is left
+    alone (the caller reads it back). A MERGE, not an INSERT: DML that updates takes the table's
+    lock, so fencing transactions serialize."""
     f = quote_identifier(fences)
     return (
         f"MERGE INTO {f} F USING (SELECT %s AS PIPELINE_ID, %s::TIMESTAMP_TZ AS WINDOW_START, "
-        "%s AS TOKEN) S ON F.PIPELINE_ID = S.PIPELINE_ID AND F.WINDOW_START = S.WINDOW_START "
-        "WHEN MATCHED AND F.TOKEN <= S.TOKEN THEN UPDATE SET TOKEN = S.TOKEN "
-        "WHEN NOT MATCHED THEN INSERT (PIPELINE_ID, WINDOW_START, TOKEN) "
-        "VALUES (S.PIPELINE_ID, S.WINDOW_START, S.TOKEN)"
+        "%s::TIMESTAMP_TZ AS WINDOW_END, %s AS TARGET_TABLE, %s AS TOKEN) S "
+        "ON F.PIPELINE_ID = S.PIPELINE_ID AND F.WINDOW_START = S.WINDOW_START "
+        "WHEN MATCHED AND F.TOKEN <= S.TOKEN THEN UPDATE SET TOKEN = S.TOKEN, "
+        "WINDOW_END = S.WINDOW_END, TARGET_TABLE = S.TARGET_TABLE "
+        "WHEN NOT MATCHED THEN INSERT (PIPELINE_ID, WINDOW_START, WINDOW_END, TARGET_TABLE, TOKEN) "
+        "VALUES (S.PIPELINE_ID, S.WINDOW_START, S.WINDOW_END, S.TARGET_TABLE, S.TOKEN)"
     )
 
 
 def read_fence_sql(fences: str) -> str:
+    """After the MERGE (which holds the table's lock): the greatest token of any window of the
+    pipeline overlapping [start, end), the window's own included, and another pipeline whose
+    fence rows name the table, if any (bound: pipeline, end, start, table, pipeline).
+
+    A row from before WINDOW_END existed is taken to reach forever: every claim drawn since holds
+    a greater number (the ledger's counter starts above every earlier one)."""
+    f = quote_identifier(fences)
     return (
-        f"SELECT MAX(TOKEN) FROM {quote_identifier(fences)} "
-        "WHERE PIPELINE_ID = %s AND WINDOW_START = %s"
+        f"SELECT (SELECT MAX(TOKEN) FROM {f} WHERE PIPELINE_ID = %s AND WINDOW_START < %s "
+        "AND (WINDOW_END IS NULL OR WINDOW_END > %s)), "
+        f"(SELECT MIN(PIPELINE_ID) FROM {f} WHERE TARGET_TABLE = %s AND PIPELINE_ID <> %s)"
     )
 
 

@@ -10,10 +10,11 @@ connector calls run in a worker thread, off the event loop.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import threading
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, TypeVar
 
 from prefect.blocks.core import Block
@@ -22,13 +23,16 @@ from snowflake.connector import errors as sf_errors
 
 from ledgerflow import failpoints
 from ledgerflow.blocks import snowflake_sql as sql
+from ledgerflow.blocks.checks import client_settings, forbid_unknown_fields
 from ledgerflow.blocks.interrupt import Interrupt, in_thread
 from ledgerflow.blocks.nested import revalidated
+from ledgerflow.clock import utc_now
 from ledgerflow.compat import Field, validator
 from ledgerflow.errors import (
     FencedOut,
     LoadCountMismatch,
     RowsOutsideWindow,
+    TableOwnedByAnotherPipeline,
     TargetError,
     TargetTerminalError,
 )
@@ -97,6 +101,7 @@ class SnowflakeTarget(Block):
     _description = (
         "Replace each window in a Snowflake table atomically (composes SnowflakeConnector)."
     )
+    _known_fields = forbid_unknown_fields()
 
     connector: SnowflakeConnector = Field(
         ..., title="Connector", description="A prefect-snowflake SnowflakeConnector block."
@@ -180,7 +185,7 @@ class SnowflakeTarget(Block):
 
         def run(cur: Any) -> int:
             # First: a newer claim that reached the target already makes this a no-op.
-            self._advance_fence(cur, fence)
+            self._advance_fence(cur, fence, window.end)
             cur.execute(sql.delete_sql(self.table, self.timestamp_column), _bounds(window))
             failpoints.hit("mid_load")  # inside the transaction, after the DELETE
             loaded = self._copy(cur, files) if files else 0
@@ -195,7 +200,7 @@ class SnowflakeTarget(Block):
                     v
                     for v, c in (
                         (window.start, self.window_start_column),
-                        (datetime.now(UTC), self.loaded_at_column),
+                        (utc_now(), self.loaded_at_column),
                     )
                     if c
                 ]
@@ -206,27 +211,49 @@ class SnowflakeTarget(Block):
             await self._create_once(self.table, self._create_table_sql, "create table")
         fences = sql.fence_table(self.table)
         await self._create_once(
-            fences, lambda: sql.create_fence_table_sql(fences), "create fence table"
+            fences,
+            lambda: [sql.create_fence_table_sql(fences), *sql.add_fence_columns_sql(fences)],
+            "create fence table",
         )
         return await self._session(run, "replace", transactional=True)
 
-    def _advance_fence(self, cur: Any, fence: Fence) -> None:
-        """Record `fence.token` for the window unless a greater one is recorded (FencedOut).
+    def _advance_fence(self, cur: Any, fence: Fence, end: datetime) -> None:
+        """Record `fence.token` for the window unless a greater one is recorded for it or for
+        any window of the pipeline overlapping [start, end) (FencedOut), and refuse a table
+        whose fence rows name another pipeline (TableOwnedByAnotherPipeline). Either refusal
+        rolls the transaction back: nothing is written.
 
         The MERGE always writes the row, so it takes the fence table's lock: a second
         transaction fencing any window waits (LOCK_TIMEOUT) until the first ends, then sees
-        its token. So two cannot both commit.
+        its row. So two loads of one window or of overlapping windows cannot both commit, and
+        two pipelines cannot both take one table.
         """
         fences = sql.fence_table(self.table)
-        key = (fence.pipeline_id, fence.window_start)
-        cur.execute(sql.advance_fence_sql(fences), (*key, fence.token))
-        cur.execute(sql.read_fence_sql(fences), key)
+        table = self._owned_name()
+        cur.execute(
+            sql.advance_fence_sql(fences),
+            (fence.pipeline_id, fence.window_start, end, table, fence.token),
+        )
+        cur.execute(
+            sql.read_fence_sql(fences),
+            (fence.pipeline_id, end, fence.window_start, table, fence.pipeline_id),
+        )
         found = cur.fetchone()
-        recorded = int(found[0]) if found else -1
+        recorded, owner = (found[0], found[1]) if found else (None, None)
+        if owner is not None:
+            raise TableOwnedByAnotherPipeline(
+                f"{self.table!r} (Snowflake schema of {fences})", str(owner), fence.pipeline_id
+            )
+        recorded = -1 if recorded is None else int(recorded)
         if recorded != fence.token:
             raise FencedOut(
                 fence.pipeline_id, fence.window_start.isoformat(), fence.token, recorded
             )
+
+    def _owned_name(self) -> str:
+        """How the fence rows name the table: its own name, in the schema the fence table is
+        in (Snowflake matches quoted names case-sensitively, and every name here is quoted)."""
+        return self.table.rpartition(".")[2]
 
     def _check_inside(self, cur: Any, window: Window, loaded: int) -> None:
         """Every loaded row lies in the window: it was emptied first in this transaction, so it
@@ -274,7 +301,9 @@ class SnowflakeTarget(Block):
             self.table, self.timestamp_column, self.window_start_column, self.loaded_at_column
         )
 
-    async def _create_once(self, table: str, ddl: Callable[[], str], action: str) -> None:
+    async def _create_once(
+        self, table: str, ddl: Callable[[], str | list[str]], action: str
+    ) -> None:
         """Run `ddl()` (a CREATE TABLE IF NOT EXISTS) in its own session, once per process and
         table, before the window's load: a session costs a login, and the load's transaction
         then holds no DDL.
@@ -291,13 +320,17 @@ class SnowflakeTarget(Block):
         def create(cur: Any) -> None:
             with _creating_tables:
                 if key not in _created_tables:
-                    cur.execute(ddl())
+                    statements = ddl()
+                    for statement in [statements] if isinstance(statements, str) else statements:
+                        cur.execute(statement)
                     _created_tables.add(key)
 
+        # Not interruptible: a lease lost meanwhile abandons the window's load, not this DDL (it
+        # writes no rows, and nothing needs telling how it ended).
         try:
-            await self._session(create, action, transactional=False)
+            await self._session(create, action, transactional=False, interruptible=False)
         except TargetError:
-            await self._session(create, action, transactional=False)
+            await self._session(create, action, transactional=False, interruptible=False)
 
     def _table_key(self, table: str) -> tuple[str, ...]:
         credentials = self.connector.credentials
@@ -326,22 +359,31 @@ class SnowflakeTarget(Block):
 
     # --- connection and errors ----------------------------------------------------------------
 
-    async def _session(self, work: Callable[[Any], T], action: str, *, transactional: bool) -> T:
+    async def _session(
+        self,
+        work: Callable[[Any], T],
+        action: str,
+        *,
+        transactional: bool,
+        interruptible: bool = True,
+    ) -> T:
         def run(interrupt: Interrupt) -> T:
-            args = dict(self.connect_args)
-            # A worker killed inside `replace` leaves its transaction detached, holding the
-            # table's lock until Snowflake rolls it back (after 4 h idle). Wait a bounded time.
-            args["session_parameters"] = {
-                "LOCK_TIMEOUT": self.lock_timeout_seconds,
-                **args.get("session_parameters", {}),
-            }
-            connection = revalidated(self.connector.credentials).get_client(
-                database=self.connector.database,
-                warehouse=self.connector.warehouse,
-                schema=self.connector.schema_,
-                autocommit=not transactional,
-                **args,
-            )
+            with client_settings("Snowflake target"):
+                args = dict(self.connect_args)
+                # A worker killed inside `replace` leaves its transaction detached, holding the
+                # table's lock until Snowflake rolls it back (after 4 h idle). Wait a bounded
+                # time.
+                args["session_parameters"] = {
+                    "LOCK_TIMEOUT": self.lock_timeout_seconds,
+                    **args.get("session_parameters", {}),
+                }
+                connection = revalidated(self.connector.credentials).get_client(
+                    database=self.connector.database,
+                    warehouse=self.connector.warehouse,
+                    schema=self.connector.schema_,
+                    autocommit=not transactional,
+                    **args,
+                )
             interrupt.arm(lambda: _cancel_all(connection))
             try:
                 cursor = connection.cursor()
@@ -361,7 +403,9 @@ class SnowflakeTarget(Block):
                 connection.close()
 
         try:
-            return await in_thread(run)
+            if interruptible:
+                return await in_thread(run)
+            return await asyncio.to_thread(run, Interrupt())
         except sf_errors.Error as exc:
             where = f"Snowflake table {self.table!r}"
             reason = terminal_reason(exc)

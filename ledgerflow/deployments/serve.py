@@ -5,8 +5,9 @@ python -m ledgerflow.deployments.serve --config web-events --cron "0 */2 * * *"
 
 from __future__ import annotations
 
-import argparse
+from typing import Annotated
 
+import typer
 from prefect.client.schemas.schedules import CronSchedule
 
 from ledgerflow.flows.pipeline import windowed_pipeline
@@ -28,14 +29,21 @@ def serve(
     )
 
 
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+@app.command(help=(__doc__ or "").splitlines()[0])
+def _command(
+    config: Annotated[str, typer.Option(help="PipelineConfig block name")] = "default",
+    cron: Annotated[str, typer.Option()] = "0 */2 * * *",
+    timezone: Annotated[str, typer.Option()] = "America/Los_Angeles",
+    name: Annotated[str | None, typer.Option()] = None,
+) -> None:
+    serve(config, cron, timezone, name)
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--config", default="default", help="PipelineConfig block name")
-    parser.add_argument("--cron", default="0 */2 * * *")
-    parser.add_argument("--timezone", default="America/Los_Angeles")
-    parser.add_argument("--name", default=None)
-    args = parser.parse_args(argv)
-    serve(args.config, args.cron, args.timezone, args.name)
+    app(args=argv, prog_name="python -m ledgerflow.deployments.serve")
 
 
 if __name__ == "__main__":

@@ -20,22 +20,17 @@ from prefect.context import get_run_context
 from prefect.states import Completed, Failed, State
 from prefect.utilities.annotations import quote
 
-from ledgerflow.blocks import catalog  # noqa: F401  (registers every block type for Block.load)
 from ledgerflow.blocks.config import PipelineConfig, load_final_config
-from ledgerflow.blocks.ledger_db import LedgerDatabase
-from ledgerflow.blocks.loading import load_block
 from ledgerflow.compat import create_table_artifact, state_result
-from ledgerflow.errors import ConfigError, LeaseLost, LedgerflowError
+from ledgerflow.errors import LeaseLost, LedgerflowError
 from ledgerflow.flows.notify import on_flow_failure, retry_notifier
 from ledgerflow.ledger import Lease, PipelineRecord, Status
 from ledgerflow.ledger.audit import explain_record
-from ledgerflow.ports import Source, Stage, Target
+from ledgerflow.ports import LedgerProvider, Systems
 from ledgerflow.report import run_row
 from ledgerflow.tasks.audit import audit
 from ledgerflow.tasks.cleanup_stale_locks import cleanup_stale_locks
 from ledgerflow.tasks.common import (
-    LedgerProvider,
-    Parts,
     RunSettings,
     artifact_key,
     logger,
@@ -45,6 +40,7 @@ from ledgerflow.tasks.pre_validation_count_check import Counts, pre_validation_c
 from ledgerflow.tasks.source_to_stage import source_to_stage
 from ledgerflow.tasks.stage_to_target import stage_to_target
 from ledgerflow.tasks.store_and_validate import claim_window, register_windows
+from ledgerflow.wiring import load_systems, settings_from
 
 T = TypeVar("T")
 
@@ -83,8 +79,8 @@ class WindowOutcome:
             message = f"{message}; the ledger now says {record.pipeline_status}, not by this run"
         return cls(
             id=record.id or 0,
-            window_start=window.to_dict()["start"],
-            window_end=window.to_dict()["end"],
+            window_start=window.start_iso,
+            window_end=window.end_iso,
             local_window=f"{lo:%Y-%m-%d %H:%M %Z} - {hi:%H:%M %Z}",
             status=record.pipeline_status if ours else LEASE_LOST,
             source_count=record.source_count,
@@ -96,48 +92,9 @@ class WindowOutcome:
         )
 
 
-def settings_from(config: PipelineConfig) -> RunSettings:
-    return RunSettings(
-        pipeline_id=config.pipeline_id,
-        timezone=config.timezone,
-        granularity=config.granularity,
-        lag=config.lag,
-        start=config.start,
-        end=config.end,
-        stale_after=config.stale_after,
-        max_window_attempts=config.max_window_attempts,
-        audit_tolerance_percent=config.audit_tolerance_percent,
-        newest_first=config.claim_order == "newest_first",
-        check_fields=tuple(config.check_fields),
-        hooks=config.key_hooks(),
-    )
-
-
-async def load_parts(config: PipelineConfig) -> Parts:
-    ledger = await load_block(config.ledger_block, "ledger_block")
-    if not isinstance(ledger, LedgerDatabase):
-        raise ConfigError(f"ledger_block={config.ledger_block!r} is not a LedgerDatabase block")
-    return Parts(
-        ledger=ledger,
-        source=await load_block(config.source_block, "source_block", Source),
-        stage=await load_block(config.stage_block, "stage_block", Stage),
-        target=await load_block(config.target_block, "target_block", Target),
-    )
-
-
 def as_is(value: T) -> T:
     """Hand `value` to a task untouched (Prefect would walk blocks and rows for futures)."""
     return cast(T, quote(value))  # type: ignore[call-arg,misc]
-
-
-async def close_parts(parts: Parts) -> None:
-    """Release what the run's blocks hold open (DuckDB files, clients)."""
-    for part in (parts.source, parts.stage, parts.target):
-        close = getattr(part, "close", None)
-        if callable(close):
-            result = close()
-            if asyncio.iscoroutine(result):
-                await result
 
 
 class Budget:
@@ -194,14 +151,14 @@ async def _stop(task: asyncio.Task[None]) -> None:
 
 
 async def process_window(
-    parts: Parts, settings: RunSettings, lease: Lease, options: dict[str, Any]
+    systems: Systems, settings: RunSettings, lease: Lease, options: dict[str, Any]
 ) -> WindowOutcome:
     """One window through pre-validation, source to stage, stage to target and audit."""
     started = time.perf_counter()
-    p, s, l_ = as_is(parts), as_is(settings), as_is(lease)
+    p, s, l_ = as_is(systems), as_is(settings), as_is(lease)
     message = "loaded"
     phase = "pre-validation"
-    beating = keep_alive(parts.ledger, lease, settings.heartbeat_every)
+    beating = keep_alive(systems.ledger, lease, settings.heartbeat_every)
     try:
         state = await pre_validation_count_check.with_options(**options)(
             p, s, l_, return_state=True
@@ -232,13 +189,13 @@ async def process_window(
             message = f"loaded {manifest.rows} row(s) in {len(manifest.files)} file(s)"
     except _PhaseFailed as failure:
         message = str(failure)
-        async with parts.ledger.open() as ledger:
+        async with systems.ledger.open() as ledger:
             # LeaseLost: the audit already failed it, or another worker owns it now.
             with contextlib.suppress(LeaseLost):
                 await ledger.fail(lease, message)
     finally:
         await _stop(beating)
-    async with parts.ledger.open() as ledger:
+    async with systems.ledger.open() as ledger:
         record = await ledger.get(lease.id)
     assert record is not None
     return WindowOutcome.of(
@@ -272,7 +229,7 @@ async def windowed_pipeline(config_block: str, max_windows: int | None = None) -
     log = get_run_logger()
     config = await load_final_config(config_block)
     settings = settings_from(config)
-    parts = await load_parts(config)
+    systems = await load_systems(config)
     options = retry_options(
         config.max_retry_task,
         config.retry_backoff_seconds,
@@ -283,7 +240,7 @@ async def windowed_pipeline(config_block: str, max_windows: int | None = None) -
     outcomes: list[WindowOutcome] = []
     budget = Budget(max_windows or config.windows_per_run)
     idle: list[str] = []
-    p, s = as_is(parts), as_is(settings)
+    p, s = as_is(systems), as_is(settings)
 
     async def worker() -> None:
         while budget.take():
@@ -294,7 +251,7 @@ async def windowed_pipeline(config_block: str, max_windows: int | None = None) -
                 idle.append(state.message or "nothing to claim")
                 budget.stop()
                 return
-            outcomes.append(await process_window(parts, settings, lease, options))
+            outcomes.append(await process_window(systems, settings, lease, options))
 
     started = time.perf_counter()
     try:
@@ -306,7 +263,6 @@ async def windowed_pipeline(config_block: str, max_windows: int | None = None) -
         cleanup = await cleanup_stale_locks.with_options(**options)(p, s, return_state=True)
         outcomes.sort(key=lambda o: o.window_start)
         await publish_summary(config, outcomes, time.perf_counter() - started)
-        await close_parts(parts)
     if cleanup.is_failed():
         return Failed(message=f"stale-lock cleanup failed: {cleanup.message}")
     failed = [o for o in outcomes if o.status != Status.COMPLETED]

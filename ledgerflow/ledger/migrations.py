@@ -24,15 +24,18 @@ Step = Callable[["Operations"], None]
 
 
 def _v2(op: Operations) -> None:
-    """Version 2: the target's fence number, the audit's exact tolerance, a wider percentage, and
-    one row per pipeline holding its grid and registration watermark.
+    """Version 2: the target's fence number, the audit's exact tolerance, a wider percentage,
+    one row per pipeline holding its grid and registration watermark, and one fence counter per
+    pipeline.
 
-    Existing windows start at fence 0: the next claim of each takes 1, greater than anything a
-    version-1 worker could have written to a target (it wrote no fence at all). The pipeline rows
-    are not filled here: the first run adopts each pipeline's grid from its config, and only if
-    its registered windows lie on that grid (see `Ledger.register_windows`).
+    Existing windows start at fence 0, and each pipeline's counter starts at the greatest fence
+    its windows hold (0 from version 1): the next claim takes a greater number than anything
+    recorded, and than anything a version-1 worker could have written to a target (it wrote no
+    fence at all). The pipeline rows are not filled here: the first run adopts each pipeline's
+    grid from its config, and only if its registered windows lie on that grid (see
+    `Ledger.register_windows`).
     """
-    from ledgerflow.ledger.models import PIPELINES
+    from ledgerflow.ledger.models import FENCE_COUNTERS, PIPELINES, RECORDS
 
     op.add_column(
         "pipeline_records",
@@ -50,6 +53,20 @@ def _v2(op: Operations) -> None:
             existing_nullable=True,
         )
     PIPELINES.create(op.get_bind(), checkfirst=True)
+    FENCE_COUNTERS.create(op.get_bind(), checkfirst=True)
+    records = sa.table(
+        RECORDS.name,
+        sa.column("pipeline_id", sa.String()),
+        sa.column("fence_token", sa.BigInteger()),
+    )
+    op.get_bind().execute(
+        FENCE_COUNTERS.insert().from_select(
+            ["pipeline_id", "fence"],
+            sa.select(records.c.pipeline_id, sa.func.max(records.c.fence_token)).group_by(
+                records.c.pipeline_id
+            ),
+        )
+    )
 
 
 STEPS: dict[int, Step] = {2: _v2}

@@ -13,7 +13,7 @@ its source). It is for display; the audit decides on the exact integer counts.
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any
@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 from sqlmodel import Field, SQLModel
 
+from ledgerflow.clock import as_utc, stored_as_utc
 from ledgerflow.windows import Window
 
 SCHEMA_VERSION = 2
@@ -41,14 +42,14 @@ class UTCDateTime(sa.types.TypeDecorator[datetime]):
             return None
         if value.tzinfo is None:
             raise ValueError(f"ledger times must be aware datetimes, got naive {value!r}")
-        utc = value.astimezone(UTC)
+        utc = as_utc(value)
         # SQLite keeps text; strip the offset so every stored value sorts as UTC text.
         return utc.replace(tzinfo=None) if dialect.name == "sqlite" else utc
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return stored_as_utc(value)
 
 
 class Status(StrEnum):
@@ -116,7 +117,8 @@ class PipelineRecord(SQLModel):
     pipeline_status: str = _status()
     pipeline_locked_at: datetime | None = _ts()
     lease_token: str | None = Field(default=None, max_length=36)
-    # The target's fencing number: raised by every claim of the window (see Ledger.claim).
+    # The target's fencing number: drawn by every claim from the pipeline's one counter
+    # (`ledgerflow_fence_counters`), so it exceeds every earlier claim's of the pipeline.
     fence_token: int = Field(
         default=0, sa_type=sa.BigInteger, sa_column_kwargs={"server_default": "0"}
     )
@@ -205,6 +207,22 @@ class PipelineIdentity(SQLModel, table=True):
     updated_at: datetime = Field(sa_type=UTCDateTime)
 
 
+class FenceCounter(SQLModel, table=True):
+    """One row per pipeline: the last fence number a claim of any of its windows drew.
+
+    One counter per pipeline, not one per window: a re-tile replaces windows with rows cut on
+    another grid, and a claim of a re-cut window must still carry a number greater than every
+    earlier claim of any window it overlaps. Its own table, not a column of
+    `ledgerflow_pipelines`: a claim must draw a number even for a pipeline whose grid is not
+    recorded yet (a ledger upgraded from version 1 before its first run), and it creates the row
+    when missing."""
+
+    __tablename__ = "ledgerflow_fence_counters"
+
+    pipeline_id: str = Field(primary_key=True, max_length=100)
+    fence: int = Field(sa_type=sa.BigInteger)
+
+
 class SchemaVersion(SQLModel, table=True):
     """One row per ledger component: which schema version the database holds."""
 
@@ -219,3 +237,5 @@ RECORDS = PipelineRecordRow.__table__  # type: ignore[attr-defined]
 """The Core table, for the ledger's SQL."""
 PIPELINES = PipelineIdentity.__table__  # type: ignore[attr-defined]
 """The pipelines' identities and watermarks, for the ledger's SQL."""
+FENCE_COUNTERS = FenceCounter.__table__  # type: ignore[attr-defined]
+"""The pipelines' fence counters, for the claim."""

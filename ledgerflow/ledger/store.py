@@ -24,6 +24,7 @@ from ledgerflow.errors import ConfigError, LeaseLost, LedgerSchemaError, Transie
 from ledgerflow.ledger import migrations
 from ledgerflow.ledger.audit import AuditVerdict
 from ledgerflow.ledger.models import (
+    FENCE_COUNTERS,
     PIPELINES,
     RECORDS,
     SCHEMA_VERSION,
@@ -36,11 +37,11 @@ from ledgerflow.ledger.models import (
     UTCDateTime,
 )
 from ledgerflow.redact import scrub_url, scrub_urls
-from ledgerflow.windows import Grid, Window, split_registered
+from ledgerflow.windows import Grid, Window, split_registered, windows_before
 
 COMPONENT = "pipeline_records"
 _VERSIONS: sa.Table = SchemaVersion.__table__  # type: ignore[attr-defined]
-_TABLES = [RECORDS, PIPELINES, _VERSIONS]
+_TABLES = [RECORDS, PIPELINES, FENCE_COUNTERS, _VERSIONS]
 """Every table the ledger owns, in creation order."""
 _SCHEMA_LOCK = 0x1EDF10
 """The Postgres advisory lock key that serialises schema creation and upgrades."""
@@ -125,6 +126,8 @@ class Registration:
     new: int
     cutoff: datetime
     watermark: datetime | None
+    earlier: list[Window] = field(default_factory=list)
+    """Windows chosen because the config's start moved before the first registered window."""
 
 
 @dataclass(frozen=True)
@@ -327,6 +330,8 @@ class Ledger:
         priority: int = 0,
         dry_run: bool = False,
         now: datetime | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
     ) -> Registration:
         """The one registration path, for scheduled runs and backfills alike, in one transaction:
 
@@ -335,7 +340,12 @@ class Ledger:
         grid, read the database clock (`now` overrides it in tests), let `choose` pick windows
         from the watermark and the cutoff (`now - lag`), refuse one that would overlap a
         registered window with other bounds, insert the rest, and, for the scheduled
-        registration only, advance the watermark to the end of the last window chosen."""
+        registration only, advance the watermark to the end of the last window chosen.
+
+        `start` (and `end`) are the config's: when `start` lies before the first registered
+        window, the windows from it up to that window are registered too (`windows_before`:
+        `start` must be a grid boundary), without moving the watermark, so moving `start`
+        earlier loads the earlier windows with no gap and no overlap."""
         async with self._connect() as conn:
             transaction = await conn.begin()
             try:
@@ -345,7 +355,20 @@ class Ledger:
                 cutoff = moment - lag
                 watermark = _as_utc(identity.registered_until)
                 windows = list(choose(watermark, cutoff))
-                fresh = await self._unregistered(conn, pipeline_id, windows)
+                earlier: list[Window] = []
+                # Without a watermark the schedule itself begins at `start`.
+                if start is not None and watermark is not None:
+                    first = await self._first_start(conn, pipeline_id)
+                    if first is not None:
+                        earlier = windows_before(
+                            start,
+                            min(first, watermark),
+                            cutoff,
+                            end,
+                            grid.timezone,
+                            grid.granularity,
+                        )
+                fresh = await self._unregistered(conn, pipeline_id, earlier + windows)
                 new = 0
                 if fresh and not dry_run:
                     new = await self._insert(conn, [build(w) for w in fresh], priority, moment)
@@ -360,7 +383,19 @@ class Ledger:
                 await transaction.rollback()
                 raise
             await (transaction.rollback() if dry_run else transaction.commit())
-        return Registration(windows, new if not dry_run else len(fresh), cutoff, watermark)
+        return Registration(
+            earlier + windows, new if not dry_run else len(fresh), cutoff, watermark, earlier
+        )
+
+    @staticmethod
+    async def _first_start(conn: AsyncConnection, pipeline_id: str) -> datetime | None:
+        """Start of the pipeline's first registered window."""
+        value = await conn.scalar(
+            sa.select(sa.func.min(RECORDS.c.window_start_time)).where(
+                RECORDS.c.pipeline_id == pipeline_id
+            )
+        )
+        return _as_utc(value)
 
     async def _lock_identity(
         self, conn: AsyncConnection, pipeline_id: str, grid: Grid, now: datetime | None
@@ -671,9 +706,21 @@ class Ledger:
             "p_stamp": now,
             "p_token": token,
         }
-        async with self._single() as conn:
+        if self.dialect == "postgresql":
+            # One statement: it draws the pipeline's next fence number and takes the window.
+            async with self._single() as conn:
+                row = (await conn.execute(_claim(self.dialect, newest_first), params)).first()
+            return None if row is None else Lease(_row_to_record(row), token)
+        # SQLite has no writing CTE: two statements in one transaction, under its write lock
+        # (taken by the first, an UPDATE), so no other claim draws a number in between.
+        async with self._begin() as conn:
             row = (await conn.execute(_claim(self.dialect, newest_first), params)).first()
-        return None if row is None else Lease(_row_to_record(row), token)
+            if row is None:
+                return None
+            await conn.execute(
+                _record_fence(), {"p_pipeline": pipeline_id, "p_fence": row.fence_token}
+            )
+        return Lease(_row_to_record(row), token)
 
     # --- fenced writes ------------------------------------------------------------------------
 
@@ -1029,10 +1076,22 @@ class Ledger:
         async with self._connect() as conn:
             return int(await conn.scalar(stmt) or 0)
 
-    async def summary(self, pipeline_id: str, *, failed_limit: int = 20) -> LedgerSummary:
-        """Counts per status, the oldest pending window, the newest loaded one, the failures."""
+    async def summary(
+        self,
+        pipeline_id: str,
+        *,
+        failed_limit: int = 20,
+        start: datetime | None = None,
+        end: datetime | None = None,
+    ) -> LedgerSummary:
+        """Counts per status, the oldest pending window, the newest loaded one, the failures.
+
+        `start` (and `end`) are the config's: a span from `start` to the first registered
+        window is a gap too (start moved earlier and the next run has not registered it yet,
+        or refused to)."""
         mine = RECORDS.c.pipeline_id == pipeline_id
         async with self._connect() as conn:
+            first = await self._first_start(conn, pipeline_id)
             counted = await conn.execute(
                 sa.select(RECORDS.c.pipeline_status, sa.func.count())
                 .where(mine)
@@ -1056,7 +1115,7 @@ class Ledger:
             newest_completed_end=_as_utc(newest),
             in_progress=running,
             failed=failed,
-            faults=await self.tiling_faults(pipeline_id),
+            faults=_before_first(start, end, first) + await self.tiling_faults(pipeline_id),
         )
 
     async def tiling_faults(self, pipeline_id: str, *, limit: int = 100) -> list[TilingFault]:
@@ -1138,6 +1197,16 @@ _PHASE_COLUMNS = {
 """The prefix of each phase's `_status`, `_start_time` and `_end_time` columns."""
 
 _PHASE_ROWS = {Phase.SOURCE_TO_STAGE: "extracted_count", Phase.STAGE_TO_TARGET: "loaded_count"}
+
+
+def _before_first(
+    start: datetime | None, end: datetime | None, first: datetime | None
+) -> list[TilingFault]:
+    """The gap from the config's `start` to the first registered window, if start is earlier."""
+    if start is None or first is None:
+        return []
+    lo, hi = _utc(start), first if end is None else min(first, _utc(end))
+    return [TilingFault("gap", lo, hi)] if lo < hi else []
 
 
 def _phase_prefix(phase: Phase) -> str:
@@ -1235,7 +1304,7 @@ def _claim_statement(dialect: str, newest_first: bool) -> sa.Update:
         sa.bindparam("p_cutoff", type_=UTCDateTime()),
         _clock(dialect, back=sa.bindparam("p_back", type_=sa.Float())),
     )
-    pick = (
+    picking = (
         sa.select(RECORDS.c.id)
         .where(
             RECORDS.c.pipeline_id == sa.bindparam("p_pipeline"),
@@ -1247,8 +1316,17 @@ def _claim_statement(dialect: str, newest_first: bool) -> sa.Update:
         .order_by(RECORDS.c.priority.desc(), order)
         .limit(1)
         .with_for_update(skip_locked=True)
-        .scalar_subquery()
     )
+    if dialect == "postgresql":
+        # One statement: the pick, then the pipeline's counter raised only if a window was
+        # picked (the counter's row lock serializes the claims of one pipeline for this
+        # statement only), then the window takes that number.
+        chosen = picking.cte("pick")
+        pick: Any = sa.select(chosen.c.id).scalar_subquery()
+        fence: Any = _next_fence_cte(chosen)
+    else:
+        pick = picking.scalar_subquery()
+        fence = _next_fence_sqlite()
     stamp = sa.func.coalesce(sa.bindparam("p_stamp", type_=UTCDateTime()), _clock(dialect))
     return (
         sa.update(RECORDS)
@@ -1258,19 +1336,58 @@ def _claim_statement(dialect: str, newest_first: bool) -> sa.Update:
             dag_run_id=sa.bindparam("p_run"),
             pipeline_locked_at=stamp,
             lease_token=sa.bindparam("p_token"),
-            # The target's fence: strictly greater for every later claim of this window, because
-            # claims of one row are serialized (its row lock, SQLite's write lock) and each adds
-            # one. Revocations (release_stale, reopen) need not raise it: until the next claim
-            # nobody newer writes the target, so a revoked worker committing meanwhile is the same
-            # as one that committed just before losing its lease (the after_load_before_ledger
-            # crash the next owner's load replaces), and the next claim's number locks it out.
-            fence_token=RECORDS.c.fence_token + 1,
+            # The target's fence: the pipeline's next number, so strictly greater than every
+            # earlier claim of any of its windows, including windows a re-tile replaced (a
+            # per-window number would start again for a re-cut window). Revocations
+            # (release_stale, reopen) need not raise it: until the next claim nobody newer writes
+            # the target, so a revoked worker committing meanwhile is the same as one that
+            # committed just before losing its lease (the after_load_before_ledger crash the
+            # next owner's load replaces), and the next claim's number locks it out.
+            fence_token=fence,
             pipeline_start_time=stamp,
             pipeline_end_time=None,
             error_message=None,
             record_last_updated_time=stamp,
         )
         .returning(*RECORDS.columns)
+    )
+
+
+def _next_fence_cte(chosen: sa.CTE) -> Any:
+    """Postgres: the pipeline's next fence number, from a writing CTE that raises its counter
+    (inserting it at 1) for each row of `chosen` (the picked window, or none)."""
+    counter = FENCE_COUNTERS.c
+    rows = sa.select(sa.bindparam("p_pipeline", type_=sa.String()), sa.literal(1, sa.BigInteger()))
+    bump = (
+        postgresql.insert(FENCE_COUNTERS)
+        .from_select(["pipeline_id", "fence"], rows.select_from(chosen))
+        .on_conflict_do_update(index_elements=["pipeline_id"], set_={"fence": counter.fence + 1})
+        .returning(counter.fence)
+        .cte("fence_bump")
+    )
+    return sa.select(bump.c.fence).scalar_subquery()
+
+
+def _next_fence_sqlite() -> Any:
+    """SQLite: the pipeline's counter plus one, read under the claim's write lock;
+    `_record_fence` stores it in the same transaction."""
+    last = (
+        sa.select(FENCE_COUNTERS.c.fence)
+        .where(FENCE_COUNTERS.c.pipeline_id == sa.bindparam("p_pipeline"))
+        .scalar_subquery()
+    )
+    return sa.func.coalesce(last, 0) + 1
+
+
+def _record_fence() -> Any:
+    """SQLite: store the number the claim just drew as the pipeline's last."""
+    return (
+        sqlite.insert(FENCE_COUNTERS)
+        .values(pipeline_id=sa.bindparam("p_pipeline"), fence=sa.bindparam("p_fence"))
+        .on_conflict_do_update(
+            index_elements=["pipeline_id"],
+            set_={"fence": sa.func.max(FENCE_COUNTERS.c.fence, sa.bindparam("p_fence"))},
+        )
     )
 
 

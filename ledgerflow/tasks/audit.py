@@ -13,20 +13,22 @@ import asyncio
 from prefect import task
 
 from ledgerflow import failpoints
+from ledgerflow.clock import utc_now
 from ledgerflow.compat import create_markdown_artifact, uncached
 from ledgerflow.errors import AuditMismatch
 from ledgerflow.ledger import Lease
 from ledgerflow.ledger.audit import AuditVerdict, judge
-from ledgerflow.tasks.common import Parts, RunSettings, artifact_key, logger, now, timed
+from ledgerflow.ports import Systems
+from ledgerflow.tasks.common import RunSettings, artifact_key, logger, timed
 
 
 @task(name="audit", persist_result=False, **uncached())
-async def audit(parts: Parts, settings: RunSettings, lease: Lease) -> AuditVerdict:
+async def audit(systems: Systems, settings: RunSettings, lease: Lease) -> AuditVerdict:
     """Recount, record the audit columns, and complete or fail the window."""
-    async with timed("audit", lease), parts.ledger.open() as ledger:
-        started = now()
+    async with timed("audit", lease), systems.ledger.open() as ledger:
+        started = utc_now()
         source, target = await asyncio.gather(
-            parts.source.count(lease.window), parts.target.count(lease.window)
+            systems.source.count(lease.window), systems.target.count(lease.window)
         )
         failpoints.hit("mid_audit")
         verdict = judge(source, target, settings.audit_tolerance_percent)
@@ -57,7 +59,7 @@ async def explain_mismatch(settings: RunSettings, lease: Lease, error: AuditMism
                 "",
                 "| | |",
                 "|---|---|",
-                f"| window (UTC) | {window.to_dict()['start']} - {window.to_dict()['end']} |",
+                f"| window (UTC) | {window.start_iso} - {window.end_iso} |",
                 f"| window ({settings.timezone}) | {lo:%Y-%m-%d %H:%M %Z} - {hi:%H:%M %Z} |",
                 f"| ledger id | {lease.id} |",
                 f"| source rows | {error.source_count:,} |",

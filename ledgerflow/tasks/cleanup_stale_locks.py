@@ -6,13 +6,14 @@ from prefect import task
 
 from ledgerflow.compat import uncached
 from ledgerflow.ledger import PipelineRecord
-from ledgerflow.tasks.common import Parts, RunSettings, logger, timed
+from ledgerflow.ports import Systems
+from ledgerflow.tasks.common import RunSettings, logger, timed
 
 
 @task(name="cleanup_stale_locks", persist_result=False, **uncached())
-async def cleanup_stale_locks(parts: Parts, settings: RunSettings) -> list[PipelineRecord]:
+async def cleanup_stale_locks(systems: Systems, settings: RunSettings) -> list[PipelineRecord]:
     """Release IN_PROGRESS windows with no heartbeat for the stale threshold."""
-    async with timed("cleanup stale locks"), parts.ledger.open() as ledger:
+    async with timed("cleanup stale locks"), systems.ledger.open() as ledger:
         released = await ledger.release_stale(
             settings.pipeline_id,
             older_than=settings.stale_after,

@@ -9,8 +9,8 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from datetime import datetime, timedelta
+from typing import Any
 
 from prefect import get_run_logger
 from prefect.tasks import exponential_backoff
@@ -18,20 +18,7 @@ from prefect.tasks import exponential_backoff
 from ledgerflow.compat import state_result
 from ledgerflow.errors import LeaseLost, is_retryable
 from ledgerflow.ledger import Lease, Ledger
-from ledgerflow.ports import Source, Stage, Target
 from ledgerflow.windows import KeyHook
-
-
-class LedgerProvider(Protocol):
-    """Where tasks get a Ledger (the LedgerDatabase block)."""
-
-    def open(self) -> contextlib.AbstractAsyncContextManager[Ledger]:
-        """A Ledger for one task run, closed when the block exits."""
-        ...
-
-    async def prepare(self) -> None:
-        """Create or check the ledger schema."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -64,19 +51,6 @@ class RunSettings:
         leaves room for clock skew and for the interrupted phase to stop."""
         return self.stale_after.total_seconds() / 2
 
-    def cutoff(self, now: datetime | None = None) -> datetime:
-        return (now or datetime.now(UTC)) - self.lag
-
-
-@dataclass(frozen=True)
-class Parts:
-    """The systems one pipeline run talks to, seen through their Protocols."""
-
-    ledger: LedgerProvider
-    source: Source
-    stage: Stage
-    target: Target
-
 
 def logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
     try:
@@ -88,7 +62,7 @@ def logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
 @contextlib.asynccontextmanager
 async def timed(step: str, lease: Lease | None = None) -> AsyncIterator[None]:
     """Log how long `step` took and which window it worked on (the seed's logging with timing)."""
-    label = f"window {lease.window.to_dict()['start']} (id={lease.id})" if lease else "pipeline"
+    label = f"window {lease.window.start_iso} (id={lease.id})" if lease else "pipeline"
     started = time.perf_counter()
     log = logger()
     try:
@@ -188,10 +162,6 @@ def retry_options(
         "retry_delay_seconds": delays,
         "retry_condition_fn": retry_unless_terminal,
     }
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
 
 
 def artifact_key(pipeline_id: str, kind: str = "") -> str:

@@ -22,7 +22,8 @@ from prefect.states import Completed, State
 
 from ledgerflow.compat import uncached
 from ledgerflow.ledger import Lease, PhaseStatus
-from ledgerflow.tasks.common import Parts, RunSettings, timed
+from ledgerflow.ports import Systems
+from ledgerflow.tasks.common import RunSettings, timed
 
 
 @dataclass(frozen=True)
@@ -34,12 +35,12 @@ class Counts:
 
 @task(name="pre_validation_count_check", persist_result=False, **uncached())
 async def pre_validation_count_check(
-    parts: Parts, settings: RunSettings, lease: Lease
+    systems: Systems, settings: RunSettings, lease: Lease
 ) -> State[Any]:
     """Count both sides. Equal counts complete the window here and skip the transfer."""
-    async with timed("pre-validation count check", lease), parts.ledger.open() as ledger:
+    async with timed("pre-validation count check", lease), systems.ledger.open() as ledger:
         source, target = await asyncio.gather(
-            parts.source.count(lease.window), parts.target.count(lease.window)
+            systems.source.count(lease.window), systems.target.count(lease.window)
         )
         interrupted = lease.record.stage_to_target_ingestion_status == PhaseStatus.IN_PROGRESS
         if source != target or lease.record.force_reload or interrupted:

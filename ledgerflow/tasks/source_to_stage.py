@@ -1,13 +1,15 @@
 """The seed's Source to Stage Transfer: clear the window's stage location, stream the source in.
 
 A re-claimed window whose stage phase completed, whose staged files are intact (same names, same
-sizes as the recorded manifest) and whose staged rows equal the source's current count is not
-extracted again.
+sizes as the recorded manifest), whose staged rows equal the source's current count and whose
+source fingerprint (`Source.fingerprint`, recorded with the manifest) is unchanged is not
+extracted again; anything else, or a source that cannot fingerprint, extracts again.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import pyarrow as pa
 from prefect import task
@@ -16,17 +18,19 @@ from ledgerflow import failpoints
 from ledgerflow.compat import uncached
 from ledgerflow.errors import ExtractCountMismatch
 from ledgerflow.ledger import Lease, Phase
-from ledgerflow.ports import Manifest
-from ledgerflow.tasks.common import Parts, RunSettings, heartbeat, logger, timed
+from ledgerflow.ports import Manifest, Systems
+from ledgerflow.tasks.common import RunSettings, heartbeat, logger, timed
 from ledgerflow.windows import stage_location
 
 
 async def resumable_manifest(
-    parts: Parts, lease: Lease, location: str, source_count: int
+    systems: Systems, lease: Lease, location: str, source_count: int
 ) -> Manifest | None:
-    """The recorded manifest, if this window already staged, the files are still there, and
-    they hold as many rows as the source counts now (a row that arrived after the staging must
-    not be left out)."""
+    """The recorded manifest, if this window already staged, the files are still there, they
+    hold as many rows as the source counts now, and the source's fingerprint of the window is
+    the one recorded at staging (a row deleted, added or edited since must not be left out or
+    loaded stale, even when the count is unchanged). A source that cannot fingerprint is
+    extracted again."""
     record = lease.record
     staged = record.phase_completed == Phase.SOURCE_TO_STAGE and record.stage_manifest
     if not staged:
@@ -40,17 +44,34 @@ async def resumable_manifest(
             source_count,
         )
         return None
-    return manifest if manifest.matches(await parts.stage.files(location)) else None
+    if manifest.fingerprint is None:
+        logger().info(
+            "window id=%s: the source gave no fingerprint when it was staged, so the stage "
+            "cannot be proven current: extracting again",
+            lease.id,
+        )
+        return None
+    now = await systems.source.fingerprint(lease.window)
+    if now != manifest.fingerprint:
+        logger().info(
+            "window id=%s: the source's records changed since the stage was written "
+            "(fingerprint %s, now %s): extracting again",
+            lease.id,
+            manifest.fingerprint,
+            now,
+        )
+        return None
+    return manifest if manifest.matches(await systems.stage.files(location)) else None
 
 
 @task(name="source_to_stage", persist_result=False, **uncached())
 async def source_to_stage(
-    parts: Parts, settings: RunSettings, lease: Lease, source_count: int
+    systems: Systems, settings: RunSettings, lease: Lease, source_count: int
 ) -> Manifest:
     """Stage the window as Parquet files and record the manifest; return it."""
     location = stage_location(settings.pipeline_id, lease.window)
-    async with timed("source to stage", lease), parts.ledger.open() as ledger:
-        resumed = await resumable_manifest(parts, lease, location, source_count)
+    async with timed("source to stage", lease), systems.ledger.open() as ledger:
+        resumed = await resumable_manifest(systems, lease, location, source_count)
         if resumed is not None:
             logger().info("window id=%s: staged files intact, resuming at load", lease.id)
             return resumed
@@ -58,13 +79,18 @@ async def source_to_stage(
         async with heartbeat(
             ledger, lease, settings.heartbeat_every, give_up_after=settings.ledger_silence_limit
         ):
-            await parts.stage.clear(location)
+            await systems.stage.clear(location)
+            before = await systems.source.fingerprint(lease.window)
             # Names carry the lease, so each attempt's files differ (Snowflake load metadata).
-            manifest = await parts.stage.write(
+            manifest = await systems.stage.write(
                 location,
-                _crashable(parts.source.extract(lease.window)),
+                _crashable(systems.source.extract(lease.window)),
                 name_prefix=f"part-{lease.token[:8]}",
             )
+            after = await systems.source.fingerprint(lease.window)
+        # Recorded only when the source did not change during the extraction: then the stage
+        # holds exactly the records the fingerprint describes. Otherwise a resume extracts again.
+        manifest = replace(manifest, fingerprint=before if before == after else None)
         failpoints.hit("after_stage_before_ledger")
         if manifest.rows != source_count:
             await ledger.finish_phase(lease, Phase.SOURCE_TO_STAGE, failed=True, rows=manifest.rows)

@@ -17,13 +17,14 @@ from prefect.states import Completed, State
 from ledgerflow import failpoints
 from ledgerflow.compat import uncached
 from ledgerflow.ledger import Lease
-from ledgerflow.tasks.common import Parts, RunSettings, timed
+from ledgerflow.ports import Systems
+from ledgerflow.tasks.common import RunSettings, logger, timed
 from ledgerflow.windows import Grid, Window, build_record, scheduled_windows
 
 
 @task(name="store_and_validate.register", persist_result=False, **uncached())
 async def register_windows(
-    parts: Parts, settings: RunSettings, at: datetime | None = None
+    systems: Systems, settings: RunSettings, at: datetime | None = None
 ) -> State[Any]:
     """Register the windows that became eligible since the last run; return how many were new.
 
@@ -40,8 +41,8 @@ async def register_windows(
             settings.pipeline_id, window, settings.timezone, settings.hooks, settings.check_fields
         )
 
-    await parts.ledger.prepare()
-    async with timed("register windows"), parts.ledger.open() as ledger:
+    await systems.ledger.prepare()
+    async with timed("register windows"), systems.ledger.open() as ledger:
         done = await ledger.register_windows(
             settings.pipeline_id,
             Grid.of(settings.timezone, settings.granularity),
@@ -50,19 +51,27 @@ async def register_windows(
             lag=settings.lag,
             scheduled=True,
             now=at,
+            start=settings.start,
+            end=settings.end,
         )
-    return Completed(
-        message=f"registered {done.new} new window(s); eligible up to {done.cutoff.isoformat()}",
-        data=done.new,
-    )
+    message = f"registered {done.new} new window(s); eligible up to {done.cutoff.isoformat()}"
+    if done.earlier:
+        first, last = done.earlier[0].to_dict()["start"], done.earlier[-1].to_dict()["end"]
+        moved = (
+            f"start moved before the first registered window: registered the {len(done.earlier)}"
+            f" window(s) from {first} to {last} (not moving the watermark)"
+        )
+        logger().warning("%s", moved)
+        message += f"; {moved}"
+    return Completed(message=message, data=done.new)
 
 
 @task(name="store_and_validate.claim", persist_result=False, **uncached())
-async def claim_window(parts: Parts, settings: RunSettings, run_id: str) -> State[Any]:
+async def claim_window(systems: Systems, settings: RunSettings, run_id: str) -> State[Any]:
     """Claim the next eligible PENDING window (row lock, fresh lease), or say why there is none.
 
     Eligibility (`end <= now - x_time_back`) is judged by the database's clock, like the lease."""
-    async with parts.ledger.open() as ledger:
+    async with systems.ledger.open() as ledger:
         lease: Lease | None = await ledger.claim(
             settings.pipeline_id, run_id, lag=settings.lag, newest_first=settings.newest_first
         )
@@ -75,4 +84,4 @@ async def claim_window(parts: Parts, settings: RunSettings, run_id: str) -> Stat
             ),
             data=None,
         )
-    return Completed(message=f"claimed window {lease.window.to_dict()['start']}", data=lease)
+    return Completed(message=f"claimed window {lease.window.start_iso}", data=lease)

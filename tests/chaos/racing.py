@@ -31,17 +31,16 @@ def blocks(spec: dict[str, str]) -> tuple[Any, Any]:
     from ledgerflow.blocks.duckdb_target import DuckDBTarget
     from ledgerflow.blocks.ledger_db import LedgerDatabase
     from ledgerflow.blocks.local_stage import LocalStage
-    from ledgerflow.flows.pipeline import settings_from
-    from ledgerflow.tasks.common import Parts
+    from ledgerflow.wiring import settings_from, wire
 
     config = validate_config(json.loads(spec["config"]))
-    parts = Parts(
+    systems = wire(
         ledger=LedgerDatabase.parse_obj({"url": spec["ledger"], "auto_create_schema": False}),
         source=DuckDBSource.parse_obj({"path": spec["source"], "table": "web_events"}),
         stage=LocalStage.parse_obj({"root": spec["stage"]}),
         target=DuckDBTarget.parse_obj({"path": spec["warehouse"], "table": "web_events"}),
     )
-    return settings_from(config), parts
+    return settings_from(config), systems
 
 
 async def work(spec: dict[str, str], log: Path) -> None:
@@ -52,16 +51,16 @@ async def work(spec: dict[str, str], log: Path) -> None:
     from ledgerflow.tasks.stage_to_target import stage_to_target
     from ledgerflow.tasks.store_and_validate import claim_window
 
-    settings, parts = blocks(spec)
+    settings, systems = blocks(spec)
     me = f"worker-{os.getpid()}"
     with log.open("a") as out:
-        while (lease := (await claim_window.fn(parts, settings, me)).data) is not None:
+        while (lease := (await claim_window.fn(systems, settings, me)).data) is not None:
             began = time.time()
-            counts = (await pre_validation_count_check.fn(parts, settings, lease)).data
+            counts = (await pre_validation_count_check.fn(systems, settings, lease)).data
             if not counts.skipped:
-                manifest = await source_to_stage.fn(parts, settings, lease, counts.source)
-                await stage_to_target.fn(parts, settings, lease, manifest)
-                await audit.fn(parts, settings, lease)
+                manifest = await source_to_stage.fn(systems, settings, lease, counts.source)
+                await stage_to_target.fn(systems, settings, lease, manifest)
+                await audit.fn(systems, settings, lease)
             out.write(
                 json.dumps({"id": lease.id, "worker": me, "began": began, "ended": time.time()})
                 + "\n"

@@ -118,19 +118,19 @@ BLOCK_CASES: list[tuple[str, type, dict[str, Any], str]] = [
     (
         "es two auth methods",
         ElasticsearchSource,
-        {"hosts": ["http://h"], "index": "x", "api_key": "k", "bearer_token": "t"},
+        {"hosts": ["http://h:9200"], "index": "x", "api_key": "k", "bearer_token": "t"},
         "set one auth method",
     ),
     (
         "es half basic auth",
         ElasticsearchSource,
-        {"hosts": ["http://h"], "index": "x", "username": "u"},
+        {"hosts": ["http://h:9200"], "index": "x", "username": "u"},
         "needs both username and password",
     ),
     (
         "es two query clauses",
         ElasticsearchSource,
-        {"hosts": ["http://h"], "index": "x", "query": {"term": {}, "match": {}}},
+        {"hosts": ["http://h:9200"], "index": "x", "query": {"term": {}, "match": {}}},
         "one query clause",
     ),
     (

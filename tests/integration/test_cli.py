@@ -208,3 +208,49 @@ def test_windows_show_ids_errors_and_heartbeats_and_retry_refuses_wrong_ids(
     assert [r.pipeline_status for r in asyncio.run(pipeline.records())] == ["FAILED", "IN_PROGRESS"]
     result = runner.invoke(app, ["retry", "-c", name, "--id", str(failed.id), "--json"])
     assert json.loads(result.stdout) == {"reset": [failed.id]}
+
+
+def test_reopened_windows_show_nothing_of_the_load_they_replace_and_empty_results_say_so(
+    tmp_path: Path,
+) -> None:
+    pipeline = Pipeline(tmp_path, rows=1000)
+    name = asyncio.run(pipeline.save(end=DEMO_START + timedelta(hours=4), concurrency=1))
+    assert runner.invoke(app, ["init", "-c", name]).exit_code == 0
+    # Nothing has run yet: each command says there is nothing, never an empty table or list.
+    empty = {
+        ("windows",): f"no windows match in {name}",
+        ("retry",): f"no FAILED windows to retry in {name}",
+        ("release",): f"no stale locks in {name}",
+        ("reload", "--start", "2025-03-08", "--end", "2025-03-09"): (
+            f"no COMPLETED or FAILED windows of {name} start in 2025-03-08 - 2025-03-09"
+        ),
+    }
+    for args, says in empty.items():
+        result = runner.invoke(app, [args[0], "-c", name, *args[1:]])
+        assert result.exit_code == 0, (args, result.output)
+        assert result.stdout.strip().splitlines() == [says], (args, result.stdout)
+    status = runner.invoke(app, ["status", "-c", name])
+    assert "loaded up to: nothing yet" in status.stdout and "│" not in status.stdout
+
+    assert runner.invoke(app, ["run", "-c", name]).exit_code == 0
+    loaded = runner.invoke(app, ["windows", "-c", name])
+    assert loaded.stdout.count("MATCH") + loaded.stdout.count("PASS") == 2, loaded.stdout
+
+    # Plain dates: the pipeline's local day 2025-03-08, both windows.
+    result = runner.invoke(
+        app, ["reload", "-c", name, "--start", "2025-03-08", "--end", "2025-03-09"]
+    )
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == "2 window(s) reopened; the next run reloads them"
+    result = runner.invoke(app, ["windows", "-c", name])
+    rows = [line for line in result.stdout.splitlines() if "PENDING" in line]
+    assert len(rows) == 2, result.stdout
+    for row in rows:
+        # No verdict and no counts of the load the reload replaces, no duration either.
+        assert "MATCH" not in row and "PASS" not in row and "source" not in row, row
+        assert [cell.strip() for cell in row.split("│")[4:8]] == ["-", "-", "0", "-"], row
+    data = json.loads(runner.invoke(app, ["windows", "-c", name, "--json"]).stdout)
+    assert {
+        (w["status"], w["audit_result"], w["source_count"], w["target_count"], w["seconds"])
+        for w in data
+    } == {("PENDING", None, None, None, None)}

@@ -12,7 +12,7 @@ import yaml
 from ledgerflow.blocks.config import load_final_config
 from ledgerflow.blocks.ledger_db import LedgerDatabase
 from ledgerflow.cli import app
-from ledgerflow.deployments.register import build_blocks, register_file
+from ledgerflow.deployments.save_blocks import build_blocks, register_file
 from ledgerflow.errors import ConfigError
 from typer.testing import CliRunner
 
@@ -111,10 +111,11 @@ def test_the_readme_block_snippet_runs_twice(
 
 @pytest.mark.usefixtures("prefect_harness")
 def test_a_missing_block_says_how_to_save_it() -> None:
-    from ledgerflow.flows.pipeline import load_block
+    from ledgerflow.ports import Stage
+    from ledgerflow.wiring import load_block
 
     with pytest.raises(ConfigError) as caught:
-        asyncio.run(load_block("ledgerflow-s3-stage/nowhere", "stage_block"))
+        asyncio.run(load_block("ledgerflow-s3-stage/nowhere", "stage_block", Stage))
     message = str(caught.value)
     assert "stage_block='ledgerflow-s3-stage/nowhere' names no saved block" in message
     assert "ledgerflow blocks register --file" in message and ".save(name)" in message

@@ -58,6 +58,9 @@ class Server:
         }
         self.env.pop("PREFECT_PROFILES_PATH", None)
         self.procs: list[subprocess.Popen[bytes]] = []
+        # Each long-running process's output is kept beside the home, for a failure to quote.
+        self.logs = home.parent / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
         self.spawn("server", "start", "--host", "127.0.0.1", "--port", str(port))
         # Generous (why: a fresh server migrates its database first, and a machine busy with
         # other tests took 20 s for that alone).
@@ -72,16 +75,25 @@ class Server:
         raise RuntimeError("prefect server did not start in 300 s")
 
     def spawn(self, *args: str, cwd: Path = ROOT) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(
-            [str(BIN / "prefect"), *args],
-            cwd=cwd,
-            env=self.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        log = self.logs / f"{len(self.procs)}-{'-'.join(args[:2])}.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [str(BIN / "prefect"), *args],
+                cwd=cwd,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.procs.append(proc)
         return proc
+
+    def log_tails(self, chars: int = 6000) -> str:
+        """The end of every long-running process's output (server, workers, agents)."""
+        return "\n".join(
+            f"--- {log.name}\n{log.read_text(errors='replace')[-chars:]}"
+            for log in sorted(self.logs.glob("*.log"))
+        )
 
     def run(self, *args: str) -> str:
         done = subprocess.run(
@@ -172,10 +184,12 @@ def wait_for_runs(server: Server, ids: list[str], timeout: float = 600) -> list[
                 states.append(run["state_type"])
                 messages.append((run.get("state") or {}).get("message"))
         if all(s in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") for s in states):
-            assert states == ["COMPLETED"] * len(ids), messages
+            assert states == ["COMPLETED"] * len(ids), f"{messages}\n{server.log_tails()}"
             return states
         time.sleep(1)
-    raise AssertionError(f"flow runs did not finish in {timeout} s: {states} {messages}")
+    raise AssertionError(
+        f"flow runs did not finish in {timeout} s: {states} {messages}\n{server.log_tails()}"
+    )
 
 
 def test_prefect_deploy_and_racing_process_workers(server: Server, tmp_path: Path) -> None:

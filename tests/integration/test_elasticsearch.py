@@ -221,7 +221,8 @@ async def test_timestamps_read_from_source_equal_the_servers_in_every_form(
         got |= dict(
             zip(batch.column("_id").to_pylist(), batch.column("ts").to_pylist(), strict=True)
         )
-    assert src._stamps_from_source  # the fast path ran, with the array fetched from the server
+    # the fast path ran, with the array fetched from the server
+    assert src._facts.mapping and src._facts.mapping.stamps_from_source
     assert got == expected
 
 
@@ -241,7 +242,7 @@ async def test_a_custom_date_format_uses_the_servers_formatting(
     )
     src = source(osmem_url, index="custom")
     batches = [b async for b in src.extract(WINDOW)]
-    assert not src._stamps_from_source
+    assert src._facts.mapping and not src._facts.mapping.stamps_from_source
     assert batches[0].column("ts").to_pylist() == [datetime(2025, 3, 9, 10, 20, 30, tzinfo=UTC)]
 
 
@@ -362,10 +363,16 @@ def test_config_errors_name_what_is_allowed() -> None:
         ElasticsearchSource.parse_obj({"index": "x"})
     with pytest.raises(ValueError, match="set one auth method, not api_key and username/password"):
         ElasticsearchSource.parse_obj(
-            {"hosts": ["http://h"], "index": "x", "api_key": "k", "username": "u", "password": "p"}
+            {
+                "hosts": ["http://h:9200"],
+                "index": "x",
+                "api_key": "k",
+                "username": "u",
+                "password": "p",
+            }
         )
     with pytest.raises(ValueError, match="slices=64 must be between 1 and 32"):
-        ElasticsearchSource.parse_obj({"hosts": ["http://h"], "index": "x", "slices": 64})
+        ElasticsearchSource.parse_obj({"hosts": ["http://h:9200"], "index": "x", "slices": 64})
 
 
 @pytest.mark.usefixtures("prefect_harness")
@@ -525,7 +532,7 @@ def stamped(stamps: dict[str, str]) -> dict[str, str]:
 
 async def server_ids(es: AsyncElasticsearch, index: str, window: Window) -> set[str]:
     """Which documents the server's own range query puts in the window."""
-    query = source("http://unused", index=index)._window_query(window)
+    query = source("http://unused:9200", index=index)._window_query(window)
     response = await es.search(index=index, query=query, size=1000, source=False)
     return {h["_id"] for h in response["hits"]["hits"]}
 
@@ -554,7 +561,8 @@ async def test_epoch_millis_with_a_fraction_land_where_the_server_puts_them(
         seen |= rows
     assert set(seen) == set(BOUNDARY_SPELLINGS)  # the two windows hold every document once
     assert {k: r["ts"] for k, r in seen.items()} == oracle
-    assert src._stamps_from_source  # read from _source, not fetched from the server
+    # read from _source, not fetched from the server
+    assert src._facts.mapping and src._facts.mapping.stamps_from_source
 
 
 async def test_a_lone_surrogate_loads_as_the_server_returned_it(
@@ -681,3 +689,62 @@ async def test_boundary_documents_and_exact_numbers_load_once_end_to_end(
         con.close()
     assert row is not None
     assert json.loads(row[0], parse_float=Decimal) == json.loads(docs["odd"], parse_float=Decimal)
+
+
+# --- fingerprint: what lets a crashed worker's stage be resumed ----------------------------------
+# Checked against osmem, which differs from Elasticsearch here: it keeps one `_seq_no` counter per
+# index whatever its shard count (Elasticsearch counts per shard, hence None for more than one
+# shard), and it refuses scripts in aggregations (so no scripted hash of `_id`/`_version`).
+
+
+async def test_the_fingerprint_changes_with_any_write_to_the_window_and_only_then(
+    es: AsyncElasticsearch, osmem_url: str
+) -> None:
+    inside = START + timedelta(minutes=10)
+    await index_docs(
+        es,
+        [{"_id": f"d{i}", "@timestamp": iso(inside), "service": "web"} for i in range(5)]
+        + [{"_id": "outside", "@timestamp": iso(WINDOW.end + timedelta(minutes=1))}],
+    )
+    src = source(osmem_url)
+    first = await src.fingerprint(WINDOW)
+    assert first is not None and first == await src.fingerprint(WINDOW)
+
+    # A document outside the window changes nothing.
+    await es.index(index="events", id="outside", document={"@timestamp": iso(WINDOW.end)})
+    await es.indices.refresh(index="events")
+    assert await src.fingerprint(WINDOW) == first
+
+    # An edit in place (same count).
+    doc = {"@timestamp": iso(inside), "service": "api"}
+    await es.index(index="events", id="d1", document=doc, refresh=True)
+    edited = await src.fingerprint(WINDOW)
+    assert edited not in (None, first)
+
+    # A delete plus a late arrival (same count again).
+    await es.delete(index="events", id="d0", refresh=True)
+    await es.index(index="events", id="late", document={"@timestamp": iso(inside)}, refresh=True)
+    assert await src.count(WINDOW) == 5
+    swapped = await src.fingerprint(WINDOW)
+    assert swapped not in (None, first, edited)
+
+    # The extra query's documents only.
+    web = source(osmem_url, query={"term": {"service": "web"}})
+    before = await web.fingerprint(WINDOW)
+    await es.index(index="events", id="d1", document=doc, refresh=True)  # still "api"
+    assert await web.fingerprint(WINDOW) == before
+
+
+async def test_the_fingerprint_is_unknown_where_it_cannot_be_trusted(
+    es: AsyncElasticsearch, osmem_url: str
+) -> None:
+    # Sequence numbers are per shard: a delete in one and an insert in another could cancel.
+    await es.indices.create(
+        index="sharded",
+        mappings={"properties": {"@timestamp": {"type": "date"}}},
+        settings={"number_of_shards": 2},
+    )
+    await es.index(index="sharded", id="a", document={"@timestamp": iso(START)}, refresh=True)
+    assert await source(osmem_url, index="sharded").fingerprint(WINDOW) is None
+    # A missing index treated as empty has nothing to fingerprint.
+    assert await source(osmem_url, index="nope", missing_index="empty").fingerprint(WINDOW) is None

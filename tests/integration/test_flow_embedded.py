@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import duckdb
+import pyarrow as pa
 import pytest
 from ledgerflow.blocks.config import load_final_config
 from ledgerflow.compat import state_result
 from ledgerflow.demo import DEMO_END, DEMO_START
-from ledgerflow.flows.pipeline import load_parts, settings_from, windowed_pipeline
+from ledgerflow.errors import ConfigError
+from ledgerflow.flows.pipeline import windowed_pipeline
 from ledgerflow.ledger import Ledger, Status
 from ledgerflow.tasks.source_to_stage import source_to_stage
 from ledgerflow.tasks.store_and_validate import claim_window, register_windows
-from ledgerflow.windows import build_record, windows_between
+from ledgerflow.windows import Window, build_record, windows_between
+from ledgerflow.wiring import load_systems, settings_from
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
@@ -181,14 +186,14 @@ async def test_a_failed_load_leaves_the_target_unchanged_and_a_rerun_resumes_at_
 async def test_a_reclaimed_window_with_an_intact_stage_resumes_at_load(pipeline: Pipeline) -> None:
     name = await pipeline.save(source=CountingSource, end=FIRST_WINDOW_END)
     config = await load_final_config(name)
-    parts = await load_parts(config)
+    systems = await load_systems(config)
     settings = settings_from(config)
-    await register_windows.fn(parts, settings)
-    lease = (await claim_window.fn(parts, settings, "crashed-run")).data
-    count = await parts.source.count(lease.window)
-    await source_to_stage.fn(parts, settings, lease, count)
+    await register_windows.fn(systems, settings)
+    lease = (await claim_window.fn(systems, settings, "crashed-run")).data
+    count = await systems.source.count(lease.window)
+    await source_to_stage.fn(systems, settings, lease, count)
     # The worker dies here; cleanup finds the stale lock and gives the window back.
-    async with parts.ledger.open() as ledger:
+    async with systems.ledger.open() as ledger:
         released = await ledger.release_stale(
             name,
             older_than=timedelta(0),
@@ -202,6 +207,99 @@ async def test_a_reclaimed_window_with_an_intact_stage_resumes_at_load(pipeline:
     assert row.pipeline_status == Status.COMPLETED and row.retry_attempt == 1
     extracts = pipeline.source_path.with_suffix(".extracts").read_text().split()
     assert extracts == [lease.window.key], "the resumed window was extracted again"
+
+
+async def crash_after_staging(name: str) -> str:
+    """A worker claims the first window, stages it, and dies; cleanup gives the window back.
+    Returns the window's key."""
+    config = await load_final_config(name)
+    systems, settings = await load_systems(config), settings_from(config)
+    await register_windows.fn(systems, settings)
+    lease = (await claim_window.fn(systems, settings, "crashed-run")).data
+    await source_to_stage.fn(systems, settings, lease, await systems.source.count(lease.window))
+    async with systems.ledger.open() as ledger:
+        released = await ledger.release_stale(
+            name, older_than=timedelta(0), max_attempts=3, now=datetime.now(UTC) + timedelta(1)
+        )
+    assert [r.phase_completed for r in released] == ["SOURCE_TO_STAGE"]
+    return str(lease.window.key)
+
+
+def edit_in_place(pipeline: Pipeline, path: str) -> str:
+    """Edit one row of the first window in the source (the count stays the same)."""
+    con = duckdb.connect(str(pipeline.source_path))
+    try:
+        row = con.execute(
+            "SELECT min(event_id) FROM web_events WHERE ts >= ? AND ts < ?",
+            [DEMO_START, FIRST_WINDOW_END],
+        ).fetchone()
+        assert row is not None
+        con.execute("UPDATE web_events SET path = ? WHERE event_id = ?", [path, row[0]])
+    finally:
+        con.close()
+    return str(row[0])
+
+
+async def test_a_reclaimed_window_whose_source_was_edited_in_place_is_extracted_again(
+    pipeline_any: Pipeline,
+) -> None:
+    pipeline = pipeline_any
+    name = await pipeline.save(source=CountingSource, end=FIRST_WINDOW_END)
+    key = await crash_after_staging(name)
+    edited = edit_in_place(pipeline, "/edited-after-staging")
+    state = await windowed_pipeline(config_block=name, return_state=True)
+    assert state.is_completed(), state.message
+    con = duckdb.connect(str(pipeline.warehouse), read_only=True)
+    try:
+        loaded = con.execute("SELECT path FROM web_events WHERE event_id = ?", [edited]).fetchall()
+    finally:
+        con.close()
+    assert loaded == [("/edited-after-staging",)], "the stale staged row was loaded"
+    extracts = pipeline.source_path.with_suffix(".extracts").read_text().split()
+    assert extracts == [key, key], "the changed window was resumed instead of extracted again"
+
+
+class EditedDuringExtractSource(CountingSource):
+    """The source changes while the first extraction reads it (someone edits a row)."""
+
+    _block_type_name = "Test Edited During Extract Source"
+    _block_type_slug = "test-edited-during-extract-source"
+    marker: str = "edited-during-extract"
+
+    async def extract(self, window: Window) -> AsyncIterator[pa.RecordBatch]:
+        first = not Path(self.path).with_suffix(".extracts").exists()
+        async for batch in super().extract(window):
+            yield batch
+        if first:
+            con = duckdb.connect(self.path)
+            try:
+                con.execute(
+                    "UPDATE web_events SET path = '/during' WHERE ts >= ? AND ts < ?",
+                    [window.start, window.end],
+                )
+            finally:
+                con.close()
+
+
+async def test_a_stage_written_while_the_source_changed_is_never_resumed(
+    pipeline: Pipeline,
+) -> None:
+    name = await pipeline.save(source=EditedDuringExtractSource, end=FIRST_WINDOW_END)
+    key = await crash_after_staging(name)
+    [row] = await pipeline.records()
+    assert json.loads(row.stage_manifest or "{}")["fingerprint"] is None
+    state = await windowed_pipeline(config_block=name, return_state=True)
+    assert state.is_completed(), state.message
+    extracts = pipeline.source_path.with_suffix(".extracts").read_text().split()
+    assert extracts == [key, key], "a stage of a source that moved under it was trusted"
+    assert (
+        pipeline.warehouse_rows()[0]
+        == pipeline._scalar_row(
+            pipeline.source_path,
+            "SELECT count(*) FROM web_events WHERE path = '/during' AND ts >= ? AND ts < ?",
+            [DEMO_START, FIRST_WINDOW_END],
+        )[0]
+    )
 
 
 async def test_cleanup_runs_after_a_failure(pipeline: Pipeline) -> None:
@@ -230,11 +328,11 @@ async def test_a_missing_block_is_a_clear_error(pipeline: Pipeline) -> None:
     name = await pipeline.save(target_block="ledgerflow-duckdb-target/nope")
     state = await windowed_pipeline(config_block=name, return_state=True)
     assert state.is_failed()
-    with pytest.raises(Exception, match=r"target_block='ledgerflow-duckdb-target/nope' names no"):
+    with pytest.raises(ConfigError, match=r"target_block='ledgerflow-duckdb-target/nope' names no"):
         await state_result(state)
 
 
 async def test_a_missing_config_is_a_clear_error() -> None:
     state = await windowed_pipeline(config_block="never-saved", return_state=True)
-    with pytest.raises(Exception, match="no pipeline config block named 'never-saved'"):
+    with pytest.raises(ConfigError, match="no pipeline config block named 'never-saved'"):
         await state_result(state)

@@ -147,7 +147,9 @@ async def test_a_lost_lease_raises_and_writes_nothing(ledger: Ledger) -> None:
 
 async def test_every_claim_of_a_window_carries_a_greater_fence(ledger: Ledger) -> None:
     """The target's fencing number: strictly greater per claim of a window, whatever revoked the
-    lease in between (stale cleanup, an operator's reopen, a reset), and per window, not global."""
+    lease in between (stale cleanup, an operator's reopen, a reset), drawn from one counter per
+    pipeline (it asserted a number per window before, red-team finding #1: a re-tile's re-cut
+    window then started again at 1, the number of a worker frozen since before the re-tile)."""
     await register_hours(ledger, 4)
     later = datetime.now(UTC) + timedelta(hours=3)
     seen: list[int] = []
@@ -170,7 +172,7 @@ async def test_every_claim_of_a_window_carries_a_greater_fence(ledger: Ledger) -
     seen.append(fourth.fence)
     assert seen == [1, 2, 3, 4]
     other = await ledger.claim(PIPE, "e", cutoff=FAR)
-    assert other is not None and other.id != first.id and other.fence == 1
+    assert other is not None and other.id != first.id and other.fence == 5
     # Nobody but the claim may move it: a fenced write naming it is refused.
     with pytest.raises(ValueError, match="fence_token"):
         await ledger.update(fourth, "forge", {"fence_token": 99})
@@ -252,5 +254,6 @@ async def test_updates_refuse_unknown_and_identity_columns(ledger: Ledger) -> No
 
 
 async def test_naive_times_are_refused(ledger: Ledger) -> None:
-    with pytest.raises(Exception, match="aware"):
+    # The column type refuses it before any SQL runs; SQLAlchemy wraps its ValueError.
+    with pytest.raises(sa.exc.StatementError, match="ledger times must be aware datetimes"):
         await ledger.claim(PIPE, "r", cutoff=datetime(2030, 1, 1))

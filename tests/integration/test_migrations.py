@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 from ledgerflow.errors import LedgerSchemaError
 from ledgerflow.ledger import Ledger, Status
-from ledgerflow.ledger.models import RECORDS, SCHEMA_VERSION
+from ledgerflow.ledger.models import FENCE_COUNTERS, RECORDS, SCHEMA_VERSION
 
 from tests.integration.ledger_v1 import DDL
 
@@ -98,6 +98,9 @@ async def test_a_version_1_ledger_is_refused_until_upgraded_then_keeps_every_row
         # The upgraded ledger works: the priority window is claimed first, completed, and the
         # live lease taken before the upgrade still fences its holder.
         assert {r.fence_token for r in rows} == {0}
+        async with ledger.engine.connect() as conn:  # the pipeline's counter, from its windows
+            counters = (await conn.execute(sa.select(FENCE_COUNTERS))).all()
+        assert [tuple(c) for c in counters] == [(PIPE, 0)]
         lease = await ledger.claim(PIPE, "run-2", cutoff=FAR)
         assert lease is not None and lease.window.start == T0 + 4 * H2
         assert lease.fence == 1  # greater than anything a version-1 worker wrote (no fence)

@@ -1,4 +1,4 @@
-"""Operator commands on a real pipeline: backfill, retry, release, rescan (late data)."""
+"""Operator commands on a real pipeline: backfill, reload, retry, release, rescan (late data)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from ledgerflow.cli import app
 from ledgerflow.compat import state_result_sync
 from ledgerflow.demo import DEMO_END, DEMO_START
 from ledgerflow.flows.pipeline import windowed_pipeline
-from ledgerflow.ledger import Ledger, Status
+from ledgerflow.ledger import Ledger, PipelineRecord, Status
+from prefect.states import State
 from typer.testing import CliRunner
 
 from .kit import DriftingTarget, Pipeline
@@ -27,40 +28,58 @@ def cli(*args: str) -> dict:  # type: ignore[type-arg]
     return json.loads(result.stdout)  # type: ignore[no-any-return]
 
 
-def test_backfill_registers_behind_fresh_windows_and_rescan_reloads_late_data(
-    tmp_path: Path,
-) -> None:
+DAY_ONE = (
+    "--start",
+    DEMO_START.isoformat(),
+    "--end",
+    (DEMO_START + timedelta(days=1)).isoformat(),
+)
+
+
+def run(name: str) -> State:
+    return asyncio.run(windowed_pipeline(config_block=name, return_state=True))  # type: ignore[no-any-return]
+
+
+def scheduled_from_day_two(tmp_path: Path) -> tuple[Pipeline, str]:
+    """A pipeline whose schedule starts on day two (day one is for a backfill), one window per
+    run, after its first run."""
     pipeline = Pipeline(tmp_path, rows=2000)
-    # The schedule starts on day two; day one is a backfill.
     name = asyncio.run(
         pipeline.save(start=DEMO_START + timedelta(days=1), concurrency=1, windows_per_run=1)
     )
-    first = asyncio.run(windowed_pipeline(config_block=name, return_state=True))
-    assert first.is_completed()
+    assert run(name).is_completed()
+    return pipeline, name
 
-    day_one = (
-        "--start",
-        DEMO_START.isoformat(),
-        "--end",
-        (DEMO_START + timedelta(days=1)).isoformat(),
-    )
-    plan = cli("backfill", "-c", name, *day_one, "--dry-run")
-    assert (plan["windows"], plan["new"], plan["registered"]) == (12, 12, 0)
-    assert cli("backfill", "-c", name, *day_one)["registered"] == 12
-    assert cli("backfill", "-c", name, *day_one)["registered"] == 0
 
-    # The next run takes a fresh (day two) window before any backfilled one.
-    state = asyncio.run(windowed_pipeline(config_block=name, return_state=True))
-    [row] = state_result_sync(state)
-    assert row["window_start"] >= (DEMO_START + timedelta(days=1)).astimezone(UTC).isoformat()[:19]
-
-    # Load everything, then a late document arrives in an already loaded window.
-    asyncio.run(
-        pipeline.save(start=DEMO_START + timedelta(days=1), concurrency=4, windows_per_run=100)
-    )
-    assert asyncio.run(windowed_pipeline(config_block=name, return_state=True)).is_completed()
+def all_loaded(tmp_path: Path) -> tuple[Pipeline, str, list[PipelineRecord]]:
+    """A pipeline with both demo days (24 windows) loaded."""
+    pipeline = Pipeline(tmp_path, rows=2000)
+    name = asyncio.run(pipeline.save(concurrency=4, windows_per_run=100))
+    assert run(name).is_completed()
     records = asyncio.run(pipeline.records())
     assert {r.pipeline_status for r in records} == {Status.COMPLETED} and len(records) == 24
+    return pipeline, name, records
+
+
+def test_backfill_plans_then_registers_each_missing_window_once(tmp_path: Path) -> None:
+    _, name = scheduled_from_day_two(tmp_path)
+    plan = cli("backfill", "-c", name, *DAY_ONE, "--dry-run")
+    assert (plan["windows"], plan["new"], plan["registered"]) == (12, 12, 0)
+    assert cli("backfill", "-c", name, *DAY_ONE)["registered"] == 12
+    assert cli("backfill", "-c", name, *DAY_ONE)["registered"] == 0
+
+
+def test_a_run_takes_a_fresh_window_before_backfilled_ones(tmp_path: Path) -> None:
+    _, name = scheduled_from_day_two(tmp_path)
+    assert cli("backfill", "-c", name, *DAY_ONE)["registered"] == 12
+    [row] = state_result_sync(run(name))
+    assert row["window_start"] >= (DEMO_START + timedelta(days=1)).astimezone(UTC).isoformat()[:19]
+
+
+def test_rescan_finds_late_rows_reopens_their_window_and_the_next_run_loads_them(
+    tmp_path: Path,
+) -> None:
+    pipeline, name, records = all_loaded(tmp_path)
     late_window = records[5]
     pipeline.add_late_rows(late_window.window_start_time + timedelta(minutes=1), 3)
 
@@ -71,19 +90,16 @@ def test_backfill_registers_behind_fresh_windows_and_rescan_reloads_late_data(
     ] == [(late_window.id, 3, False)]
     report = cli("rescan", "-c", name, "--last", "24")
     assert report["changed"][0]["reopened"] is True
-    assert asyncio.run(windowed_pipeline(config_block=name, return_state=True)).is_completed()
-    # An operator reloads the first day: every window of it goes back and loads again.
-    reopened = cli(
-        "reload",
-        "-c",
-        name,
-        "--start",
-        DEMO_START.isoformat(),
-        "--end",
-        (DEMO_START + timedelta(days=1)).isoformat(),
-    )
+    assert run(name).is_completed()
+    expected = pipeline.source_rows_with_ts()
+    assert pipeline.warehouse_rows() == (expected, expected)
+
+
+def test_reload_loads_a_day_again_though_its_counts_match(tmp_path: Path) -> None:
+    pipeline, name, _ = all_loaded(tmp_path)
+    reopened = cli("reload", "-c", name, *DAY_ONE)
     assert len(reopened["reopened"]) == 12
-    assert asyncio.run(windowed_pipeline(config_block=name, return_state=True)).is_completed()
+    assert run(name).is_completed()
     day_one = [r for r in asyncio.run(pipeline.records()) if r.id in reopened["reopened"]]
     # Forced: loaded again although counts matched, not skipped by the pre-validation check.
     assert {r.stage_to_target_ingestion_status for r in day_one if r.source_count} == {"COMPLETED"}

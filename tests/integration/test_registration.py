@@ -12,7 +12,7 @@ import pytest
 from ledgerflow.blocks.config import load_final_config, validate_config
 from ledgerflow.demo import DEMO_START
 from ledgerflow.errors import ConfigError
-from ledgerflow.flows.pipeline import load_parts, settings_from, windowed_pipeline
+from ledgerflow.flows.pipeline import windowed_pipeline
 from ledgerflow.ledger import Ledger
 from ledgerflow.ledger.store import Registration
 from ledgerflow.operate import backfill
@@ -25,6 +25,7 @@ from ledgerflow.windows import (
     window_containing,
     windows_between,
 )
+from ledgerflow.wiring import load_systems, settings_from
 
 from .kit import Pipeline
 
@@ -52,9 +53,9 @@ async def test_unset_start_registers_the_latest_eligible_window_then_every_later
 
     # Later runs register every window after it, with no gap, up to their own cutoff.
     config = await load_final_config(name)
-    parts, settings = await load_parts(config), settings_from(config)
+    systems, settings = await load_systems(config), settings_from(config)
     later = first.window_end_time + timedelta(days=1, hours=5)
-    await register_windows.fn(parts, settings, at=later)
+    await register_windows.fn(systems, settings, at=later)
     rows = await pipeline_any.records()
     expected = windows_between(first.window_start_time, later - timedelta(days=1), LA, "2h")
     assert [(r.window_start_time, r.window_end_time) for r in rows] == [
@@ -84,6 +85,7 @@ async def scheduled(
         lag=timedelta(0),
         scheduled=True,
         now=at,
+        start=start,
     )
 
 
@@ -283,3 +285,76 @@ async def test_status_reports_gaps_and_overlaps_between_registered_windows(
     ]
     text = await asyncio.to_thread(CliRunner().invoke, app, ["status", "-c", name])
     assert "gap in the registered windows" in text.output
+
+
+# --- moving start earlier ---------------------------------------------------------------------
+
+
+def test_moving_start_earlier_registers_and_loads_the_earlier_windows(
+    tmp_path: Path, ledger_url: str
+) -> None:
+    import json
+
+    from ledgerflow.cli import app
+    from typer.testing import CliRunner
+
+    runner = CliRunner()
+    pipeline = Pipeline(tmp_path, rows=500, ledger_url=ledger_url)
+    lo, mid, hi = DEMO_START, DEMO_START + timedelta(hours=6), DEMO_START + timedelta(hours=10)
+    name = asyncio.run(pipeline.save(start=mid, end=hi))
+    assert asyncio.run(windowed_pipeline(config_block=name, return_state=True)).is_completed()
+    watermark = asyncio.run(identity(pipeline.ledger_url, name))
+
+    # Off the grid: refused, naming the nearest boundaries; status shows the gap meanwhile.
+    asyncio.run(pipeline.save(start=lo + timedelta(minutes=30), end=hi))
+    state = asyncio.run(windowed_pipeline(config_block=name, return_state=True))
+    assert state.is_failed()
+    message = " ".join((state.message or "").split())
+    assert "is not a window boundary of the grid" in message, message
+    assert "the nearest boundaries are 2025-03-08T00:00:00-08:00 and 2025-03-08T02:00:00-08:00" in (
+        message
+    )
+    status = json.loads(runner.invoke(app, ["status", "-c", name, "--json"]).stdout)
+    gaps = [
+        (datetime.fromisoformat(g["start"]), datetime.fromisoformat(g["end"]))
+        for g in status["gaps"]
+    ]
+    assert gaps == [(lo + timedelta(minutes=30), mid)]
+
+    # On the grid: the next run registers [lo, mid) and loads it; the watermark stays.
+    asyncio.run(pipeline.save(start=lo, end=hi))
+    state = asyncio.run(windowed_pipeline(config_block=name, return_state=True))
+    assert state.is_completed(), state.message
+    rows = asyncio.run(pipeline.records())
+    assert rows[0].window_start_time == lo and rows[-1].window_end_time == hi
+    assert_tiles([(r.window_start_time, r.window_end_time) for r in rows])
+    assert {r.pipeline_status for r in rows} == {"COMPLETED"}
+    assert asyncio.run(identity(pipeline.ledger_url, name)) == watermark
+    expected = pipeline._scalar_row(
+        pipeline.source_path, "SELECT count(*) FROM web_events WHERE ts >= ? AND ts < ?", [lo, hi]
+    )[0]
+    assert pipeline.warehouse_rows() == (expected, expected)
+    status = json.loads(runner.invoke(app, ["status", "-c", name, "--json"]).stdout)
+    assert status["gaps"] == [] and status["overlaps"] == []
+
+
+async def identity(url: str, name: str) -> Any:
+    async with Ledger.from_url(url) as ledger:
+        return await ledger.identity(name)
+
+
+async def test_an_earlier_start_registers_up_to_the_first_window_keeping_the_watermark(
+    ledger: Ledger,
+) -> None:
+    g = grid("2h")
+    await scheduled(ledger, g, T0 + timedelta(hours=9), start=T0 + timedelta(hours=4))
+    assert await ledger.identity(PIPE) == (g, T0 + timedelta(hours=8))
+    done = await scheduled(ledger, g, T0 + timedelta(hours=9), start=T0)
+    assert done.watermark == T0 + timedelta(hours=8)
+    assert await ledger.identity(PIPE) == (g, T0 + timedelta(hours=8))
+    assert [(w.start, w.end) for w in done.earlier] == [
+        (T0, T0 + timedelta(hours=2)),
+        (T0 + timedelta(hours=2), T0 + timedelta(hours=4)),
+    ]
+    assert done.new == 2
+    assert_tiles(await spans(ledger))

@@ -1,5 +1,6 @@
-"""Property: whatever runs, backfills and re-tiles happen, registered windows never overlap and
-the scheduled span (from the first scheduled window to the watermark) has no gap.
+"""Property: whatever runs, backfills, re-tiles and moves of `start` earlier happen, registered
+windows never overlap and the scheduled span (from the first scheduled window, or the config's
+start once moved before it, to the watermark) has no gap.
 
 The ledger is driven directly on SQLite (fast); the examples are few, the machine is shared.
 """
@@ -32,6 +33,9 @@ steps = st.lists(
         st.tuples(st.just("backfill"), st.integers(-72, 72), st.integers(1, 48)),
         st.tuples(st.just("retile"), st.sampled_from(GRIDS), st.integers(0, 5)),
         st.tuples(st.just("load"), st.integers(1, 4)),
+        # The operator moves the config's start earlier (by hours: on or off the grid), then
+        # a run.
+        st.tuples(st.just("start"), st.integers(1, 30)),
     ),
     max_size=8,
 )
@@ -40,26 +44,42 @@ steps = st.lists(
 async def play(url: str, first: Grid, history: list[tuple[Any, ...]]) -> None:
     async with Ledger.from_url(url) as ledger:
         await ledger.create_schema()
-        grid, now, scheduled_from = first, T0, None
+        grid, now, scheduled_from, start = first, T0, None, T0
         for step in history:
             before = await ledger.windows(PIPE)
             try:
+                if step[0] == "start":  # then a run with it
+                    start -= timedelta(hours=step[1])
+                    step = ("run", 1)
                 if step[0] == "run":
                     now += timedelta(hours=step[1])
-                    g = grid
+                    g, s = grid, start
+                    held = await ledger.identity(PIPE)
+                    first_before = min((r.window_start_time for r in before), default=None)
                     done = await ledger.register_windows(
                         PIPE,
                         g,
-                        lambda wm, cutoff, g=g: scheduled_windows(
-                            wm, T0, None, cutoff, g.timezone, g.granularity
+                        lambda wm, cutoff, g=g, s=s: scheduled_windows(
+                            wm, s, None, cutoff, g.timezone, g.granularity
                         ),
                         lambda w, g=g: build_record(PIPE, w, g.timezone),
                         lag=timedelta(0),
                         scheduled=True,
                         now=now,
+                        start=s,
                     )
                     if scheduled_from is None and done.windows:
                         scheduled_from = done.windows[0].start
+                    if held is not None and held[1] is not None and first_before is not None:
+                        assert done.watermark == max(held[1], done.watermark), step
+                        if s < first_before:
+                            # The earlier windows are registered, from start on, no gap.
+                            assert done.earlier and done.earlier[0].start == s, step
+                            first_now = (await ledger.windows(PIPE))[0].window_start_time
+                            assert first_now == s, step
+                            event("start moved earlier: registered")
+                            if scheduled_from is not None:
+                                scheduled_from = min(scheduled_from, s)
                     latest = last_window_ending_by(now, g.timezone, g.granularity)
                     assert done.watermark is None or done.watermark >= latest.end
                 elif step[0] == "backfill":

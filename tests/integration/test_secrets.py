@@ -18,7 +18,7 @@ from ledgerflow.blocks.ledger_db import LedgerDatabase
 from ledgerflow.cli import app
 from ledgerflow.compat import flush_run_logs
 from ledgerflow.demo import DEMO_START
-from ledgerflow.deployments.register import register_file
+from ledgerflow.deployments.save_blocks import register_file
 from ledgerflow.flows.pipeline import windowed_pipeline
 from ledgerflow.ledger import Ledger
 from prefect.client.orchestration import get_client

@@ -55,13 +55,13 @@ def sessions(monkeypatch: pytest.MonkeyPatch, *, fail_first_create: bool = False
     real = SnowflakeTarget._session
 
     async def spy(
-        self: SnowflakeTarget, work: Callable[[Any], Any], action: str, *, transactional: bool
+        self: SnowflakeTarget, work: Callable[[Any], Any], action: str, **how: Any
     ) -> Any:
         actions.append(action)
         if fail_first_create and actions.count("create table") == 1 and action == "create table":
             # What a worker in another process creating the same table at once can cause.
             raise TargetError("create table failed: write-write conflict on the catalog")
-        return await real(self, work, action, transactional=transactional)
+        return await real(self, work, action, **how)
 
     monkeypatch.setattr(SnowflakeTarget, "_session", spy)
     return actions

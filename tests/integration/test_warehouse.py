@@ -17,6 +17,7 @@ from ledgerflow.errors import (
     LoadCountMismatch,
     RowsOutsideWindow,
     StageTerminalError,
+    TableOwnedByAnotherPipeline,
     TargetTerminalError,
 )
 from ledgerflow.ports import Fence
@@ -293,8 +294,11 @@ async def test_a_stale_fence_commits_nothing_and_a_newer_one_wins(
     assert await target.replace(WINDOW, newer, Fence("p", START, 5)) == 30  # the same claim
     assert await target.replace(WINDOW, older, Fence("p", START, 6)) == 20
     assert ids_loaded(peers, database) == sorted(f"o{i}" for i in range(20))
-    # Per pipeline and window: another pipeline's first claim of this window is not fenced out.
-    assert await target.replace(WINDOW, newer, Fence("q", START, 1)) == 30
+    # Another pipeline may not load this table at all (it asserted that pipeline 'q' loads it
+    # before: red-team finding #2, two pipelines sharing a table erase each other's rows).
+    with pytest.raises(TableOwnedByAnotherPipeline, match=r"loaded by pipeline 'p'.*'q'"):
+        await target.replace(WINDOW, newer, Fence("q", START, 1))
+    assert ids_loaded(peers, database) == sorted(f"o{i}" for i in range(20))
 
 
 async def test_old_transaction_begun_then_newer_commits_then_old_commits_nothing(
@@ -308,12 +312,12 @@ async def test_old_transaction_begun_then_newer_commits_then_old_commits_nothing
     reached, go = threading.Event(), threading.Event()
     real = SnowflakeTarget._advance_fence
 
-    def paused(self: SnowflakeTarget, cur: Any, fence: Fence) -> None:
+    def paused(self: SnowflakeTarget, cur: Any, fence: Fence, end: datetime) -> None:
         if fence.token == 2:
             cur.execute("SELECT COUNT(*) FROM EVENTS")  # the transaction's snapshot is taken
             reached.set()
             assert go.wait(60)
-        real(self, cur, fence)
+        real(self, cur, fence, end)
 
     monkeypatch.setattr(SnowflakeTarget, "_advance_fence", paused)
     zombie = asyncio.create_task(target.replace(WINDOW, zombie_files, Fence("p", START, 2)))
@@ -322,6 +326,52 @@ async def test_old_transaction_begun_then_newer_commits_then_old_commits_nothing
     go.set()
     with pytest.raises(FencedOut, match=r"token 2.*token 3"):
         await zombie
+    assert ids_loaded(peers, database) == sorted(f"n{i}" for i in range(12))
+
+
+HOUR = timedelta(hours=1)
+EARLY = Window(START, START + HOUR, START.date(), "1h")  # the grid before a re-tile
+LATE = Window(START + HOUR, START + 2 * HOUR, START.date(), "1h")
+
+
+async def test_a_worker_frozen_on_a_window_a_retile_replaced_is_fenced_out(
+    peers: Peers, bucket: str, database: str
+) -> None:
+    """After a re-tile to 2h, claim 3 loaded the 2h window; the workers frozen on the 1h windows
+    (claims 1 and 2) are refused, whatever their window's start."""
+    target = peers.target(bucket, database)
+    newer = await staged(peers, bucket, events(30, prefix="n"), prefix="part-n")
+    assert await target.replace(WINDOW, newer, Fence("p", START, 3)) == 30
+    stale = await staged(peers, bucket, events(5, start=LATE.start, prefix="z"), prefix="part-z")
+    for token, window in ((1, LATE), (2, EARLY)):
+        with pytest.raises(FencedOut, match=rf"fence token {token}\).*token 3 "):
+            await target.replace(window, stale, Fence("p", window.start, token))
+    assert ids_loaded(peers, database) == sorted(f"n{i}" for i in range(30))
+
+
+async def test_a_fence_table_made_before_window_ends_is_upgraded_in_place(
+    peers: Peers, bucket: str, database: str
+) -> None:
+    target = peers.target(bucket, database)
+    with peers.sql_connection(database) as conn:  # as the previous ledgerflow created it
+        cur = conn.cursor()
+        cur.execute(
+            "CREATE TABLE LEDGERFLOW_FENCES (PIPELINE_ID VARCHAR NOT NULL, "
+            "WINDOW_START TIMESTAMP_TZ NOT NULL, TOKEN NUMBER(38, 0) NOT NULL)"
+        )
+        cur.execute("INSERT INTO LEDGERFLOW_FENCES VALUES ('p', %s, 5)", (START,))
+    stale = await staged(peers, bucket, events(5, start=LATE.start, prefix="z"), prefix="part-z")
+    # The row from before is taken to reach forever: a stale claim of a later window loses.
+    with pytest.raises(FencedOut, match=r"token 5 "):
+        await target.replace(LATE, stale, Fence("p", LATE.start, 4))
+    newer = await staged(peers, bucket, events(12, prefix="n"), prefix="part-n")
+    assert await target.replace(WINDOW, newer, Fence("p", START, 6)) == 12
+    with peers.sql_connection(database) as conn:
+        cur = conn.cursor()
+        cur.execute("SELECT PIPELINE_ID, TOKEN, WINDOW_END, TARGET_TABLE FROM LEDGERFLOW_FENCES")
+        assert [tuple(r) for r in cur.fetchall()] == [("p", 6, WINDOW.end, "EVENTS")]
+    with pytest.raises(TableOwnedByAnotherPipeline, match=r"'EVENTS'.*pipeline 'p'.*'q'"):
+        await target.replace(LATE, stale, Fence("q", LATE.start, 1))
     assert ids_loaded(peers, database) == sorted(f"n{i}" for i in range(12))
 
 

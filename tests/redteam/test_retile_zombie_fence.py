@@ -12,11 +12,11 @@ import pytest
 from ledgerflow.blocks.config import load_final_config
 from ledgerflow.demo import DEMO_START
 from ledgerflow.errors import LedgerflowError
-from ledgerflow.flows.pipeline import load_parts, settings_from
 from ledgerflow.ledger import Ledger, Status
 from ledgerflow.ports import Fence
 from ledgerflow.tasks.store_and_validate import register_windows
 from ledgerflow.windows import stage_location
+from ledgerflow.wiring import load_systems, settings_from
 
 from tests.integration.kit import Pipeline
 
@@ -29,14 +29,6 @@ HI = DEMO_START + timedelta(hours=2)
 
 
 @pytest.mark.parametrize("held", ["first", "second"])
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "known hole, FINDINGS.md #1: the target fence is keyed by window start and fence numbers "
-        "restart after a retile, so a worker frozen across a retile can still overwrite the newer "
-        "load"
-    ),
-)
 def test_a_worker_frozen_across_a_retile_writes_nothing(
     tmp_path: Path, ledger_url: str, held: str
 ) -> None:
@@ -45,20 +37,20 @@ def test_a_worker_frozen_across_a_retile_writes_nothing(
 
     async def zombie_stages() -> tuple[object, object, object]:
         config = await load_final_config(name)
-        parts = await load_parts(config)
-        await register_windows.fn(parts, settings_from(config))  # [T0, T0+1h), [T0+1h, T0+2h)
-        async with parts.ledger.open() as ledger:
+        systems = await load_systems(config)
+        await register_windows.fn(systems, settings_from(config))  # [T0, T0+1h), [T0+1h, T0+2h)
+        async with systems.ledger.open() as ledger:
             lease = await ledger.claim(
                 name, "zombie", lag=config.lag, newest_first=held == "second"
             )
         assert lease is not None and lease.fence == 1
         # The zombie stages its window, reaches its target transaction, and freezes there.
-        manifest = await parts.stage.write(
+        manifest = await systems.stage.write(
             stage_location(name, lease.window),
-            parts.source.extract(lease.window),
+            systems.source.extract(lease.window),
             name_prefix=f"part-{lease.token[:8]}",
         )
-        return lease, manifest, parts.target
+        return lease, manifest, systems.target
 
     lease, manifest, target = asyncio.run(zombie_stages())
     window = lease.window  # type: ignore[attr-defined]

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from ledgerflow.blocks.config import load_final_config
 from ledgerflow.demo import DEMO_START
-from ledgerflow.flows.pipeline import load_parts, settings_from
 from ledgerflow.ledger import Ledger, Status
 from ledgerflow.tasks.source_to_stage import source_to_stage
 from ledgerflow.tasks.store_and_validate import register_windows
+from ledgerflow.wiring import load_systems, settings_from
 
 from tests.integration.kit import Pipeline
 
@@ -30,13 +30,6 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 LO, HI = DEMO_START, DEMO_START + timedelta(hours=2)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "known hole, FINDINGS.md #2: the target deletes and counts by time range only, so two "
-        "pipelines sharing a table erase each other"
-    ),
-)
 def test_two_pipelines_sharing_a_target_table_lose_no_rows_silently(tmp_path: Path) -> None:
     first = Pipeline(tmp_path / "a", rows=400)
     second = Pipeline(tmp_path / "b", rows=300)
@@ -56,13 +49,6 @@ def test_two_pipelines_sharing_a_target_table_lose_no_rows_silently(tmp_path: Pa
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "known hole, FINDINGS.md #4: a resumed stage is trusted on an equal row count, so a "
-        "deleted row replaced by a late one goes unseen"
-    ),
-)
 def test_a_resumed_stage_never_loads_rows_the_source_no_longer_holds(
     tmp_path: Path, ledger_url: str
 ) -> None:
@@ -71,13 +57,13 @@ def test_a_resumed_stage_never_loads_rows_the_source_no_longer_holds(
 
     async def crash_after_staging() -> None:
         config = await load_final_config(name)
-        parts, settings = await load_parts(config), settings_from(config)
-        await register_windows.fn(parts, settings)
-        async with parts.ledger.open() as ledger:
+        systems, settings = await load_systems(config), settings_from(config)
+        await register_windows.fn(systems, settings)
+        async with systems.ledger.open() as ledger:
             lease = await ledger.claim(name, "doomed", lag=config.lag)
         assert lease is not None
-        count = await parts.source.count(lease.window)
-        await source_to_stage.fn(parts, settings, lease, count)  # then SIGKILL
+        count = await systems.source.count(lease.window)
+        await source_to_stage.fn(systems, settings, lease, count)  # then SIGKILL
 
     asyncio.run(crash_after_staging())
     # The source changes: one document is deleted, a late one arrives (the count is the same).

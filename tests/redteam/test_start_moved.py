@@ -18,13 +18,6 @@ from .helpers import cli, ids, run
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "known hole, FINDINGS.md #5: once a watermark exists, an earlier start is ignored without "
-        "a word"
-    ),
-)
 def test_moving_start_earlier_loads_the_earlier_windows_or_says_so(tmp_path: Path) -> None:
     pipeline = Pipeline(tmp_path, rows=500)
     lo, mid, hi = DEMO_START, DEMO_START + timedelta(hours=2), DEMO_START + timedelta(hours=4)

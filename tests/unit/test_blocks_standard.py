@@ -26,3 +26,14 @@ def test_every_block_is_listed() -> None:
     slugs = {b.get_block_type_slug() for b in ALL_BLOCKS}
     assert all(s.startswith("ledgerflow-") for s in slugs)
     assert len(slugs) == len(ALL_BLOCKS)
+
+
+def test_each_block_type_is_loaded_from_its_own_module() -> None:
+    """load_block imports one module per slug: the map must name every block's defining module
+    (a missing entry would fall back to the whole catalog; a wrong one would not register it)."""
+    from ledgerflow.blocks import MODULE_OF_SLUG
+    from ledgerflow.blocks.catalog import MISSING
+
+    known = {b.get_block_type_slug(): b.__module__ for b in ALL_BLOCKS}
+    assert {k: v for k, v in MODULE_OF_SLUG.items() if k not in MISSING} == known
+    assert set(MODULE_OF_SLUG) == set(known) | set(MISSING)

@@ -15,6 +15,7 @@ from ledgerflow.compat import (
     Field,
     SecretStr,
     ValidationError,
+    field_aliases,
     model_copy,
     model_dump,
     model_validate,
@@ -28,6 +29,13 @@ class Inner(BaseModel):
     label: str | None = None
 
 
+def check_even(value: int) -> int:
+    """A plain check shared between models, with no `cls`."""
+    if value % 2:
+        raise ValueError(f"{value} is odd")
+    return value
+
+
 class Model(BaseModel):
     name: str = Field(..., description="a name")
     tags: list[str] | None = Field(None)
@@ -35,6 +43,9 @@ class Model(BaseModel):
     high: int = 10
     token: SecretStr | None = None
     inner: Inner = Field(default_factory=Inner)
+    step: int = 2
+
+    _step = validator("step", allow_reuse=True)(check_even)
 
     @validator("name")
     def _name(cls, v: str, field: Any) -> str:
@@ -97,6 +108,13 @@ def test_each_item_validates_every_element() -> None:
     assert loc[0] == "tags" and msg == "tag 'Bad' must be lowercase"
 
 
+def test_a_shared_plain_function_validates_the_value() -> None:
+    assert Model(name="web", step=4).step == 4
+    with pytest.raises(ValidationError) as info:
+        Model(name="web", step=3)
+    assert messages(info.value) == [(("step",), "3 is odd")]
+
+
 def test_a_validator_sees_the_fields_validated_before_it() -> None:
     with pytest.raises(ValidationError) as info:
         Model(name="web", low=5, high=1)
@@ -118,6 +136,45 @@ def test_dump_and_validate_round_trip() -> None:
     again = model_validate(Model, model_dump(m))
     assert again == m
     assert again.token is not None and again.token.get_secret_value() == "s3cret"
+
+
+class Renamed(BaseModel):
+    """Pre root validators that depend on each other's order, as PipelineConfig's do (drop a
+    retired key, then refuse unknown ones), and one inherited from a base."""
+
+    kept: int = 0
+    seen: list[str] = Field(default_factory=list)
+
+    @root_validator(pre=True)
+    def _first(cls, values: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in values.items() if k != "retired"} | {"seen": ["first"]}
+
+    @root_validator(pre=True)
+    def _second(cls, values: dict[str, Any]) -> dict[str, Any]:
+        unknown = set(values) - set(field_aliases(cls))
+        if unknown:
+            raise ValueError(f"unknown: {sorted(unknown)}")
+        return {**values, "seen": [*values["seen"], "second"]}
+
+
+class MoreRenamed(Renamed):
+    extra: int = 0
+
+    @root_validator(pre=True)
+    def _third(cls, values: dict[str, Any]) -> dict[str, Any]:
+        return {**values, "seen": [*values["seen"], "third"]}
+
+
+def test_pre_root_validators_run_in_the_order_they_are_defined() -> None:
+    assert Renamed(kept=1, retired=2).seen == ["first", "second"]  # type: ignore[call-arg]
+    assert MoreRenamed(retired=2, extra=1).seen == ["first", "second", "third"]  # type: ignore[call-arg]
+    with pytest.raises(ValidationError) as info:
+        Renamed(kept=1, typo=2)  # type: ignore[call-arg]
+    assert [m for _, m in messages(info.value)] == ["unknown: ['typo']"]
+
+
+def test_field_aliases_name_every_field() -> None:
+    assert field_aliases(Renamed) == {"kept": "kept", "seen": "seen"}
 
 
 def test_side_effecting_tasks_are_never_cached() -> None:

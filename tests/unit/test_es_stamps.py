@@ -7,7 +7,8 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from ledgerflow.blocks.elasticsearch import ExactJsonSerializer, _parse_stamps, _source_value
+from ledgerflow.blocks.elasticsearch import ExactJsonSerializer
+from ledgerflow.blocks.elasticsearch.stamps import parse_stamps, source_value
 
 
 def micros(*parts: int) -> int:
@@ -44,15 +45,15 @@ def micros(*parts: int) -> int:
     ],
 )
 def test_each_form(value: Any, expected: int | None) -> None:
-    assert _parse_stamps([value]) == [expected]
+    assert parse_stamps([value]) == [expected]
     # The same value among plain ISO strings takes the one-by-one path and agrees.
-    assert _parse_stamps(["2025-01-01T00:00:00Z", value])[1] == expected
+    assert parse_stamps(["2025-01-01T00:00:00Z", value])[1] == expected
 
 
 def test_a_field_path_is_a_dotted_key_or_nested_objects() -> None:
-    assert _source_value({"event.created": 1}, "event.created") == 1
-    assert _source_value({"event": {"created": 2}}, "event.created") == 2
-    assert _source_value({"event": 3}, "event.created") is None
+    assert source_value({"event.created": 1}, "event.created") == 1
+    assert source_value({"event": {"created": 2}}, "event.created") == 2
+    assert source_value({"event": 3}, "event.created") is None
 
 
 def test_the_decoder_keeps_what_orjson_would_change_and_only_then_pays_for_it() -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 from ledgerflow.blocks.ledger_db import LedgerDatabase
-from ledgerflow.deployments.register import build_blocks
+from ledgerflow.deployments.save_blocks import build_blocks
 from ledgerflow.redact import has_userinfo, scrub_url, scrub_urls
 
 SECRET = "s3cr3t!@#"

@@ -34,7 +34,7 @@ from urllib.parse import quote
 from prefect.blocks.core import Block
 
 from ledgerflow.blocks.catalog import ALL_BLOCKS, MISSING
-from ledgerflow.blocks.config import explain
+from ledgerflow.blocks.config import PipelineConfig, explain
 from ledgerflow.compat import ValidationError, model_validate
 from ledgerflow.errors import ConfigError
 
@@ -112,7 +112,8 @@ def build_blocks(
         try:
             block = model_validate(BLOCKS[kind], _expand(fields, section, env))
         except ValidationError as exc:
-            raise explain(exc, f"[{section}]") from None
+            what = "pipeline config" if kind == slug_of(PipelineConfig) else "block"
+            raise explain(exc, section, f"{what} [{section}]") from None
         built.append((str(name), block))
     return built
 
