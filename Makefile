@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-dev
 # not the test and lint toolchain or the production extras.
 DEMO_STAMP := $(VENV)/.installed-demo
 
-.PHONY: install demo test test-fast lint format bench chaos clean
+.PHONY: install demo test test-fast test-prefect3 lint format bench chaos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,11 +16,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-$(DEMO_STAMP): pyproject.toml
+$(DEMO_STAMP): pyproject.toml constraints/prefect2.txt
 	@echo "make demo: creating $(VENV) and installing ledgerflow with its core dependencies" \
 	  "(Prefect, DuckDB, pyarrow); the first time takes a minute or two"
 	@$(PYTHON) -m venv $(VENV)
-	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e .
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e . \
+	  -c constraints/prefect2.txt
 	@touch $(DEMO_STAMP)
 	@echo "make demo: installed; running the demo"
 
@@ -29,6 +30,19 @@ demo: $(DEMO_STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The same suite on the newest Prefect 3 and its collections, in a virtualenv of its own.
+VENV3  ?= .venv3
+STAMP3 := $(VENV3)/.installed-dev3
+
+$(STAMP3): pyproject.toml constraints/prefect3.txt
+	$(PYTHON) -m venv $(VENV3)
+	$(VENV3)/bin/python -m pip install --quiet --disable-pip-version-check \
+	  -e '.[dev3]' -c constraints/prefect3.txt
+	touch $(STAMP3)
+
+test-prefect3: $(STAMP3)
+	$(VENV3)/bin/python -m pytest -q $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
@@ -70,4 +84,4 @@ chaos: $(STAMP)
 	$(BIN)/python -m tests.chaos.racing 4 5m
 
 clean:
-	rm -rf $(VENV) .ledgerflow .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VENV3) .ledgerflow .pytest_cache .mypy_cache .ruff_cache

@@ -26,6 +26,7 @@ from ledgerflow.blocks.duckdb_source import DuckDBSource
 from ledgerflow.blocks.duckdb_target import DuckDBTarget
 from ledgerflow.blocks.ledger_db import LedgerDatabase
 from ledgerflow.blocks.local_stage import LocalStage
+from ledgerflow.compat import model_validate
 from ledgerflow.errors import LedgerflowError
 from ledgerflow.ledger import AuditResult, Ledger
 from ledgerflow.report import windows_table
@@ -112,7 +113,7 @@ async def register_demo_blocks(paths: DemoPaths, name: str = "demo") -> Pipeline
         (DuckDBTarget, {"path": str(paths.warehouse), "table": "web_events"}),
     ]
     for kind, fields in blocks:
-        await kind.parse_obj(fields).save(name, overwrite=True)
+        await model_validate(kind, fields).save(name, overwrite=True)
     config = validate_config(
         {
             "pipeline_id": "demo_web_events",

@@ -16,6 +16,8 @@ import sys
 import warnings
 from pathlib import Path
 
+from ledgerflow.compat import ephemeral_start
+
 try:
     import fcntl
 except ImportError:  # Windows: no flock; processes there need one PREFECT_HOME each
@@ -56,5 +58,8 @@ def start_ephemeral_api(*, saves_blocks: bool = True) -> None:
             warnings.filterwarnings(
                 "ignore", message="Skipped unsupported reflection of expression-based index"
             )
-            with get_client(sync_client=True) as client:  # runs the API's start: migrate, register
+            with (
+                ephemeral_start(),
+                get_client(sync_client=True) as client,
+            ):  # runs the API's start: migrate, register
                 client.hello()

@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, TypeVar
 
 from prefect.blocks.core import Block
 from prefect.utilities.dispatch import get_registry_for_type
-from pydantic.v1 import ValidationError
 
 from ledgerflow.blocks import MODULE_OF_SLUG
 from ledgerflow.blocks.config import explain
 from ledgerflow.blocks.kinds import SLOT_KIND, check_slot
+from ledgerflow.compat import ValidationError
 from ledgerflow.errors import ConfigError
 from ledgerflow.ports import LedgerProvider, Source, Stage, Systems, Target
 

@@ -79,10 +79,11 @@ async def ledger(ledger_url: str) -> AsyncIterator[Ledger]:
 @pytest.fixture(scope="session")
 def prefect_harness() -> Iterator[None]:
     """One temporary Prefect API (SQLite) for the whole session: starting one costs seconds."""
-    from prefect.testing.utilities import prefect_test_harness
+    from ledgerflow.compat import PREFECT_3, prefect_test_harness
 
     with prefect_test_harness():
-        _prepare_prefect_database()
+        if not PREFECT_3:  # Prefect 3's harness has started (and migrated) its server by now
+            _prepare_prefect_database()
         yield
 
 

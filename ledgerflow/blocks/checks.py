@@ -13,8 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic.v1 import root_validator
-
+from ledgerflow.compat import field_aliases, root_validator
 from ledgerflow.errors import ClientSettingsError, LedgerflowError
 from ledgerflow.redact import scrub_url, scrub_urls
 
@@ -46,11 +45,11 @@ def unknown_field_message(given: str, known: list[str]) -> str:
 def _reject_unknown(cls: Any, values: Any) -> Any:
     if not isinstance(values, dict):
         return values
-    fields = cls.__fields__.values()
-    known = {f.name for f in fields} | {f.alias for f in fields}
+    aliases = field_aliases(cls)
+    known = set(aliases) | set(aliases.values())
     unknown = [k for k in values if k not in known and k not in _PREFECT_KEYS]
     if unknown:
-        names = sorted({f.alias for f in fields})
+        names = sorted(set(aliases.values()))
         raise ValueError("; ".join(unknown_field_message(str(k), names) for k in unknown))
     return values
 

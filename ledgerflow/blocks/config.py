@@ -12,10 +12,10 @@ from typing import Any, Literal
 
 from prefect.blocks.core import Block
 from prefect.utilities.asyncutils import sync_compatible
-from pydantic.v1 import Field, ValidationError, root_validator, validator
 
 from ledgerflow.blocks.checks import forbid_unknown_fields
 from ledgerflow.blocks.kinds import SLOT_KIND, check_slot
+from ledgerflow.compat import Field, ValidationError, cron_is_valid, root_validator, validator
 from ledgerflow.durations import parse_duration
 from ledgerflow.errors import ConfigError
 from ledgerflow.windows import KEY_FIELDS, KeyHook, check_granularity, zone
@@ -221,9 +221,7 @@ class PipelineConfig(Block):
 
     @validator("cron_schedule")
     def _cron(cls, v: str) -> str:
-        from croniter import croniter
-
-        if not croniter.is_valid(v):
+        if not cron_is_valid(v):
             raise ValueError(f"cron_schedule={v!r} is not a valid 5-field cron expression")
         return v
 

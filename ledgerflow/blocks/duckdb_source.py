@@ -14,10 +14,10 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 from prefect.blocks.core import Block
-from pydantic.v1 import Field, root_validator, validator
 
 from ledgerflow.blocks.checks import forbid_unknown_fields
 from ledgerflow.blocks.duckdb_common import DUCKDB_ERRORS, DuckDBHandle, translate
+from ledgerflow.compat import Field, root_validator, validator
 from ledgerflow.errors import SourceError, SourceTerminalError
 from ledgerflow.sqlident import quote_identifier
 from ledgerflow.windows import Window

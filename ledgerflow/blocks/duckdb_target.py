@@ -7,7 +7,6 @@ from typing import Any
 
 import duckdb
 from prefect.blocks.core import Block
-from pydantic.v1 import Field, validator
 
 from ledgerflow import failpoints
 from ledgerflow.blocks.checks import forbid_unknown_fields
@@ -31,6 +30,7 @@ from ledgerflow.blocks.duckdb_fences import (
     table_key,
 )
 from ledgerflow.blocks.interrupt import Interrupt, in_thread
+from ledgerflow.compat import Field, validator
 from ledgerflow.errors import (
     LoadCountMismatch,
     RowsOutsideWindow,

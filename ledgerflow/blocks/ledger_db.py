@@ -8,9 +8,9 @@ from pathlib import Path
 
 import sqlalchemy as sa
 from prefect.blocks.core import Block
-from pydantic.v1 import Field, SecretStr, validator
 
 from ledgerflow.blocks.checks import forbid_unknown_fields
+from ledgerflow.compat import Field, SecretStr, validator
 from ledgerflow.ledger import Ledger
 from ledgerflow.redact import scrub_url
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 from prefect.blocks.core import Block
-from pydantic.v1 import Field, validator
 
 from ledgerflow.blocks.checks import forbid_unknown_fields
 from ledgerflow.blocks.parquet_parts import Part, write_parts
+from ledgerflow.compat import Field, validator
 from ledgerflow.errors import StageError, StageTerminalError
 from ledgerflow.ports import Manifest, StagedFile
 

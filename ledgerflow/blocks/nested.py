@@ -12,9 +12,11 @@ from typing import TypeVar
 
 from prefect.blocks.core import Block
 
+from ledgerflow.compat import model_dump, model_validate
+
 B = TypeVar("B", bound=Block)
 
 
 def revalidated(block: B) -> B:
     """A copy of `block` with every field validated (and secrets wrapped) again."""
-    return type(block).parse_obj(block.dict())
+    return model_validate(type(block), model_dump(block))

@@ -22,11 +22,11 @@ from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
 from prefect.blocks.core import Block
 from prefect_aws.s3 import S3Bucket
-from pydantic.v1 import Field, PrivateAttr, validator
 
 from ledgerflow.blocks.checks import client_settings, forbid_unknown_fields
 from ledgerflow.blocks.nested import revalidated
 from ledgerflow.blocks.parquet_parts import Part, write_parts
+from ledgerflow.compat import Field, PrivateAttr, validator
 from ledgerflow.errors import StageError, StageTerminalError
 from ledgerflow.ports import Manifest, StagedFile
 from ledgerflow.redact import scrub_urls

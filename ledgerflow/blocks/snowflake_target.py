@@ -19,7 +19,6 @@ from typing import Any, TypeVar
 
 from prefect.blocks.core import Block
 from prefect_snowflake.database import SnowflakeConnector
-from pydantic.v1 import Field, validator
 from snowflake.connector import errors as sf_errors
 
 from ledgerflow import failpoints
@@ -28,6 +27,7 @@ from ledgerflow.blocks.checks import client_settings, forbid_unknown_fields
 from ledgerflow.blocks.interrupt import Interrupt, in_thread
 from ledgerflow.blocks.nested import revalidated
 from ledgerflow.clock import utc_now
+from ledgerflow.compat import Field, validator
 from ledgerflow.errors import (
     FencedOut,
     LoadCountMismatch,

@@ -89,7 +89,9 @@ def run(
         return cfg, state, pending
 
     cfg, state, pending = run_async(go())
-    rows = state.result(raise_on_failure=False, fetch=True) if not state.is_crashed() else []
+    from ledgerflow.compat import state_result_sync
+
+    rows = state_result_sync(state, raise_on_failure=False) if not state.is_crashed() else []
     rows = rows if isinstance(rows, list) else []
     budget = max_windows or cfg.windows_per_run
     # Only a run that used its whole budget left them behind; otherwise they became eligible

@@ -32,10 +32,10 @@ from typing import Any
 from urllib.parse import quote
 
 from prefect.blocks.core import Block
-from pydantic.v1 import ValidationError
 
 from ledgerflow.blocks.catalog import ALL_BLOCKS, MISSING
 from ledgerflow.blocks.config import PipelineConfig, explain
+from ledgerflow.compat import ValidationError, model_validate
 from ledgerflow.errors import ConfigError
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -110,7 +110,7 @@ def build_blocks(
         if not name:
             raise ConfigError(f"[{section}] needs a name to save the block under")
         try:
-            block = BLOCKS[kind].parse_obj(_expand(fields, section, env))
+            block = model_validate(BLOCKS[kind], _expand(fields, section, env))
         except ValidationError as exc:
             what = "pipeline config" if kind == slug_of(PipelineConfig) else "block"
             raise explain(exc, section, f"{what} [{section}]") from None

@@ -16,12 +16,12 @@ from dataclasses import asdict, dataclass
 from typing import Any, TypeVar, cast
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_table_artifact
 from prefect.context import get_run_context
 from prefect.states import Completed, Failed, State
 from prefect.utilities.annotations import quote
 
 from ledgerflow.blocks.config import PipelineConfig, load_final_config
+from ledgerflow.compat import create_table_artifact, state_result
 from ledgerflow.errors import LeaseLost, LedgerflowError
 from ledgerflow.flows.notify import on_flow_failure, retry_notifier
 from ledgerflow.ledger import Lease, PipelineRecord, Status
@@ -115,7 +115,7 @@ class Budget:
 
 
 async def _error_of(state: State[Any]) -> BaseException | None:
-    result = await state.result(raise_on_failure=False, fetch=True)  # type: ignore[call-overload]
+    result = await state_result(state, raise_on_failure=False)
     return result if isinstance(result, BaseException) else None
 
 
@@ -165,7 +165,7 @@ async def process_window(
         )
         if state.is_failed():
             raise await _failure(state, phase)
-        counts: Counts = await state.result(fetch=True)  # type: ignore[call-overload]
+        counts: Counts = await state_result(state)
         if counts.skipped:
             message = state.message or "skipped"
         else:
@@ -175,7 +175,7 @@ async def process_window(
             )
             if state.is_failed():
                 raise await _failure(state, phase)
-            manifest = await state.result(fetch=True)  # type: ignore[call-overload]
+            manifest = await state_result(state)
             phase = "stage to target"
             state = await stage_to_target.with_options(**options)(
                 p, s, l_, as_is(manifest), return_state=True
@@ -245,7 +245,7 @@ async def windowed_pipeline(config_block: str, max_windows: int | None = None) -
     async def worker() -> None:
         while budget.take():
             state = await claim_window.with_options(**options)(p, s, run_id, return_state=True)
-            lease = await state.result(fetch=True)  # type: ignore[call-overload]
+            lease = await state_result(state)
             if lease is None:
                 log.info(state.message)
                 idle.append(state.message or "nothing to claim")
@@ -256,7 +256,7 @@ async def windowed_pipeline(config_block: str, max_windows: int | None = None) -
     started = time.perf_counter()
     try:
         registered = await register_windows.with_options(**options)(p, s, return_state=True)
-        await registered.result(fetch=True)  # type: ignore[call-overload]
+        await state_result(registered)
         log.info(registered.message)
         await asyncio.gather(*(worker() for _ in range(config.concurrency)))
     finally:
@@ -291,7 +291,7 @@ async def publish_summary(
     to publish it is logged; it never changes the run's outcome."""
     table = [run_row(asdict(o)) for o in outcomes]
     try:
-        await create_table_artifact(  # type: ignore[misc]
+        await create_table_artifact(
             key=artifact_key(config.pipeline_id),
             table=table or [{"window (local)": "-", "status": "nothing to do"}],
             description=(

@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 
 from prefect import task
-from prefect.artifacts import create_markdown_artifact
 
 from ledgerflow import failpoints
 from ledgerflow.clock import utc_now
+from ledgerflow.compat import create_markdown_artifact, uncached
 from ledgerflow.errors import AuditMismatch
 from ledgerflow.ledger import Lease
 from ledgerflow.ledger.audit import AuditVerdict, judge
@@ -22,7 +22,7 @@ from ledgerflow.ports import Systems
 from ledgerflow.tasks.common import RunSettings, artifact_key, logger, timed
 
 
-@task(name="audit", persist_result=False)
+@task(name="audit", persist_result=False, **uncached())
 async def audit(systems: Systems, settings: RunSettings, lease: Lease) -> AuditVerdict:
     """Recount, record the audit columns, and complete or fail the window."""
     async with timed("audit", lease), systems.ledger.open() as ledger:
@@ -51,7 +51,7 @@ async def explain_mismatch(settings: RunSettings, lease: Lease, error: AuditMism
     window = lease.window
     lo, hi = window.local(settings.timezone)
     more = "more" if error.target_count > error.source_count else "fewer"
-    await create_markdown_artifact(  # type: ignore[misc]
+    await create_markdown_artifact(
         key=artifact_key(settings.pipeline_id, "audit"),
         description=f"audit mismatch in {settings.pipeline_id}",
         markdown="\n".join(

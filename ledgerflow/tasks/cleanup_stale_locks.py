@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from prefect import task
 
+from ledgerflow.compat import uncached
 from ledgerflow.ledger import PipelineRecord
 from ledgerflow.ports import Systems
 from ledgerflow.tasks.common import RunSettings, logger, timed
 
 
-@task(name="cleanup_stale_locks", persist_result=False)
+@task(name="cleanup_stale_locks", persist_result=False, **uncached())
 async def cleanup_stale_locks(systems: Systems, settings: RunSettings) -> list[PipelineRecord]:
     """Release IN_PROGRESS windows with no heartbeat for the stale threshold."""
     async with timed("cleanup stale locks"), systems.ledger.open() as ledger:

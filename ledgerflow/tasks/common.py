@@ -15,6 +15,7 @@ from typing import Any
 from prefect import get_run_logger
 from prefect.tasks import exponential_backoff
 
+from ledgerflow.compat import state_result
 from ledgerflow.errors import LeaseLost, is_retryable
 from ledgerflow.ledger import Lease, Ledger
 from ledgerflow.windows import KeyHook
@@ -147,7 +148,7 @@ def retry_options(
     )
 
     async def retry_unless_terminal(task: Any, task_run: Any, state: Any) -> bool:
-        exc = await state.result(raise_on_failure=False, fetch=True)
+        exc = await state_result(state, raise_on_failure=False)
         retry = not isinstance(exc, BaseException) or is_retryable(exc)
         if retry and on_retry is not None and task_run.run_count <= retries:
             try:

@@ -20,6 +20,7 @@ from typing import Any
 from prefect import task
 from prefect.states import Completed, State
 
+from ledgerflow.compat import uncached
 from ledgerflow.ledger import Lease, PhaseStatus
 from ledgerflow.ports import Systems
 from ledgerflow.tasks.common import RunSettings, timed
@@ -32,7 +33,7 @@ class Counts:
     skipped: bool
 
 
-@task(name="pre_validation_count_check", persist_result=False)
+@task(name="pre_validation_count_check", persist_result=False, **uncached())
 async def pre_validation_count_check(
     systems: Systems, settings: RunSettings, lease: Lease
 ) -> State[Any]:

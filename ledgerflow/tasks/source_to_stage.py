@@ -15,6 +15,7 @@ import pyarrow as pa
 from prefect import task
 
 from ledgerflow import failpoints
+from ledgerflow.compat import uncached
 from ledgerflow.errors import ExtractCountMismatch
 from ledgerflow.ledger import Lease, Phase
 from ledgerflow.ports import Manifest, Systems
@@ -63,7 +64,7 @@ async def resumable_manifest(
     return manifest if manifest.matches(await systems.stage.files(location)) else None
 
 
-@task(name="source_to_stage", persist_result=False)
+@task(name="source_to_stage", persist_result=False, **uncached())
 async def source_to_stage(
     systems: Systems, settings: RunSettings, lease: Lease, source_count: int
 ) -> Manifest:

@@ -5,12 +5,13 @@ from __future__ import annotations
 from prefect import task
 
 from ledgerflow import failpoints
+from ledgerflow.compat import uncached
 from ledgerflow.ledger import Lease, Phase
 from ledgerflow.ports import Fence, Manifest, Systems
 from ledgerflow.tasks.common import RunSettings, heartbeat, timed
 
 
-@task(name="stage_to_target", persist_result=False)
+@task(name="stage_to_target", persist_result=False, **uncached())
 async def stage_to_target(
     systems: Systems, settings: RunSettings, lease: Lease, manifest: Manifest
 ) -> int:

@@ -15,13 +15,14 @@ from prefect import task
 from prefect.states import Completed, State
 
 from ledgerflow import failpoints
+from ledgerflow.compat import uncached
 from ledgerflow.ledger import Lease
 from ledgerflow.ports import Systems
 from ledgerflow.tasks.common import RunSettings, logger, timed
 from ledgerflow.windows import Grid, Window, build_record, scheduled_windows
 
 
-@task(name="store_and_validate.register", persist_result=False)
+@task(name="store_and_validate.register", persist_result=False, **uncached())
 async def register_windows(
     systems: Systems, settings: RunSettings, at: datetime | None = None
 ) -> State[Any]:
@@ -65,7 +66,7 @@ async def register_windows(
     return Completed(message=message, data=done.new)
 
 
-@task(name="store_and_validate.claim", persist_result=False)
+@task(name="store_and_validate.claim", persist_result=False, **uncached())
 async def claim_window(systems: Systems, settings: RunSettings, run_id: str) -> State[Any]:
     """Claim the next eligible PENDING window (row lock, fresh lease), or say why there is none.
 

@@ -12,6 +12,7 @@ import duckdb
 import pyarrow as pa
 import pytest
 from ledgerflow.blocks.config import load_final_config
+from ledgerflow.compat import state_result
 from ledgerflow.demo import DEMO_END, DEMO_START
 from ledgerflow.errors import ConfigError
 from ledgerflow.flows.pipeline import windowed_pipeline
@@ -75,7 +76,7 @@ async def test_max_windows_and_concurrency_bound_a_run(pipeline: Pipeline) -> No
     name = await pipeline.save(concurrency=2)
     state = await windowed_pipeline(config_block=name, max_windows=5, return_state=True)
     assert state.is_completed()
-    rows = await state.result(fetch=True)
+    rows = await state_result(state)
     assert len(rows) == 5
     statuses = [r.pipeline_status for r in await pipeline.records()]
     assert statuses.count(Status.COMPLETED) == 5 and statuses.count(Status.PENDING) == 19
@@ -328,10 +329,10 @@ async def test_a_missing_block_is_a_clear_error(pipeline: Pipeline) -> None:
     state = await windowed_pipeline(config_block=name, return_state=True)
     assert state.is_failed()
     with pytest.raises(ConfigError, match=r"target_block='ledgerflow-duckdb-target/nope' names no"):
-        await state.result(fetch=True)
+        await state_result(state)
 
 
 async def test_a_missing_config_is_a_clear_error() -> None:
     state = await windowed_pipeline(config_block="never-saved", return_state=True)
     with pytest.raises(ConfigError, match="no pipeline config block named 'never-saved'"):
-        await state.result(fetch=True)
+        await state_result(state)

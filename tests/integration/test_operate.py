@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from ledgerflow.cli import app
+from ledgerflow.compat import state_result_sync
 from ledgerflow.demo import DEMO_END, DEMO_START
 from ledgerflow.flows.pipeline import windowed_pipeline
 from ledgerflow.ledger import Ledger, PipelineRecord, Status
@@ -71,7 +72,7 @@ def test_backfill_plans_then_registers_each_missing_window_once(tmp_path: Path) 
 def test_a_run_takes_a_fresh_window_before_backfilled_ones(tmp_path: Path) -> None:
     _, name = scheduled_from_day_two(tmp_path)
     assert cli("backfill", "-c", name, *DAY_ONE)["registered"] == 12
-    [row] = run(name).result(fetch=True)
+    [row] = state_result_sync(run(name))
     assert row["window_start"] >= (DEMO_START + timedelta(days=1)).astimezone(UTC).isoformat()[:19]
 
 

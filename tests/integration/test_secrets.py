@@ -16,6 +16,7 @@ from elasticsearch import AsyncElasticsearch
 from ledgerflow.blocks.elasticsearch import ElasticsearchSource, PlainJsonNode
 from ledgerflow.blocks.ledger_db import LedgerDatabase
 from ledgerflow.cli import app
+from ledgerflow.compat import flush_run_logs
 from ledgerflow.demo import DEMO_START
 from ledgerflow.deployments.save_blocks import register_file
 from ledgerflow.flows.pipeline import windowed_pipeline
@@ -189,6 +190,7 @@ async def seed_events(url: str, index: str) -> None:
 
 
 async def run_logs(state: Any) -> str:
+    await flush_run_logs()
     async with get_client() as client:
         logs = await client.read_logs(
             log_filter=LogFilter(

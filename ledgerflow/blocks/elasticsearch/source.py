@@ -16,7 +16,6 @@ from typing import Any, Literal
 import pyarrow as pa
 from elasticsearch import AsyncElasticsearch
 from prefect.blocks.core import Block
-from pydantic.v1 import Field, PrivateAttr, SecretStr, root_validator, validator
 
 from ledgerflow import gctune
 from ledgerflow.blocks.checks import check_node_url, forbid_unknown_fields
@@ -30,6 +29,7 @@ from ledgerflow.blocks.elasticsearch.probe import (
     read_mapping,
 )
 from ledgerflow.blocks.elasticsearch.transport import connect, source_errors
+from ledgerflow.compat import Field, PrivateAttr, SecretStr, root_validator, validator
 from ledgerflow.redact import has_userinfo, scrub_url
 from ledgerflow.windows import Window
 
