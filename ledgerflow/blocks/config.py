@@ -13,7 +13,7 @@ from typing import Any, Literal
 from prefect.blocks.core import Block
 from prefect.utilities.asyncutils import sync_compatible
 
-from ledgerflow.blocks.checks import forbid_unknown_fields
+from ledgerflow.blocks.checks import forbid_unknown_fields, in_range
 from ledgerflow.blocks.kinds import SLOT_KIND, check_slot
 from ledgerflow.compat import Field, ValidationError, cron_is_valid, root_validator, validator
 from ledgerflow.durations import parse_duration
@@ -242,23 +242,11 @@ class PipelineConfig(Block):
             check_slot(field.name, v)
         return v
 
-    @validator("max_retry_task")
-    def _retries(cls, v: int) -> int:
-        if not 0 <= v <= 10:
-            raise ValueError(f"max_retry_task={v!r} must be between 0 and 10")
-        return v
+    _retries = in_range("max_retry_task", 0, 10)
 
-    @validator("retry_backoff_seconds")
-    def _backoff(cls, v: float) -> float:
-        if not 0 <= v <= 3600:
-            raise ValueError(f"retry_backoff_seconds={v!r} must be between 0 and 3600")
-        return v
+    _backoff = in_range("retry_backoff_seconds", 0, 3600)
 
-    @validator("max_window_attempts")
-    def _attempts(cls, v: int) -> int:
-        if not 1 <= v <= 100:
-            raise ValueError(f"max_window_attempts={v!r} must be between 1 and 100")
-        return v
+    _attempts = in_range("max_window_attempts", 1, 100)
 
     @validator("check_fields", each_item=True)
     def _check_field(cls, v: str) -> str:
@@ -274,23 +262,11 @@ class PipelineConfig(Block):
             raise ValueError(f"{field.name}={v!r} must be 'package.module:function'")
         return v
 
-    @validator("audit_tolerance_percent")
-    def _tolerance(cls, v: float) -> float:
-        if not 0 <= v <= 100:
-            raise ValueError(f"audit_tolerance_percent={v!r} must be between 0 and 100")
-        return v
+    _tolerance = in_range("audit_tolerance_percent", 0, 100)
 
-    @validator("windows_per_run")
-    def _per_run(cls, v: int) -> int:
-        if not 1 <= v <= 100_000:
-            raise ValueError(f"windows_per_run={v!r} must be between 1 and 100000")
-        return v
+    _per_run = in_range("windows_per_run", 1, 100_000)
 
-    @validator("concurrency")
-    def _concurrency(cls, v: int) -> int:
-        if not 1 <= v <= 64:
-            raise ValueError(f"concurrency={v!r} must be between 1 and 64")
-        return v
+    _concurrency = in_range("concurrency", 1, 64)
 
     @root_validator(skip_on_failure=True)
     def _backoff_fits(cls, values: dict[str, Any]) -> dict[str, Any]:
