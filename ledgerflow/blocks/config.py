@@ -114,8 +114,9 @@ class PipelineConfig(Block):
     key_x_hook: str | None = Field(
         None,
         title="key_x function",
-        description="'package.module:function' computing a window's key_x "
-        "(default: the window's stage path).",
+        description="'package.module:function' computing a window's key_x, a label recorded "
+        "in the ledger (default: the window's stage path). It never moves where the window "
+        "is staged.",
     )
     key_y_hook: str | None = Field(
         None,
