@@ -327,14 +327,26 @@ def windows_before(
 # --- record completeness: the seed's function_x/y/z and check_fields ------------------------
 
 KeyHook = Callable[[str, Window, str], "str | None"]
-"""A key hook receives (pipeline_id, window, timezone) and returns the key's text."""
+"""A key hook receives (pipeline_id, window, timezone) and returns the key's text, which is
+recorded in the ledger and checked by check_fields; no hook decides where data is staged."""
 
 KEY_FIELDS = ("key_x", "key_y", "key_z")
 
 
-def stage_location(pipeline_id: str, window: Window, _timezone: str = "UTC") -> str:
-    """The default key_x: the window's stage path, `{pipeline_id}/{target_day}/{window key}`."""
+def stage_location(pipeline_id: str, window: Window) -> str:
+    """Where the window's files are staged: `{pipeline_id}/{target_day}/{window key}`, under the
+    stage's root or prefix. Always this path, whatever key_x hook is configured: the stage path
+    must stay a function of the window alone, so a resumed or retried window finds its files and
+    two windows never share a folder."""
     return f"{pipeline_id}/{window.target_day.isoformat()}/{window.key}"
+
+
+def stage_path_label(pipeline_id: str, window: Window, _timezone: str) -> str:
+    """The default key_x: the window's stage path (`stage_location`), recorded as a label.
+
+    key_x is only recorded in the ledger; it never decides where data lands. A custom key_x
+    hook changes the recorded text and nothing else."""
+    return stage_location(pipeline_id, window)
 
 
 def local_label(_pipeline_id: str, window: Window, timezone: str) -> str:
@@ -349,7 +361,7 @@ def window_seconds(_pipeline_id: str, window: Window, _timezone: str) -> str:
 
 
 DEFAULT_HOOKS: Mapping[str, KeyHook] = {
-    "key_x": stage_location,
+    "key_x": stage_path_label,
     "key_y": local_label,
     "key_z": window_seconds,
 }

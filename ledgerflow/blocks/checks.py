@@ -1,5 +1,5 @@
-"""Checks every ledgerflow block shares: no unknown fields, node URLs the clients accept, and
-client-construction errors classified as terminal.
+"""Checks every ledgerflow block shares: no unknown fields, numbers within their range, node URLs
+the clients accept, and client-construction errors classified as terminal.
 
 A typo in a block's settings must fail when the block is built (so `save`, `blocks register
 --file` and the load at flow start refuse it), never after a run has retried it three times.
@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
-from ledgerflow.compat import field_aliases, root_validator
+from ledgerflow.compat import field_aliases, root_validator, validator
 from ledgerflow.errors import ClientSettingsError, LedgerflowError
 from ledgerflow.redact import scrub_url, scrub_urls
 
@@ -62,6 +62,21 @@ def forbid_unknown_fields() -> Any:
     the `block_type_slug` Prefect adds to a block's data, and say nothing about the typo.
     Assign it in the class body: `_known_fields = forbid_unknown_fields()`."""
     return root_validator(pre=True, allow_reuse=True)(_reject_unknown)
+
+
+def in_range(field: str, lo: float, hi: float, *, note: str = "") -> Any:
+    """A validator refusing a value of `field` outside [lo, hi], both ends allowed, with the
+    message `"{field}={value!r} must be between {lo} and {hi}{note}"` (so `note` starts with its
+    own separator, e.g. `" (S3's limits)"`). None passes: an unset optional field is not checked.
+    Assign it in the class body: `_retries = in_range("max_retry_task", 0, 10)`."""
+
+    def check(v: Any) -> Any:
+        if v is not None and not lo <= v <= hi:
+            raise ValueError(f"{field}={v!r} must be between {lo} and {hi}{note}")
+        return v
+
+    check.__name__ = check.__qualname__ = f"_{field}_in_range"
+    return validator(field, allow_reuse=True)(check)
 
 
 def check_node_url(where: str, url: str) -> None:

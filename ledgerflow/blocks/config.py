@@ -5,26 +5,28 @@ Each bad value is refused with one sentence naming the field, the value and what
 
 from __future__ import annotations
 
-import importlib
-import re
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from prefect.blocks.core import Block
 from prefect.utilities.asyncutils import sync_compatible
 
-from ledgerflow.blocks.checks import forbid_unknown_fields
-from ledgerflow.blocks.kinds import SLOT_KIND, check_slot
-from ledgerflow.compat import Field, ValidationError, cron_is_valid, root_validator, validator
+from ledgerflow.blocks.checks import forbid_unknown_fields, in_range
+from ledgerflow.blocks.config_checks import (
+    check_check_field,
+    check_cron,
+    check_email,
+    check_end,
+    check_hook_path,
+    check_pipeline_id,
+    check_slug,
+    check_start,
+    import_hook,
+)
+from ledgerflow.compat import Field, ValidationError, root_validator, validator
 from ledgerflow.durations import parse_duration
 from ledgerflow.errors import ConfigError
 from ledgerflow.windows import KEY_FIELDS, KeyHook, check_granularity, zone
-
-_PIPELINE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}")
-_HOOK = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
-_SLUG = re.compile(r"[a-z0-9][a-z0-9\-]*/[A-Za-z0-9][\w\-]*")
-_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
-CHECKABLE_FIELDS = (*KEY_FIELDS, "target_day", "time_interval")
 
 
 class PipelineConfig(Block):
@@ -114,8 +116,9 @@ class PipelineConfig(Block):
     key_x_hook: str | None = Field(
         None,
         title="key_x function",
-        description="'package.module:function' computing a window's key_x "
-        "(default: the window's stage path).",
+        description="'package.module:function' computing a window's key_x, a label recorded "
+        "in the ledger (default: the window's stage path). It never moves where the window "
+        "is staged.",
     )
     key_y_hook: str | None = Field(
         None,
@@ -164,14 +167,7 @@ class PipelineConfig(Block):
         "'ledgerflow-snowflake-target/prod'.",
     )
 
-    @validator("pipeline_id")
-    def _pipeline_id(cls, v: str) -> str:
-        if not isinstance(v, str) or not _PIPELINE_ID.fullmatch(v):
-            raise ValueError(
-                f"pipeline_id={v!r} is not allowed; use 1-100 letters, digits, '_', '-' or '.', "
-                "starting with a letter or digit"
-            )
-        return v
+    _pipeline_id = validator("pipeline_id", allow_reuse=True)(check_pipeline_id)
 
     @validator("timezone")
     def _timezone(cls, v: str) -> str:
@@ -194,103 +190,38 @@ class PipelineConfig(Block):
             raise ValueError(f"stale_threshold_hours={v!r} must be > 0 and at most 168 (a week)")
         return v
 
-    @validator("start")
-    def _start(cls, v: datetime | None) -> datetime | None:
-        if v is None:
-            return None
-        if v.tzinfo is None:
-            raise ValueError(
-                f"start={v.isoformat()!r} has no UTC offset; write e.g. 2025-03-01T00:00:00Z"
-            )
-        if v > datetime.now(UTC):
-            raise ValueError(f"start={v.isoformat()!r} is in the future; it must be in the past")
-        return v.astimezone(UTC)
+    _start = validator("start", allow_reuse=True)(check_start)
 
-    @validator("end")
-    def _end(cls, v: datetime | None, values: dict[str, Any]) -> datetime | None:
-        if v is None:
-            return None
-        if v.tzinfo is None:
-            raise ValueError(
-                f"end={v.isoformat()!r} has no UTC offset; write e.g. 2025-04-01T00:00:00Z"
-            )
-        start = values.get("start")
-        if start is not None and v <= start:
-            raise ValueError(f"end={v.isoformat()!r} must be after start={start.isoformat()!r}")
-        return v.astimezone(UTC)
+    _end = validator("end", allow_reuse=True)(check_end)
 
-    @validator("cron_schedule")
-    def _cron(cls, v: str) -> str:
-        if not cron_is_valid(v):
-            raise ValueError(f"cron_schedule={v!r} is not a valid 5-field cron expression")
-        return v
+    _cron = validator("cron_schedule", allow_reuse=True)(check_cron)
 
-    @validator("email_list", each_item=True)
-    def _email(cls, v: str) -> str:
-        if not _EMAIL.fullmatch(v):
-            raise ValueError(f"email_list entry {v!r} is not an email address")
-        return v
+    _email = validator("email_list", each_item=True, allow_reuse=True)(check_email)
 
-    @validator("notification_block", "ledger_block", "source_block", "stage_block", "target_block")
-    def _slug(cls, v: str | None, field: Any) -> str | None:
-        if v is not None and not _SLUG.fullmatch(v):
-            raise ValueError(
-                f"{field.name}={v!r} is not a block slug; write '<block-type-slug>/<block-name>', "
-                "e.g. 'ledgerflow-duckdb-source/demo'"
-            )
-        if v is not None and field.name in SLOT_KIND:
-            check_slot(field.name, v)
-        return v
+    _slug = validator(
+        "notification_block",
+        "ledger_block",
+        "source_block",
+        "stage_block",
+        "target_block",
+        allow_reuse=True,
+    )(check_slug)
 
-    @validator("max_retry_task")
-    def _retries(cls, v: int) -> int:
-        if not 0 <= v <= 10:
-            raise ValueError(f"max_retry_task={v!r} must be between 0 and 10")
-        return v
+    _retries = in_range("max_retry_task", 0, 10)
 
-    @validator("retry_backoff_seconds")
-    def _backoff(cls, v: float) -> float:
-        if not 0 <= v <= 3600:
-            raise ValueError(f"retry_backoff_seconds={v!r} must be between 0 and 3600")
-        return v
+    _backoff = in_range("retry_backoff_seconds", 0, 3600)
 
-    @validator("max_window_attempts")
-    def _attempts(cls, v: int) -> int:
-        if not 1 <= v <= 100:
-            raise ValueError(f"max_window_attempts={v!r} must be between 1 and 100")
-        return v
+    _attempts = in_range("max_window_attempts", 1, 100)
 
-    @validator("check_fields", each_item=True)
-    def _check_field(cls, v: str) -> str:
-        if v not in CHECKABLE_FIELDS:
-            raise ValueError(
-                f"check_fields entry {v!r} is unknown; allowed: {list(CHECKABLE_FIELDS)}"
-            )
-        return v
+    _check_field = validator("check_fields", each_item=True, allow_reuse=True)(check_check_field)
 
-    @validator("key_x_hook", "key_y_hook", "key_z_hook")
-    def _hook(cls, v: str | None, field: Any) -> str | None:
-        if v is not None and not _HOOK.fullmatch(v):
-            raise ValueError(f"{field.name}={v!r} must be 'package.module:function'")
-        return v
+    _hook = validator("key_x_hook", "key_y_hook", "key_z_hook", allow_reuse=True)(check_hook_path)
 
-    @validator("audit_tolerance_percent")
-    def _tolerance(cls, v: float) -> float:
-        if not 0 <= v <= 100:
-            raise ValueError(f"audit_tolerance_percent={v!r} must be between 0 and 100")
-        return v
+    _tolerance = in_range("audit_tolerance_percent", 0, 100)
 
-    @validator("windows_per_run")
-    def _per_run(cls, v: int) -> int:
-        if not 1 <= v <= 100_000:
-            raise ValueError(f"windows_per_run={v!r} must be between 1 and 100000")
-        return v
+    _per_run = in_range("windows_per_run", 1, 100_000)
 
-    @validator("concurrency")
-    def _concurrency(cls, v: int) -> int:
-        if not 1 <= v <= 64:
-            raise ValueError(f"concurrency={v!r} must be between 1 and 64")
-        return v
+    _concurrency = in_range("concurrency", 1, 64)
 
     @root_validator(skip_on_failure=True)
     def _backoff_fits(cls, values: dict[str, Any]) -> dict[str, Any]:
@@ -340,19 +271,8 @@ class PipelineConfig(Block):
         for key in KEY_FIELDS:
             path = getattr(self, f"{key}_hook")
             if path:
-                hooks[key] = _import_hook(f"{key}_hook", path)
+                hooks[key] = import_hook(f"{key}_hook", path)
         return hooks
-
-
-def _import_hook(field: str, path: str) -> KeyHook:
-    module_name, _, attr = path.partition(":")
-    try:
-        hook = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"{field}={path!r} cannot be imported: {exc}") from exc
-    if not callable(hook):
-        raise ConfigError(f"{field}={path!r} is not callable")
-    return hook  # type: ignore[no-any-return]
 
 
 def explain(exc: ValidationError, name: str, what: str | None = None) -> ConfigError:

@@ -82,12 +82,6 @@ def check_memory_limit(value: str | None) -> str | None:
     return f"{found[1]}{found[2]}"
 
 
-def check_threads(value: int | None) -> int | None:
-    if value is not None and not 1 <= value <= 1024:
-        raise ValueError(f"threads={value!r} must be between 1 and 1024, or unset for one per core")
-    return value
-
-
 def check_temp_directory(value: str | None) -> str | None:
     if value is not None and not value.strip():
         raise ValueError(

@@ -15,7 +15,7 @@ import duckdb
 import pyarrow as pa
 from prefect.blocks.core import Block
 
-from ledgerflow.blocks.checks import forbid_unknown_fields
+from ledgerflow.blocks.checks import forbid_unknown_fields, in_range
 from ledgerflow.blocks.duckdb_common import DUCKDB_ERRORS, DuckDBHandle, translate
 from ledgerflow.compat import Field, root_validator, validator
 from ledgerflow.errors import SourceError, SourceTerminalError
@@ -81,11 +81,7 @@ class DuckDBSource(Block):
             raise ValueError(f"files={v!r} must end in one of {sorted(_READERS)}")
         return v
 
-    @validator("batch_rows")
-    def _batch(cls, v: int) -> int:
-        if not 1_000 <= v <= 10_000_000:
-            raise ValueError(f"batch_rows={v!r} must be between 1000 and 10000000")
-        return v
+    _batch = in_range("batch_rows", 1_000, 10_000_000)
 
     @root_validator(skip_on_failure=True)
     def _one_relation(cls, values: dict[str, Any]) -> dict[str, Any]:

@@ -9,14 +9,13 @@ import duckdb
 from prefect.blocks.core import Block
 
 from ledgerflow import failpoints
-from ledgerflow.blocks.checks import forbid_unknown_fields
+from ledgerflow.blocks.checks import forbid_unknown_fields, in_range
 from ledgerflow.blocks.duckdb_common import (
     DUCKDB_ERRORS,
     DuckDBHandle,
     Resources,
     check_memory_limit,
     check_temp_directory,
-    check_threads,
     creating_tables,
     table_exists,
     translate,
@@ -97,7 +96,7 @@ class DuckDBTarget(Block):
     )
 
     _memory_limit = validator("memory_limit", allow_reuse=True)(check_memory_limit)
-    _threads = validator("threads", allow_reuse=True)(check_threads)
+    _threads = in_range("threads", 1, 1024, note=", or unset for one per core")
     _temp_directory = validator("temp_directory", allow_reuse=True)(check_temp_directory)
 
     @validator("table")

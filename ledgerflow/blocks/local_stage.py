@@ -12,9 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from prefect.blocks.core import Block
 
-from ledgerflow.blocks.checks import forbid_unknown_fields
+from ledgerflow.blocks.checks import forbid_unknown_fields, in_range
 from ledgerflow.blocks.parquet_parts import Part, write_parts
-from ledgerflow.compat import Field, validator
+from ledgerflow.compat import Field
 from ledgerflow.errors import StageError, StageTerminalError
 from ledgerflow.ports import Manifest, StagedFile
 
@@ -45,11 +45,7 @@ class LocalStage(Block):
         64.0, title="Part size (MB)", description="Parquet bytes per part."
     )
 
-    @validator("target_file_mb")
-    def _size(cls, v: float) -> float:
-        if not 0.01 <= v <= 4096:
-            raise ValueError(f"target_file_mb={v!r} must be between 0.01 and 4096")
-        return v
+    _size = in_range("target_file_mb", 0.01, 4096)
 
     def folder(self, location: str) -> Path:
         root = Path(self.root).resolve()

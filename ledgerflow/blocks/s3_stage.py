@@ -23,7 +23,7 @@ from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionEr
 from prefect.blocks.core import Block
 from prefect_aws.s3 import S3Bucket
 
-from ledgerflow.blocks.checks import client_settings, forbid_unknown_fields
+from ledgerflow.blocks.checks import client_settings, forbid_unknown_fields, in_range
 from ledgerflow.blocks.nested import revalidated
 from ledgerflow.blocks.parquet_parts import Part, write_parts
 from ledgerflow.compat import Field, PrivateAttr, validator
@@ -78,17 +78,9 @@ class S3Stage(Block):
             raise ValueError(f"prefix={v!r} must be a non-empty key prefix without '..'")
         return v
 
-    @validator("target_file_mb")
-    def _size(cls, v: float) -> float:
-        if not 1 <= v <= 5 * 1024:
-            raise ValueError(f"target_file_mb={v!r} must be between 1 and 5120")
-        return v
+    _size = in_range("target_file_mb", 1, 5 * 1024)
 
-    @validator("multipart_chunk_mb")
-    def _chunk(cls, v: int) -> int:
-        if not 5 <= v <= 512:
-            raise ValueError(f"multipart_chunk_mb={v!r} must be between 5 and 512 (S3's limits)")
-        return v
+    _chunk = in_range("multipart_chunk_mb", 5, 512, note=" (S3's limits)")
 
     # --- Stage protocol -----------------------------------------------------------------------
 

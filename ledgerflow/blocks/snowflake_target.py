@@ -11,7 +11,6 @@ connector calls run in a worker thread, off the event loop.
 from __future__ import annotations
 
 import asyncio
-import re
 import threading
 from collections.abc import Callable
 from datetime import datetime
@@ -26,6 +25,7 @@ from ledgerflow.blocks import snowflake_sql as sql
 from ledgerflow.blocks.checks import client_settings, forbid_unknown_fields
 from ledgerflow.blocks.interrupt import Interrupt, in_thread
 from ledgerflow.blocks.nested import revalidated
+from ledgerflow.blocks.snowflake_errors import target_error
 from ledgerflow.clock import utc_now
 from ledgerflow.compat import Field, validator
 from ledgerflow.errors import (
@@ -37,47 +37,10 @@ from ledgerflow.errors import (
     TargetTerminalError,
 )
 from ledgerflow.ports import Fence, Manifest
-from ledgerflow.redact import scrub_urls
 from ledgerflow.sqlident import quote_identifier
 from ledgerflow.windows import Window
 
 T = TypeVar("T")
-# Snowflake error numbers that no retry will fix.
-_TERMINAL = {
-    2003: "an object does not exist or is not authorized",
-    1003: "the SQL does not compile",
-    390100: "the user name or password is wrong",
-    390144: "the private key or JWT is invalid",
-    250001: "the account could not be reached or refused the login",
-}
-# 250001 ("failed to connect to DB") also covers causes a retry may fix: the connector raises it
-# for an HTTP 502/503/504 answer to the login and when its own connection attempts ran out.
-_RETRYABLE_HTTP = (
-    sf_errors.ServiceUnavailableError,
-    sf_errors.BadGatewayError,
-    sf_errors.GatewayTimeoutError,
-    sf_errors.InternalServerError,
-    sf_errors.RequestTimeoutError,
-    sf_errors.TooManyRequests,
-    sf_errors.OtherHTTPRetryableError,
-)
-_TRANSIENT_LOGIN = re.compile(
-    r"Service is unavailable|Could not connect (?:to Snowflake backend )?after \d+ attempt|"
-    r"HTTP 50[234]",
-    re.IGNORECASE,
-)
-# SQLSTATE the connector gives a login whose credentials the server rejected.
-_CREDENTIALS_REJECTED = "28000"
-
-# Snowflake error numbers for a statement that gave up waiting on another transaction's lock.
-_LOCKED = {625, 630}
-_LOCKED_HINT = (
-    ". Another transaction holds the table's lock; if a worker died inside a load, its "
-    "transaction stays open until Snowflake rolls it back (after 4 hours idle). Find it with "
-    "SHOW TRANSACTIONS and end it with SELECT SYSTEM$ABORT_TRANSACTION(<id>); the window is "
-    "retried meanwhile, nothing was written"
-)
-
 # Tables this process created (or found), by account, host, database, schema and table, and the
 # lock its creators take turns under: a window's load need not create its table again.
 _created_tables: set[tuple[str, ...]] = set()
@@ -424,30 +387,7 @@ class SnowflakeTarget(Block):
                 return await in_thread(run)
             return await asyncio.to_thread(run, Interrupt())
         except sf_errors.Error as exc:
-            where = f"Snowflake table {self.table!r}"
-            reason = terminal_reason(exc)
-            said = scrub_urls(str(exc.msg))  # a login error may quote an SSO or OAuth URL
-            if reason:
-                raise TargetTerminalError(
-                    f"{where}: {action} failed because {reason} ({exc.errno}): {said}"
-                ) from None
-            hint = _LOCKED_HINT if exc.errno in _LOCKED else ""
-            raise TargetError(f"{where}: {action} failed ({exc.errno}): {said}{hint}") from None
-
-
-def terminal_reason(exc: sf_errors.Error) -> str | None:
-    """Why no retry will fix `exc`, or None when a retry may: classified by cause (SQLSTATE,
-    the connector's error class, its message), since one errno (250001) covers both kinds."""
-    message = str(exc.msg or "")
-    if "incorrect username or password" in message.lower():
-        return _TERMINAL[390100]
-    if exc.sqlstate == _CREDENTIALS_REJECTED:
-        return _TERMINAL.get(exc.errno or 0, "the credentials were refused")
-    if isinstance(exc, _RETRYABLE_HTTP) or _TRANSIENT_LOGIN.search(message):
-        return None
-    if isinstance(exc, sf_errors.ForbiddenError):
-        return "the account name is wrong or the login was forbidden (HTTP 403)"
-    return _TERMINAL.get(exc.errno or 0)
+            raise target_error(exc, f"Snowflake table {self.table!r}", action) from None
 
 
 def _cancel_all(connection: Any) -> None:

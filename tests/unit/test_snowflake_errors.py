@@ -9,7 +9,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from ledgerflow.blocks.snowflake_target import SnowflakeTarget, terminal_reason
+from ledgerflow.blocks.snowflake_errors import terminal_reason
+from ledgerflow.blocks.snowflake_target import SnowflakeTarget
 from ledgerflow.errors import TargetError, TargetTerminalError
 from ledgerflow.windows import Window
 from prefect_snowflake.credentials import SnowflakeCredentials

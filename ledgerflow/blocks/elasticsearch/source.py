@@ -18,7 +18,7 @@ from elasticsearch import AsyncElasticsearch
 from prefect.blocks.core import Block
 
 from ledgerflow import gctune
-from ledgerflow.blocks.checks import check_node_url, forbid_unknown_fields
+from ledgerflow.blocks.checks import check_node_url, forbid_unknown_fields, in_range
 from ledgerflow.blocks.elasticsearch.batches import Shaping
 from ledgerflow.blocks.elasticsearch.fingerprint import window_fingerprint
 from ledgerflow.blocks.elasticsearch.paging import PitApi, Reading, window_pages, window_query
@@ -158,17 +158,9 @@ class ElasticsearchSource(Block):
             )
         return v
 
-    @validator("page_size")
-    def _page(cls, v: int) -> int:
-        if not 10 <= v <= 10_000:
-            raise ValueError(f"page_size={v!r} must be between 10 and 10000")
-        return v
+    _page = in_range("page_size", 10, 10_000)
 
-    @validator("slices")
-    def _slices(cls, v: int) -> int:
-        if not 1 <= v <= 32:
-            raise ValueError(f"slices={v!r} must be between 1 and 32")
-        return v
+    _slices = in_range("slices", 1, 32)
 
     # --- Source protocol ----------------------------------------------------------------------
 
