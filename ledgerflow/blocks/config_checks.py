@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ledgerflow.blocks.kinds import SLOT_KIND, check_slot
+from ledgerflow.clock import utc_now
 from ledgerflow.compat import cron_is_valid
 from ledgerflow.errors import ConfigError
 from ledgerflow.windows import KEY_FIELDS, KeyHook
@@ -36,7 +37,7 @@ def check_start(v: datetime | None) -> datetime | None:
         raise ValueError(
             f"start={v.isoformat()!r} has no UTC offset; write e.g. 2025-03-01T00:00:00Z"
         )
-    if v > datetime.now(UTC):
+    if v > utc_now():
         raise ValueError(f"start={v.isoformat()!r} is in the future; it must be in the past")
     return v.astimezone(UTC)
 

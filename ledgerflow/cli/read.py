@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
@@ -24,6 +23,7 @@ from ledgerflow.cli.common import (
     run_async,
     span,
 )
+from ledgerflow.clock import utc_now
 from ledgerflow.errors import LedgerflowError
 
 
@@ -81,7 +81,7 @@ def status(config: ConfigOption = None, as_json: JsonOption = False) -> None:
             return cfg, await ledger.summary(cfg.pipeline_id, start=cfg.start, end=cfg.end)
 
     cfg, summary = run_async(go())
-    now = datetime.now(UTC)
+    now = utc_now()
     data = summary_dict(summary, cfg.timezone, now)
     if as_json:
         typer.echo(json.dumps(data, indent=2, default=str))
@@ -149,7 +149,7 @@ def windows(
             return cfg, rows
 
     cfg, rows = run_async(go())
-    now = datetime.now(UTC)
+    now = utc_now()
     if as_json:
         data = [record_dict(r, cfg.timezone, now) for r in rows]
         typer.echo(json.dumps(data, indent=2, default=str))
