@@ -24,18 +24,21 @@ _WHERE = {
 
 __all__ = sorted(_WHERE)
 
-# Each ledgerflow block type's slug and the module that defines it: loading a saved block imports
-# that module alone (tests/unit/test_blocks_standard.py checks this against the catalog).
-MODULE_OF_SLUG = {
-    "ledgerflow-pipeline-config": "ledgerflow.blocks.config",
-    "ledgerflow-ledger-database": "ledgerflow.blocks.ledger_db",
-    "ledgerflow-duckdb-source": "ledgerflow.blocks.duckdb_source",
-    "ledgerflow-duckdb-target": "ledgerflow.blocks.duckdb_target",
-    "ledgerflow-elasticsearch-source": "ledgerflow.blocks.elasticsearch.source",
-    "ledgerflow-local-stage": "ledgerflow.blocks.local_stage",
-    "ledgerflow-s3-stage": "ledgerflow.blocks.s3_stage",
-    "ledgerflow-snowflake-target": "ledgerflow.blocks.snowflake_target",
+# Each ledgerflow block type's slug, the module that defines it and its kind: loading a saved block
+# imports that module alone, and a config slot naming a block of another kind is refused without
+# importing any client library (tests/unit/test_blocks_standard.py and
+# tests/integration/test_configure.py check this table against the catalog and the Protocols).
+BLOCK_TYPES: dict[str, tuple[str, str]] = {
+    "ledgerflow-pipeline-config": ("ledgerflow.blocks.config", "pipeline config"),
+    "ledgerflow-ledger-database": ("ledgerflow.blocks.ledger_db", "ledger"),
+    "ledgerflow-duckdb-source": ("ledgerflow.blocks.duckdb_source", "source"),
+    "ledgerflow-duckdb-target": ("ledgerflow.blocks.duckdb_target", "target"),
+    "ledgerflow-elasticsearch-source": ("ledgerflow.blocks.elasticsearch.source", "source"),
+    "ledgerflow-local-stage": ("ledgerflow.blocks.local_stage", "stage"),
+    "ledgerflow-s3-stage": ("ledgerflow.blocks.s3_stage", "stage"),
+    "ledgerflow-snowflake-target": ("ledgerflow.blocks.snowflake_target", "target"),
 }
+MODULE_OF_SLUG = {slug: module for slug, (module, _) in BLOCK_TYPES.items()}
 
 
 def __getattr__(name: str) -> Any:

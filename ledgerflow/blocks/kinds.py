@@ -15,18 +15,11 @@ from typing import Any
 from prefect.blocks.core import Block
 from prefect.utilities.dispatch import get_registry_for_type
 
+from ledgerflow.blocks import BLOCK_TYPES
+
 LEDGER_TYPE = "ledgerflow-ledger-database"
 
-KIND_OF_TYPE: dict[str, str] = {
-    LEDGER_TYPE: "ledger",
-    "ledgerflow-duckdb-source": "source",
-    "ledgerflow-elasticsearch-source": "source",
-    "ledgerflow-local-stage": "stage",
-    "ledgerflow-s3-stage": "stage",
-    "ledgerflow-duckdb-target": "target",
-    "ledgerflow-snowflake-target": "target",
-    "ledgerflow-pipeline-config": "pipeline config",
-}
+KIND_OF_TYPE: dict[str, str] = {slug: kind for slug, (_, kind) in BLOCK_TYPES.items()}
 
 SLOT_KIND: dict[str, str] = {
     "ledger_block": "ledger",
