@@ -1,27 +1,40 @@
 # Two commands for a new user: `make demo` and `make test`. Everything else is for developers.
-PYTHON ?= $(shell command -v python3.11 >/dev/null 2>&1 && echo python3.11 || echo python3)
-VENV   ?= .venv
+# PREFECT=3 runs any target on the newest Prefect 3 line instead of Prefect 2.20 (the reference),
+# in a virtualenv of its own: `make test PREFECT=3`, `make demo PREFECT=3`, `make bench PREFECT=3`.
+PYTHON  ?= $(shell command -v python3.11 >/dev/null 2>&1 && echo python3.11 || echo python3)
+PREFECT ?= 2
+ifeq ($(PREFECT),3)
+VENV    ?= .venv3
+DEV     := dev3
+else ifeq ($(PREFECT),2)
+VENV    ?= .venv
+DEV     := dev
+else
+$(error PREFECT must be 2 or 3, not '$(PREFECT)')
+endif
+CONSTRAINTS := constraints/prefect$(PREFECT).txt
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-dev
+STAMP  := $(VENV)/.installed-$(DEV)
 # The demo needs ledgerflow and its core dependencies only (Prefect, DuckDB, pyarrow, SQLite),
 # not the test and lint toolchain or the production extras.
 DEMO_STAMP := $(VENV)/.installed-demo
 
 .PHONY: install demo test test-fast test-prefect3 lint format bench chaos clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[$(DEV)]' \
+	  -c $(CONSTRAINTS)
 	touch $(STAMP)
 
 install: $(STAMP)
 
-$(DEMO_STAMP): pyproject.toml constraints/prefect2.txt
+$(DEMO_STAMP): pyproject.toml $(CONSTRAINTS)
 	@echo "make demo: creating $(VENV) and installing ledgerflow with its core dependencies" \
 	  "(Prefect, DuckDB, pyarrow); the first time takes a minute or two"
 	@$(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e . \
-	  -c constraints/prefect2.txt
+	  -c $(CONSTRAINTS)
 	@touch $(DEMO_STAMP)
 	@echo "make demo: installed; running the demo"
 
@@ -29,20 +42,11 @@ demo: $(DEMO_STAMP)
 	@$(BIN)/ledgerflow demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-# The same suite on the newest Prefect 3 and its collections, in a virtualenv of its own.
-VENV3  ?= .venv3
-STAMP3 := $(VENV3)/.installed-dev3
-
-$(STAMP3): pyproject.toml constraints/prefect3.txt
-	$(PYTHON) -m venv $(VENV3)
-	$(VENV3)/bin/python -m pip install --quiet --disable-pip-version-check \
-	  -e '.[dev3]' -c constraints/prefect3.txt
-	touch $(STAMP3)
-
-test-prefect3: $(STAMP3)
-	$(VENV3)/bin/python -m pytest -q $(PYTEST_ARGS)
+# The same suite on the newest Prefect 3 and its collections, in .venv3.
+test-prefect3:
+	$(MAKE) test PREFECT=3
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
@@ -84,4 +88,4 @@ chaos: $(STAMP)
 	$(BIN)/python -m tests.chaos.racing 4 5m
 
 clean:
-	rm -rf $(VENV) $(VENV3) .ledgerflow .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .venv .venv3 .ledgerflow .pytest_cache .mypy_cache .ruff_cache
