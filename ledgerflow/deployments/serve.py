@@ -8,8 +8,8 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from prefect.client.schemas.schedules import CronSchedule
 
+from ledgerflow.compat import cron_schedule
 from ledgerflow.flows.pipeline import windowed_pipeline
 from ledgerflow.prefect_home import start_ephemeral_api
 
@@ -24,7 +24,7 @@ def serve(
     start_ephemeral_api()  # its flow runs are processes that share this Prefect home
     windowed_pipeline.serve(  # type: ignore[unused-coroutine]  # sync when called from sync code
         name=name or f"ledgerflow-{config_block}",
-        schedule=CronSchedule(cron=cron, timezone=timezone),
+        schedule=cron_schedule(cron, timezone),
         parameters={"config_block": config_block},
     )
 

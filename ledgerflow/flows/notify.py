@@ -15,8 +15,7 @@ from typing import Any
 
 from prefect.blocks.abstract import NotificationBlock
 from prefect.blocks.core import Block
-from prefect.client.schemas.objects import FlowRun
-from prefect.states import State
+from prefect.client.schemas.objects import FlowRun, State
 
 from ledgerflow.blocks.config import PipelineConfig, load_final_config
 from ledgerflow.tasks.common import artifact_key, logger
