@@ -250,7 +250,7 @@ def state_result_sync(state: Any, *, raise_on_failure: bool = True) -> Any:
 async def create_table_artifact(**kwargs: Any) -> Any:
     """Prefect's table artifact, created from async code on either Prefect."""
     if PREFECT_3:
-        from prefect.artifacts import acreate_table_artifact  # type: ignore[attr-defined]
+        from prefect.artifacts import acreate_table_artifact  # type: ignore[attr-defined, unused-ignore]
 
         return await acreate_table_artifact(**kwargs)
     from prefect.artifacts import create_table_artifact as create
@@ -261,7 +261,7 @@ async def create_table_artifact(**kwargs: Any) -> Any:
 async def create_markdown_artifact(**kwargs: Any) -> Any:
     """Prefect's markdown artifact, created from async code on either Prefect."""
     if PREFECT_3:
-        from prefect.artifacts import acreate_markdown_artifact  # type: ignore[attr-defined]
+        from prefect.artifacts import acreate_markdown_artifact  # type: ignore[attr-defined, unused-ignore]
 
         return await acreate_markdown_artifact(**kwargs)
     from prefect.artifacts import create_markdown_artifact as create
@@ -326,8 +326,8 @@ def prefect_test_harness() -> AbstractContextManager[None]:
     from prefect.testing.utilities import prefect_test_harness as harness
 
     if PREFECT_3:
-        return harness(server_startup_timeout=300)  # type: ignore[no-any-return,call-arg]
-    return harness()  # type: ignore[no-any-return]
+        return harness(server_startup_timeout=300)  # type: ignore[call-arg, unused-ignore]
+    return harness()
 
 
 EPHEMERAL_START_TIMEOUT = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
@@ -339,12 +339,12 @@ def ephemeral_start() -> AbstractContextManager[Any]:
     it (ledgerflow.prefect_home), so allow five minutes unless the user chose a limit."""
     if not PREFECT_3 or EPHEMERAL_START_TIMEOUT in os.environ:
         return nullcontext()
-    from prefect.settings import (  # type: ignore[attr-defined]
+    from prefect.settings import (  # type: ignore[attr-defined, unused-ignore]
         PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as limit,
     )
     from prefect.settings import temporary_settings
 
-    return temporary_settings({limit: 300})  # type: ignore[no-any-return]
+    return temporary_settings({limit: 300})
 
 
 async def flush_run_logs() -> None:
@@ -353,4 +353,4 @@ async def flush_run_logs() -> None:
     if PREFECT_3:
         from prefect.logging.handlers import APILogHandler
 
-        await APILogHandler.aflush()  # type: ignore[no-untyped-call]
+        await APILogHandler.aflush()  # type: ignore[no-untyped-call, unused-ignore]

@@ -22,7 +22,7 @@ def serve(
 ) -> None:
     """Serve a scheduled deployment of `windowed_pipeline` until interrupted."""
     start_ephemeral_api()  # its flow runs are processes that share this Prefect home
-    windowed_pipeline.serve(  # type: ignore[unused-coroutine]  # sync when called from sync code
+    windowed_pipeline.serve(  # type: ignore[unused-coroutine, unused-ignore]  # sync when called from sync code
         name=name or f"ledgerflow-{config_block}",
         schedule=cron_schedule(cron, timezone),
         parameters={"config_block": config_block},

@@ -64,7 +64,7 @@ async def send(config: PipelineConfig, subject: str, body: str) -> bool:
         )
         return True
     if isinstance(block, NotificationBlock):
-        await block.notify(body, subject)  # type: ignore[misc]
+        await block.notify(body, subject)
         return True
     logger().warning(
         "notification_block=%r is a %s, not an email server or notification block",
