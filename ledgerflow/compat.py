@@ -19,19 +19,26 @@ settings before the first `import prefect`.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import AbstractContextManager, nullcontext
 from importlib.metadata import version
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
 PREFECT_VERSION = version("prefect")
 PREFECT_MAJOR = int(PREFECT_VERSION.split(".")[0])
 PREFECT_3 = PREFECT_MAJOR >= 3
 
 M = TypeVar("M")
+F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+
+if TYPE_CHECKING:
+    from prefect.client.schemas.objects import State
+    from prefect.tasks import Task
 
 __all__ = [
     "PREFECT_3",
@@ -42,11 +49,15 @@ __all__ = [
     "PrivateAttr",
     "SecretStr",
     "ValidationError",
+    "cron_schedule",
     "field_aliases",
     "model_copy",
     "model_dump",
     "model_validate",
+    "module_path_entrypoint",
     "root_validator",
+    "sync_compatible",
+    "task_state",
     "uncached",
     "validator",
 ]
@@ -239,33 +250,74 @@ def state_result_sync(state: Any, *, raise_on_failure: bool = True) -> Any:
 async def create_table_artifact(**kwargs: Any) -> Any:
     """Prefect's table artifact, created from async code on either Prefect."""
     if PREFECT_3:
-        from prefect.artifacts import acreate_table_artifact  # type: ignore[attr-defined]
+        from prefect.artifacts import acreate_table_artifact  # type: ignore[attr-defined, unused-ignore]
 
         return await acreate_table_artifact(**kwargs)
     from prefect.artifacts import create_table_artifact as create
 
-    return await create(**kwargs)
+    return await cast("Awaitable[Any]", create(**kwargs))  # Prefect 3 types it sync-or-async
 
 
 async def create_markdown_artifact(**kwargs: Any) -> Any:
     """Prefect's markdown artifact, created from async code on either Prefect."""
     if PREFECT_3:
-        from prefect.artifacts import acreate_markdown_artifact  # type: ignore[attr-defined]
+        from prefect.artifacts import acreate_markdown_artifact  # type: ignore[attr-defined, unused-ignore]
 
         return await acreate_markdown_artifact(**kwargs)
     from prefect.artifacts import create_markdown_artifact as create
 
-    return await create(**kwargs)
+    return await cast("Awaitable[Any]", create(**kwargs))  # Prefect 3 types it sync-or-async
 
 
 def cron_is_valid(expression: str) -> bool:
     """Whether Prefect's scheduler accepts `expression` (the croniter it schedules with: a
     dependency of Prefect 2, vendored inside Prefect 3)."""
+    is_valid: Callable[[str], Any]
     if PREFECT_3:
-        from prefect._vendor.croniter import croniter
+        from prefect._vendor.croniter.croniter import croniter as vendored
+
+        is_valid = vendored.is_valid
     else:
         from croniter import croniter
-    return bool(croniter.is_valid(expression))
+
+        is_valid = croniter.is_valid
+    return bool(is_valid(expression))
+
+
+def cron_schedule(cron: str, timezone: str) -> Any:
+    """The `schedule=` of `Flow.serve` and `Flow.to_deployment`: a CronSchedule on either Prefect
+    (Prefect 3 still takes one there, though it types the parameter as its own `Schedule`)."""
+    from prefect.client.schemas.schedules import CronSchedule
+
+    return CronSchedule(cron=cron, timezone=timezone)
+
+
+def module_path_entrypoint() -> Any:
+    """`EntrypointType.MODULE_PATH`, for `Flow.to_deployment(entrypoint_type=...)`: Prefect 2
+    defines the enum in `prefect.deployments.runner`, Prefect 3 in `prefect.types.entrypoint`."""
+    where = "prefect.types.entrypoint" if PREFECT_3 else "prefect.deployments.runner"
+    return importlib.import_module(where).EntrypointType.MODULE_PATH
+
+
+def sync_compatible(fn: F) -> F:
+    """Prefect's `sync_compatible`: the async `fn`, also callable from sync code (it then runs to
+    completion). Typed as `fn` itself, as Prefect 2 types it; Prefect 3 types the result as the
+    value or a coroutine of it, which async callers could not use without a cast."""
+    from prefect.utilities.asyncutils import sync_compatible as dual
+
+    wrapped: Any = dual(fn)
+    return cast(F, wrapped)
+
+
+async def task_state(
+    task: Task[P, Coroutine[Any, Any, Any]], *args: P.args, **kwargs: P.kwargs
+) -> State[Any]:
+    """The final state of a run of the async `task` (`return_state=True`: a failure is a Failed
+    state, not raised). Both Prefects type that call as returning the State itself, though from
+    async code it returns a coroutine of it."""
+    call: Any = task(*args, return_state=True, **kwargs)
+    state: State[Any] = await call
+    return state
 
 
 def prefect_test_harness() -> AbstractContextManager[None]:
@@ -274,8 +326,8 @@ def prefect_test_harness() -> AbstractContextManager[None]:
     from prefect.testing.utilities import prefect_test_harness as harness
 
     if PREFECT_3:
-        return harness(server_startup_timeout=300)  # type: ignore[no-any-return,call-arg]
-    return harness()  # type: ignore[no-any-return]
+        return harness(server_startup_timeout=300)  # type: ignore[call-arg, unused-ignore]
+    return harness()
 
 
 EPHEMERAL_START_TIMEOUT = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
@@ -287,12 +339,12 @@ def ephemeral_start() -> AbstractContextManager[Any]:
     it (ledgerflow.prefect_home), so allow five minutes unless the user chose a limit."""
     if not PREFECT_3 or EPHEMERAL_START_TIMEOUT in os.environ:
         return nullcontext()
-    from prefect.settings import (  # type: ignore[attr-defined]
+    from prefect.settings import (  # type: ignore[attr-defined, unused-ignore]
         PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as limit,
     )
     from prefect.settings import temporary_settings
 
-    return temporary_settings({limit: 300})  # type: ignore[no-any-return]
+    return temporary_settings({limit: 300})
 
 
 async def flush_run_logs() -> None:
@@ -301,4 +353,4 @@ async def flush_run_logs() -> None:
     if PREFECT_3:
         from prefect.logging.handlers import APILogHandler
 
-        await APILogHandler.aflush()  # type: ignore[no-untyped-call]
+        await APILogHandler.aflush()  # type: ignore[no-untyped-call, unused-ignore]

@@ -75,6 +75,6 @@ async def register_block_types() -> list[str]:
     `prefect block register -m ledgerflow.blocks.catalog` does; safe to run again."""
     slugs = []
     for block in ALL_BLOCKS:
-        await block.register_type_and_schema()  # type: ignore[misc]
-        slugs.append(str(block.get_block_type_slug()))  # type: ignore[no-untyped-call]
+        await block.register_type_and_schema()
+        slugs.append(str(block.get_block_type_slug()))  # type: ignore[no-untyped-call, unused-ignore]
     return slugs

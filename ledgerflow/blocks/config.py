@@ -9,7 +9,6 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from prefect.blocks.core import Block
-from prefect.utilities.asyncutils import sync_compatible
 
 from ledgerflow.blocks.checks import forbid_unknown_fields, in_range
 from ledgerflow.blocks.config_checks import (
@@ -23,7 +22,7 @@ from ledgerflow.blocks.config_checks import (
     check_start,
     import_hook,
 )
-from ledgerflow.compat import Field, ValidationError, root_validator, validator
+from ledgerflow.compat import Field, ValidationError, root_validator, sync_compatible, validator
 from ledgerflow.durations import parse_duration
 from ledgerflow.errors import ConfigError
 from ledgerflow.windows import KEY_FIELDS, KeyHook, check_granularity, zone

@@ -207,4 +207,4 @@ class S3Stage(Block):
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
         state.get("__private_attribute_values__", {}).pop("_client", None)
-        return state  # type: ignore[no-any-return]
+        return state

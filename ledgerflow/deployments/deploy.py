@@ -15,12 +15,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.schedules import CronSchedule
-from prefect.deployments.runner import EntrypointType
 from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_URL
 
 from ledgerflow.blocks.config import load_final_config
+from ledgerflow.compat import cron_schedule, module_path_entrypoint
 from ledgerflow.errors import ConfigError
 from ledgerflow.flows.pipeline import windowed_pipeline
 
@@ -75,9 +74,10 @@ async def deploy(config_name: str, pool: str = DEFAULT_POOL, name: str | None = 
                 f"with `prefect work-pool create {pool} --type process` (or `--type "
                 "prefect-agent` for `prefect agent start`)"
             ) from None
-    deployment = await windowed_pipeline.to_deployment(
+    # Prefect 3 types to_deployment as sync-or-async; from async code it is a coroutine.
+    deployment = await windowed_pipeline.to_deployment(  # type: ignore[misc, unused-ignore]
         name=name or config_name,
-        schedule=CronSchedule(cron=config.cron_schedule, timezone=config.timezone),
+        schedule=cron_schedule(config.cron_schedule, config.timezone),
         parameters={"config_block": config_name},
         description=(
             f"Pipeline {config.pipeline_id!r} from the PipelineConfig block {config_name!r}; "
@@ -85,7 +85,7 @@ async def deploy(config_name: str, pool: str = DEFAULT_POOL, name: str | None = 
         ),
         tags=["ledgerflow", config.pipeline_id],
         enforce_parameter_schema=True,
-        entrypoint_type=EntrypointType.MODULE_PATH,
+        entrypoint_type=module_path_entrypoint(),
     )
     deployment_id = await deployment.apply(work_pool_name=pool)
     return Deployed(

@@ -43,7 +43,7 @@ _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 def slug_of(block: type[Block] | Block) -> str:
-    return str(block.get_block_type_slug())  # type: ignore[no-untyped-call]
+    return str(block.get_block_type_slug())  # type: ignore[no-untyped-call, unused-ignore]
 
 
 BLOCKS: dict[str, type[Block]] = {slug_of(b): b for b in ALL_BLOCKS}

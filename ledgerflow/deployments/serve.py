@@ -8,8 +8,8 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from prefect.client.schemas.schedules import CronSchedule
 
+from ledgerflow.compat import cron_schedule
 from ledgerflow.flows.pipeline import windowed_pipeline
 from ledgerflow.prefect_home import start_ephemeral_api
 
@@ -22,9 +22,9 @@ def serve(
 ) -> None:
     """Serve a scheduled deployment of `windowed_pipeline` until interrupted."""
     start_ephemeral_api()  # its flow runs are processes that share this Prefect home
-    windowed_pipeline.serve(  # type: ignore[unused-coroutine]  # sync when called from sync code
+    windowed_pipeline.serve(  # type: ignore[unused-coroutine, unused-ignore]  # sync when called from sync code
         name=name or f"ledgerflow-{config_block}",
-        schedule=CronSchedule(cron=cron, timezone=timezone),
+        schedule=cron_schedule(cron, timezone),
         parameters={"config_block": config_block},
     )
 

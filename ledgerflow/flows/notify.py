@@ -15,8 +15,7 @@ from typing import Any
 
 from prefect.blocks.abstract import NotificationBlock
 from prefect.blocks.core import Block
-from prefect.client.schemas.objects import FlowRun
-from prefect.states import State
+from prefect.client.schemas.objects import FlowRun, State
 
 from ledgerflow.blocks.config import PipelineConfig, load_final_config
 from ledgerflow.tasks.common import artifact_key, logger
@@ -65,7 +64,7 @@ async def send(config: PipelineConfig, subject: str, body: str) -> bool:
         )
         return True
     if isinstance(block, NotificationBlock):
-        await block.notify(body, subject)  # type: ignore[misc]
+        await block.notify(body, subject)
         return True
     logger().warning(
         "notification_block=%r is a %s, not an email server or notification block",

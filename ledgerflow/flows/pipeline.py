@@ -16,12 +16,13 @@ from dataclasses import asdict, dataclass
 from typing import Any, TypeVar, cast
 
 from prefect import flow, get_run_logger
+from prefect.client.schemas.objects import State
 from prefect.context import get_run_context
-from prefect.states import Completed, Failed, State
+from prefect.states import Completed, Failed
 from prefect.utilities.annotations import quote
 
 from ledgerflow.blocks.config import PipelineConfig, load_final_config
-from ledgerflow.compat import create_table_artifact, state_result
+from ledgerflow.compat import create_table_artifact, state_result, task_state
 from ledgerflow.errors import LeaseLost, LedgerflowError
 from ledgerflow.flows.notify import on_flow_failure, retry_notifier
 from ledgerflow.ledger import Lease, PipelineRecord, Status
@@ -94,7 +95,7 @@ class WindowOutcome:
 
 def as_is(value: T) -> T:
     """Hand `value` to a task untouched (Prefect would walk blocks and rows for futures)."""
-    return cast(T, quote(value))  # type: ignore[call-arg,misc]
+    return cast(T, quote(value))  # type: ignore[call-arg, unused-ignore]
 
 
 class Budget:
@@ -160,9 +161,7 @@ async def process_window(
     phase = "pre-validation"
     beating = keep_alive(systems.ledger, lease, settings.heartbeat_every)
     try:
-        state = await pre_validation_count_check.with_options(**options)(
-            p, s, l_, return_state=True
-        )
+        state = await task_state(pre_validation_count_check.with_options(**options), p, s, l_)
         if state.is_failed():
             raise await _failure(state, phase)
         counts: Counts = await state_result(state)
@@ -170,20 +169,20 @@ async def process_window(
             message = state.message or "skipped"
         else:
             phase = "source to stage"
-            state = await source_to_stage.with_options(**options)(
-                p, s, l_, counts.source, return_state=True
+            state = await task_state(
+                source_to_stage.with_options(**options), p, s, l_, counts.source
             )
             if state.is_failed():
                 raise await _failure(state, phase)
             manifest = await state_result(state)
             phase = "stage to target"
-            state = await stage_to_target.with_options(**options)(
-                p, s, l_, as_is(manifest), return_state=True
+            state = await task_state(
+                stage_to_target.with_options(**options), p, s, l_, as_is(manifest)
             )
             if state.is_failed():
                 raise await _failure(state, phase)
             phase = "audit"
-            state = await audit.with_options(**options)(p, s, l_, return_state=True)
+            state = await task_state(audit.with_options(**options), p, s, l_)
             if state.is_failed():
                 raise await _failure(state, phase)
             message = f"loaded {manifest.rows} row(s) in {len(manifest.files)} file(s)"
@@ -244,7 +243,7 @@ async def windowed_pipeline(config_block: str, max_windows: int | None = None) -
 
     async def worker() -> None:
         while budget.take():
-            state = await claim_window.with_options(**options)(p, s, run_id, return_state=True)
+            state = await task_state(claim_window.with_options(**options), p, s, run_id)
             lease = await state_result(state)
             if lease is None:
                 log.info(state.message)
@@ -255,12 +254,12 @@ async def windowed_pipeline(config_block: str, max_windows: int | None = None) -
 
     started = time.perf_counter()
     try:
-        registered = await register_windows.with_options(**options)(p, s, return_state=True)
+        registered = await task_state(register_windows.with_options(**options), p, s)
         await state_result(registered)
         log.info(registered.message)
         await asyncio.gather(*(worker() for _ in range(config.concurrency)))
     finally:
-        cleanup = await cleanup_stale_locks.with_options(**options)(p, s, return_state=True)
+        cleanup = await task_state(cleanup_stale_locks.with_options(**options), p, s)
         outcomes.sort(key=lambda o: o.window_start)
         await publish_summary(config, outcomes, time.perf_counter() - started)
     if cleanup.is_failed():

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from prefect import task
-from prefect.states import Completed, State
+from prefect.client.schemas.objects import State
+from prefect.states import Completed
 
 from ledgerflow.compat import uncached
 from ledgerflow.ledger import Lease, PhaseStatus

@@ -12,7 +12,8 @@ from datetime import datetime
 from typing import Any
 
 from prefect import task
-from prefect.states import Completed, State
+from prefect.client.schemas.objects import State
+from prefect.states import Completed
 
 from ledgerflow import failpoints
 from ledgerflow.compat import uncached
