@@ -168,3 +168,18 @@ def test_every_field_says_what_it_does() -> None:
         for name, info in infos.items():
             assert info.title and info.description, f"{block.__name__}.{name}"
             assert "seed" not in info.description, f"{block.__name__}.{name}: {info.description}"
+
+
+def test_the_pool_option_offers_an_agent_pool_only_where_agents_exist() -> None:
+    import typer
+    from ledgerflow.compat import HAS_AGENTS
+
+    deploy = typer.main.get_command(app).commands["deploy"]  # type: ignore[attr-defined]
+    (pool,) = [p for p in deploy.params if p.name == "pool"]
+    if HAS_AGENTS:
+        assert pool.help == "Work pool (type process, or prefect-agent for an agent)"
+    else:
+        assert (
+            pool.help
+            == "Work pool (type process; Prefect 3 has no agents, so no prefect-agent pool)"
+        )
