@@ -215,6 +215,9 @@ def test_prefect_deploy_and_racing_process_workers(server: Server, tmp_path: Pat
     deployments = server.api_post("/deployments/filter", {})
     # prefect.yaml schedules nothing, and a run that names no config is refused when created.
     assert all(d["schedules"] == [] for d in deployments)
+    # Both Prefects store the pull step with {{ $PWD }} replaced by the folder deploy ran in.
+    pull = [{"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}]
+    assert [d["pull_steps"] for d in deployments] == [pull, pull]
     backfill = next(d for d in deployments if d["name"] == "backfill")
     with pytest.raises(urllib.error.HTTPError) as refused:
         server.api_post(f"/deployments/{backfill['id']}/create_flow_run", {"parameters": {}})
@@ -227,6 +230,8 @@ def test_prefect_deploy_and_racing_process_workers(server: Server, tmp_path: Pat
         for _ in range(3)
     ]
     assert wait_for_runs(server, runs) == ["COMPLETED"] * 3
+    # Three workers raced for three runs: each run ran once (no worker started one twice).
+    assert [server.api_get(f"/flow_runs/{r}")["run_count"] for r in runs] == [1, 1, 1]
     records = asyncio.run(pipeline.records())
     assert len(records) == 12 and {r.pipeline_status for r in records} == {"COMPLETED"}
     # Three runs took four windows each, none taken twice.
