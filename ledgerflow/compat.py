@@ -31,6 +31,10 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 PREFECT_VERSION = version("prefect")
 PREFECT_MAJOR = int(PREFECT_VERSION.split(".")[0])
 PREFECT_3 = PREFECT_MAJOR >= 3
+# Prefect 2 runs a deployment on a `prefect-agent` work pool with `prefect agent start`. Prefect 3
+# removed agents (its server still stores such pools, e.g. one kept from a Prefect 2 server, but
+# nothing runs their flow runs): workers only.
+HAS_AGENTS = not PREFECT_3
 
 M = TypeVar("M")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -41,6 +45,7 @@ if TYPE_CHECKING:
     from prefect.tasks import Task
 
 __all__ = [
+    "HAS_AGENTS",
     "PREFECT_3",
     "PREFECT_MAJOR",
     "PREFECT_VERSION",

@@ -92,13 +92,16 @@ def _import_block_module(module: str, slug: str, field: str) -> None:
 
 async def saved_of_type(block_type: str) -> str:
     """Which blocks of type `block_type` this Prefect API holds, as a phrase."""
+    from httpx import HTTPStatusError
     from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
 
     async with get_client() as client:
         try:
             docs = await client.read_block_documents_by_type(block_type, include_secrets=False)
-        except ObjectNotFound:
+        except HTTPStatusError as exc:
+            # A 404: the block type itself is not registered on this API (nothing of it saved).
+            if exc.response.status_code != 404:
+                raise
             docs = []
     names = sorted(d.name for d in docs if d.name and not d.is_anonymous)
     if not names:

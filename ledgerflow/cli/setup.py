@@ -18,6 +18,7 @@ from ledgerflow.cli.common import (
     prefect_ready,
     run_async,
 )
+from ledgerflow.compat import HAS_AGENTS
 
 
 def init(
@@ -76,11 +77,16 @@ def blocks_register(
     console.print(f"on {prefect_api()}", soft_wrap=True)
 
 
+POOL_HELP = (
+    "Work pool (type process, or prefect-agent for an agent)"
+    if HAS_AGENTS
+    else "Work pool (type process; Prefect 3 has no agents, so no prefect-agent pool)"
+)
+
+
 def deploy(
     config: ConfigOption = None,
-    pool: Annotated[
-        str, typer.Option(help="Work pool (type process, or prefect-agent for an agent)")
-    ] = "ledgerflow-process",
+    pool: Annotated[str, typer.Option(help=POOL_HELP)] = "ledgerflow-process",
     name: Annotated[
         str | None, typer.Option(help="Deployment name (default: the config's name)")
     ] = None,
@@ -98,7 +104,7 @@ def deploy(
         highlight=False,
         soft_wrap=True,  # facts to copy (URLs, commands): never broken across lines
     )
-    runner = "agent" if done.pool_type == "prefect-agent" else "worker"
+    runner = "agent" if done.pool_type == "prefect-agent" else "worker"  # refused on Prefect 3
     console.print(
         f"start a worker: prefect {runner} start --pool {done.pool}\n"
         f"run it now:     prefect deployment run '{done.full_name}'",

@@ -6,8 +6,10 @@ API (`Flow.to_deployment(...).apply()`), so running it again updates the same de
 upserts by flow and name and replaces the schedule) instead of adding a second one.
 
 The flow is referenced by module path (`ledgerflow.flows.pipeline.windowed_pipeline`), not by a
-file in this folder: a process worker or a Prefect 2 agent on any machine where ledgerflow is
-installed can run it, with no pull step and no working directory to agree on.
+file in this folder: a process worker (or, on Prefect 2 only, an agent) on any machine where
+ledgerflow is installed can run it, with no pull step and no working directory to agree on.
+Prefect 3 has no agents: a `prefect-agent` pool (one kept from a Prefect 2 server) is refused,
+since nothing would ever run the deployment's flow runs.
 """
 
 from __future__ import annotations
@@ -19,11 +21,17 @@ from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_URL
 
 from ledgerflow.blocks.config import load_final_config
-from ledgerflow.compat import cron_schedule, module_path_entrypoint
+from ledgerflow.compat import HAS_AGENTS, cron_schedule, module_path_entrypoint
 from ledgerflow.errors import ConfigError
 from ledgerflow.flows.pipeline import windowed_pipeline
 
 DEFAULT_POOL = "ledgerflow-process"
+AGENT_POOL_TYPE = "prefect-agent"
+NO_AGENTS = (
+    "agents are gone in Prefect 3 (there is no `prefect agent start`); use a process worker: "
+    "`prefect work-pool create ledgerflow-process --type process`, deploy with `--pool "
+    "ledgerflow-process` and run `prefect worker start --pool ledgerflow-process`"
+)
 
 
 @dataclass(frozen=True)
@@ -69,11 +77,16 @@ async def deploy(config_name: str, pool: str = DEFAULT_POOL, name: str | None = 
         try:
             work_pool = await client.read_work_pool(pool)
         except ObjectNotFound:
+            agent = " (or `--type prefect-agent` for `prefect agent start`)" if HAS_AGENTS else ""
             raise ConfigError(
                 f"work pool {pool!r} does not exist on the Prefect server at {url}; create it "
-                f"with `prefect work-pool create {pool} --type process` (or `--type "
-                "prefect-agent` for `prefect agent start`)"
+                f"with `prefect work-pool create {pool} --type process`{agent}"
             ) from None
+    if work_pool.type == AGENT_POOL_TYPE and not HAS_AGENTS:
+        raise ConfigError(
+            f"work pool {pool!r} on the Prefect server at {url} is a {AGENT_POOL_TYPE} pool, "
+            f"which no worker runs: {NO_AGENTS}"
+        )
     # Prefect 3 types to_deployment as sync-or-async; from async code it is a coroutine.
     deployment = await windowed_pipeline.to_deployment(  # type: ignore[misc, unused-ignore]
         name=name or config_name,

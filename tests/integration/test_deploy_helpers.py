@@ -124,8 +124,13 @@ def test_a_missing_block_says_how_to_save_it() -> None:
 
 @pytest.mark.usefixtures("prefect_harness")
 def test_deploy_refuses_the_temporary_local_api() -> None:
-    # Without PREFECT_API_URL the deployment would land in a database no worker reads.
-    result = CliRunner().invoke(app, ["deploy", "-c", "web-events"])
+    # Without PREFECT_API_URL the deployment would land in a database no worker reads. (Prefect
+    # 3's harness is a server process that sets PREFECT_API_URL itself: unset it here.)
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        assert not PREFECT_API_URL.value()
+        result = CliRunner().invoke(app, ["deploy", "-c", "web-events"])
     assert result.exit_code == 2
     assert "PREFECT_API_URL is not set" in result.output
     assert "prefect config set PREFECT_API_URL=" in result.output
@@ -149,10 +154,32 @@ def test_init_registers_every_block_type() -> None:
 
 def test_every_field_says_what_it_does() -> None:
     from ledgerflow.blocks.catalog import ALL_BLOCKS
+    from ledgerflow.compat import PREFECT_3
 
     for block in ALL_BLOCKS:
         assert block._documentation_url is None  # no placeholder: the README documents them
-        for name, field in block.__fields__.items():
-            info = field.field_info
+        # pydantic v2 (Prefect 3) keeps each field's FieldInfo in model_fields; v1 in __fields__.
+        infos = (
+            block.model_fields
+            if PREFECT_3
+            else {name: f.field_info for name, f in block.__fields__.items()}
+        )
+        assert infos
+        for name, info in infos.items():
             assert info.title and info.description, f"{block.__name__}.{name}"
             assert "seed" not in info.description, f"{block.__name__}.{name}: {info.description}"
+
+
+def test_the_pool_option_offers_an_agent_pool_only_where_agents_exist() -> None:
+    import typer
+    from ledgerflow.compat import HAS_AGENTS
+
+    deploy = typer.main.get_command(app).commands["deploy"]  # type: ignore[attr-defined]
+    (pool,) = [p for p in deploy.params if p.name == "pool"]
+    if HAS_AGENTS:
+        assert pool.help == "Work pool (type process, or prefect-agent for an agent)"
+    else:
+        assert (
+            pool.help
+            == "Work pool (type process; Prefect 3 has no agents, so no prefect-agent pool)"
+        )

@@ -1,5 +1,6 @@
 """Deploy for real: `prefect server start` on loopback; the README's deploy section walked line by
-line (blocks saved to that server, `ledgerflow deploy`, a process worker, then a Prefect 2 agent);
+line (blocks saved to that server, `ledgerflow deploy`, a process worker, then, on Prefect 2 only,
+an agent);
 `prefect deploy` from prefect.yaml with racing process workers. Runs complete against the embedded
 blocks. Everything started here is stopped here.
 
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ledgerflow.compat import HAS_AGENTS
 from ledgerflow.demo import DEMO_START
 
 from .kit import Pipeline
@@ -213,6 +215,9 @@ def test_prefect_deploy_and_racing_process_workers(server: Server, tmp_path: Pat
     deployments = server.api_post("/deployments/filter", {})
     # prefect.yaml schedules nothing, and a run that names no config is refused when created.
     assert all(d["schedules"] == [] for d in deployments)
+    # Both Prefects store the pull step with {{ $PWD }} replaced by the folder deploy ran in.
+    pull = [{"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}]
+    assert [d["pull_steps"] for d in deployments] == [pull, pull]
     backfill = next(d for d in deployments if d["name"] == "backfill")
     with pytest.raises(urllib.error.HTTPError) as refused:
         server.api_post(f"/deployments/{backfill['id']}/create_flow_run", {"parameters": {}})
@@ -225,6 +230,8 @@ def test_prefect_deploy_and_racing_process_workers(server: Server, tmp_path: Pat
         for _ in range(3)
     ]
     assert wait_for_runs(server, runs) == ["COMPLETED"] * 3
+    # Three workers raced for three runs: each run ran once (no worker started one twice).
+    assert [server.api_get(f"/flow_runs/{r}")["run_count"] for r in runs] == [1, 1, 1]
     records = asyncio.run(pipeline.records())
     assert len(records) == 12 and {r.pipeline_status for r in records} == {"COMPLETED"}
     # Three runs took four windows each, none taken twice.
@@ -339,16 +346,23 @@ def test_the_readme_deploy_section_as_written_with_a_worker_then_an_agent(
     worker_run = walk(server, readme_block("## Deploy", "bash", 0), project)
     assert wait_for_runs(server, worker_run) == ["COMPLETED"]
 
-    # The agent block redeploys the same config to an agent pool: the same deployment, moved.
+    # The agent block is labelled Prefect 2 only. There it redeploys the same config to an agent
+    # pool: the same deployment, moved. Prefect 3 has no agents: deploy refuses an agent pool.
     agent_lines = readme_block("## Deploy", "bash", 1)
-    run_now = readme_block("## Deploy", "bash", 0).splitlines()[-1]
-    agent_run = walk(server, f"{agent_lines}\n{run_now}", project)
-    assert wait_for_runs(server, agent_run) == ["COMPLETED"]
+    assert agent_lines.startswith("# Prefect 2 only: agents are gone in Prefect 3\n")
+    if HAS_AGENTS:
+        run_now = readme_block("## Deploy", "bash", 0).splitlines()[-1]
+        agent_run = walk(server, f"{agent_lines}\n{run_now}", project)
+        assert wait_for_runs(server, agent_run) == ["COMPLETED"]
+        pools = ["ledgerflow-process", "ledgerflow-agent"]
+    else:
+        agent_run, pools = [], ["ledgerflow-process"]
+        refuse_agents_on_prefect_3(server, project)
 
     deployments = server.api_post("/deployments/filter", {})
     assert [d["name"] for d in deployments] == ["web-events"]  # re-running deploy upserted it
     (deployment,) = deployments
-    assert deployment["work_pool_name"] == "ledgerflow-agent"
+    assert deployment["work_pool_name"] == pools[-1]
     assert deployment["parameters"] == {"config_block": "web-events"}
     assert deployment["entrypoint"] == "ledgerflow.flows.pipeline.windowed_pipeline"
     assert [
@@ -356,10 +370,7 @@ def test_the_readme_deploy_section_as_written_with_a_worker_then_an_agent(
         for s in deployment["schedules"]
     ] == [(CRON, "America/Los_Angeles", True)]
     runs = {r: server.api_get(f"/flow_runs/{r}") for r in [*worker_run, *agent_run]}
-    assert [runs[r]["work_pool_name"] for r in [*worker_run, *agent_run]] == [
-        "ledgerflow-process",
-        "ledgerflow-agent",
-    ]
+    assert [runs[r]["work_pool_name"] for r in [*worker_run, *agent_run]] == pools
     assert {r["run_count"] for r in runs.values()} == {1}  # each completed on its first try
 
     pipeline.name = "web_events"  # the pipeline_id of blocks.toml, whose ledger records() reads
@@ -367,5 +378,27 @@ def test_the_readme_deploy_section_as_written_with_a_worker_then_an_agent(
     by_run: dict[str, list[str]] = {}
     for r in records:
         by_run.setdefault(r.dag_run_id or "?", []).append(r.pipeline_status)
-    assert by_run.pop("?", []) == ["PENDING"] * 4  # windows_per_run=4 of the day's 12
+    # windows_per_run=4 of the day's 12 for each run
+    assert by_run.pop("?", []) == ["PENDING"] * (12 - 4 * len(runs))
     assert by_run == {run: ["COMPLETED"] * 4 for run in [*worker_run, *agent_run]}
+
+
+def refuse_agents_on_prefect_3(server: Server, project: Path) -> None:
+    """What the README's Prefect-2-only agent block meets on Prefect 3."""
+    # The README's label is true: Prefect 3's CLI has no agent.
+    agent = server.command(["prefect", "agent", "start", "--pool", "ledgerflow-agent"], project)
+    assert agent.returncode != 0, agent.stdout
+    # A missing pool's hint offers the process worker only.
+    missing = server.command(["ledgerflow", "deploy", "-c", "web-events", "--pool", "x"], project)
+    assert missing.returncode == 2, missing.stdout
+    assert "create it with `prefect work-pool create x --type process`\n" in missing.stderr
+    assert "agent" not in missing.stderr
+    # A prefect-agent pool (Prefect 3's server still stores one, e.g. kept from Prefect 2) would
+    # take the deployment and never run it: refused, and nothing is deployed to it.
+    server.api_post("/work_pools/", {"name": "ledgerflow-agent", "type": "prefect-agent"})
+    argv = ["ledgerflow", "deploy", "-c", "web-events", "--pool", "ledgerflow-agent"]
+    refused = server.command(argv, project)
+    assert refused.returncode == 2, refused.stdout
+    assert "'ledgerflow-agent'" in refused.stderr and "is a prefect-agent pool" in refused.stderr
+    assert "agents are gone in Prefect 3" in refused.stderr
+    assert "prefect worker start --pool ledgerflow-process" in refused.stderr
