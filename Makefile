@@ -19,7 +19,7 @@ STAMP  := $(VENV)/.installed-$(DEV)
 # not the test and lint toolchain or the production extras.
 DEMO_STAMP := $(VENV)/.installed-demo
 
-.PHONY: install demo test test-fast test-prefect3 lint format bench chaos clean
+.PHONY: install demo test test-fast test-prefect3 lint format bench bench-lines chaos clean
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -83,6 +83,12 @@ $(INGESTR):
 
 bench: $(STAMP) $(ELASTICDUMP) $(INGESTR)
 	$(BIN)/python -m bench $(SUITES)
+
+# Orchestration overhead per window on Prefect 2 and Prefect 3, side by side in one run.
+bench-lines:
+	$(MAKE) install PREFECT=2
+	$(MAKE) install PREFECT=3
+	.venv/bin/python -m bench lines
 
 chaos: $(STAMP)
 	$(BIN)/python -m tests.chaos.harness

@@ -7,7 +7,7 @@ import inspect
 import sys
 from collections.abc import Callable
 
-from bench import es_extract, ledger, orchestration, peers, stage_s3
+from bench import es_extract, ledger, lines, orchestration, peers, stage_s3
 
 SUITES: dict[str, Callable[..., None]] = {
     "ledger": ledger.main,
@@ -15,7 +15,10 @@ SUITES: dict[str, Callable[..., None]] = {
     "elasticsearch": es_extract.main,
     "s3": stage_s3.main,
     "peers": peers.main,
+    "lines": lines.main,
 }
+# Needs both virtualenvs (`make bench-lines`), so not part of a plain `make bench`.
+DEFAULT = [name for name in SUITES if name != "lines"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         "s3: rows), e.g. `peers --docs 20000` for a quick smoke run",
     )
     args = parser.parse_args(argv)
-    for name in args.suites or SUITES:
+    for name in args.suites or DEFAULT:
         suite = SUITES[name]
         if args.docs and "sizes" in inspect.signature(suite).parameters:
             suite(repeat=args.repeat, sizes=tuple(args.docs))

@@ -37,13 +37,16 @@ async def _save_blocks(root: Path, name: str) -> None:
     from ledgerflow.blocks.duckdb_target import DuckDBTarget
     from ledgerflow.blocks.ledger_db import LedgerDatabase
     from ledgerflow.blocks.local_stage import LocalStage
+    from ledgerflow.compat import model_validate
 
-    await LedgerDatabase.parse_obj({"url": f"sqlite+aiosqlite:///{root / name}.db"}).save(name)
-    await DuckDBSource.parse_obj({"path": str(root / "empty.duckdb"), "table": "events"}).save(name)
-    await LocalStage.parse_obj({"root": str(root / "stage")}).save(name)
-    await DuckDBTarget.parse_obj({"path": str(root / f"{name}.duckdb"), "table": "events"}).save(
-        name
-    )
+    blocks = [
+        model_validate(LedgerDatabase, {"url": f"sqlite+aiosqlite:///{root / name}.db"}),
+        model_validate(DuckDBSource, {"path": str(root / "empty.duckdb"), "table": "events"}),
+        model_validate(LocalStage, {"root": str(root / "stage")}),
+        model_validate(DuckDBTarget, {"path": str(root / f"{name}.duckdb"), "table": "events"}),
+    ]
+    for block in blocks:
+        await block.save(name)
     await validate_config(
         {
             "pipeline_id": name,
@@ -103,9 +106,10 @@ async def _without_prefect(root: Path) -> float:
     return elapsed
 
 
-def main(repeat: int = 3) -> None:
+def measure(repeat: int = 3) -> tuple[list[float], list[float]]:
+    """Seconds per run of `repeat` plain-asyncio runs and `repeat` flow runs, after a warm-up."""
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "ERROR")
-    from prefect.testing.utilities import prefect_test_harness
+    from ledgerflow.compat import prefect_test_harness
 
     with tempfile.TemporaryDirectory() as tmp, prefect_test_harness():
         root = Path(tmp)
@@ -113,6 +117,11 @@ def main(repeat: int = 3) -> None:
         asyncio.run(_with_prefect(root))  # warm-up: first flow run registers block types
         plain = [asyncio.run(_without_prefect(root)) for _ in range(repeat)]
         flows = [asyncio.run(_with_prefect(root)) for _ in range(repeat)]
+    return plain, flows
+
+
+def main(repeat: int = 3) -> None:
+    plain, flows = measure(repeat)
     per_flow, per_plain = median(flows) / WINDOWS, median(plain) / WINDOWS
     show(
         f"orchestration: {WINDOWS} empty windows at concurrency {CONCURRENCY}, median of {repeat}",
