@@ -41,8 +41,19 @@ $(DEMO_STAMP): pyproject.toml $(CONSTRAINTS)
 demo: $(DEMO_STAMP)
 	@$(BIN)/ledgerflow demo
 
-test: $(STAMP)
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+ifeq ($(PREFECT),3)
+# The Prefect 3 suite includes the upgrade test (tests/integration/test_upgrade_prefect.py): a
+# Prefect 2 server and workers load part of a pipeline, then Prefect 3 ones the rest. It needs
+# the Prefect 2 install too.
+.venv/.installed-dev: pyproject.toml constraints/prefect2.txt
+	$(MAKE) install PREFECT=2
+
+TEST_NEEDS := .venv/.installed-dev
+TEST_ENV   := LEDGERFLOW_PREFECT2_BIN=$(CURDIR)/.venv/bin LEDGERFLOW_PREFECT3_BIN=$(CURDIR)/$(BIN)
+endif
+
+test: $(STAMP) $(TEST_NEEDS)
+	$(TEST_ENV) $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # The same suite on the newest Prefect 3 and its collections, in .venv3.
 test-prefect3:
