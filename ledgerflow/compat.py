@@ -30,10 +30,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 PREFECT_VERSION = version("prefect")
 PREFECT_MAJOR = int(PREFECT_VERSION.split(".")[0])
 PREFECT_3 = PREFECT_MAJOR >= 3
+# Prefect 3 removed agents: nothing runs the flow runs of a work pool of type `prefect-agent`
+# (one made under Prefect 2 survives the server's upgrade).
+AGENTS = not PREFECT_3
 
 M = TypeVar("M")
 
 __all__ = [
+    "AGENTS",
     "PREFECT_3",
     "PREFECT_MAJOR",
     "PREFECT_VERSION",

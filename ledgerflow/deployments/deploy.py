@@ -21,10 +21,12 @@ from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_URL
 
 from ledgerflow.blocks.config import load_final_config
+from ledgerflow.compat import AGENTS, PREFECT_VERSION
 from ledgerflow.errors import ConfigError
 from ledgerflow.flows.pipeline import windowed_pipeline
 
 DEFAULT_POOL = "ledgerflow-process"
+AGENT_POOL_TYPE = "prefect-agent"
 
 
 @dataclass(frozen=True)
@@ -70,11 +72,20 @@ async def deploy(config_name: str, pool: str = DEFAULT_POOL, name: str | None = 
         try:
             work_pool = await client.read_work_pool(pool)
         except ObjectNotFound:
+            agent = f" (or `--type {AGENT_POOL_TYPE}` for `prefect agent start`)" if AGENTS else ""
             raise ConfigError(
                 f"work pool {pool!r} does not exist on the Prefect server at {url}; create it "
-                f"with `prefect work-pool create {pool} --type process` (or `--type "
-                "prefect-agent` for `prefect agent start`)"
+                f"with `prefect work-pool create {pool} --type process`{agent}"
             ) from None
+    if work_pool.type == AGENT_POOL_TYPE and not AGENTS:
+        # Its runs would stay Scheduled for ever: Prefect 3 has no `prefect agent start`.
+        raise ConfigError(
+            f"work pool {pool!r} on the Prefect server at {url} is an agent pool (type "
+            f"{AGENT_POOL_TYPE}), and Prefect {PREFECT_VERSION} has no agents to run it; deploy "
+            f"to a process pool instead: `prefect work-pool create {DEFAULT_POOL} --type "
+            f"process`, `ledgerflow deploy -c {config_name} --pool {DEFAULT_POOL}` (it moves "
+            f"the deployment), `prefect worker start --pool {DEFAULT_POOL}`"
+        )
     deployment = await windowed_pipeline.to_deployment(
         name=name or config_name,
         schedule=CronSchedule(cron=config.cron_schedule, timezone=config.timezone),
