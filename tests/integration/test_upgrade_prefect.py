@@ -105,8 +105,10 @@ print("loaded")
 PIPELINE_EXTRA = f"stale_threshold_hours = {STALE_HOURS}\nmax_retry_task = 1\nconcurrency = 1\n"
 
 
-def prefect_bins() -> dict[int, Path]:
-    """Both installs' bin folders, checked: skip when neither is named, fail when one is wrong."""
+@pytest.fixture
+def bins() -> dict[int, Path]:
+    """Both installs' bin folders, checked: skip when neither is named, fail when one is wrong.
+    (First among the test's fixtures: a skip creates no database.)"""
     named = {major: os.environ.get(var, "") for major, var in BINS.items()}
     if not any(named.values()):
         pytest.skip(
@@ -162,9 +164,8 @@ def new_run(server: Server, deployment_id: str) -> str:
 
 
 def test_upgrade_from_prefect_2_to_prefect_3_loads_every_window_once(
-    tmp_path: Path, pg_url: str, server_database: dict[str, str]
+    bins: dict[int, Path], tmp_path: Path, pg_url: str, server_database: dict[str, str]
 ) -> None:
-    bins = prefect_bins()
     started = time.monotonic()
     home = tmp_path / "prefect-home"
     pipeline = Pipeline(tmp_path / "data", rows=3000, ledger_url=pg_url)
