@@ -21,17 +21,12 @@ from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_URL
 
 from ledgerflow.blocks.config import load_final_config
-from ledgerflow.compat import HAS_AGENTS, cron_schedule, module_path_entrypoint
+from ledgerflow.compat import HAS_AGENTS, PREFECT_VERSION, cron_schedule, module_path_entrypoint
 from ledgerflow.errors import ConfigError
 from ledgerflow.flows.pipeline import windowed_pipeline
 
 DEFAULT_POOL = "ledgerflow-process"
 AGENT_POOL_TYPE = "prefect-agent"
-NO_AGENTS = (
-    "agents are gone in Prefect 3 (there is no `prefect agent start`); use a process worker: "
-    "`prefect work-pool create ledgerflow-process --type process`, deploy with `--pool "
-    "ledgerflow-process` and run `prefect worker start --pool ledgerflow-process`"
-)
 
 
 @dataclass(frozen=True)
@@ -83,9 +78,15 @@ async def deploy(config_name: str, pool: str = DEFAULT_POOL, name: str | None = 
                 f"with `prefect work-pool create {pool} --type process`{agent}"
             ) from None
     if work_pool.type == AGENT_POOL_TYPE and not HAS_AGENTS:
+        # Its runs would stay Scheduled for ever. Such a pool survives a Prefect 2 server's
+        # upgrade, and Prefect 3's API still creates new ones.
         raise ConfigError(
-            f"work pool {pool!r} on the Prefect server at {url} is a {AGENT_POOL_TYPE} pool, "
-            f"which no worker runs: {NO_AGENTS}"
+            f"work pool {pool!r} on the Prefect server at {url} is an agent pool (type "
+            f"{AGENT_POOL_TYPE}), and Prefect {PREFECT_VERSION} has no agents to run it (agents "
+            "are gone in Prefect 3: there is no `prefect agent start`); deploy to a process pool "
+            f"instead: `prefect work-pool create {DEFAULT_POOL} --type process`, `ledgerflow "
+            f"deploy -c {config_name} --pool {DEFAULT_POOL}` (it moves the deployment), "
+            f"`prefect worker start --pool {DEFAULT_POOL}`"
         )
     # Prefect 3 types to_deployment as sync-or-async; from async code it is a coroutine.
     deployment = await windowed_pipeline.to_deployment(  # type: ignore[misc, unused-ignore]

@@ -6,15 +6,19 @@ from __future__ import annotations
 import asyncio
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 from ledgerflow.blocks.config import load_final_config
 from ledgerflow.blocks.ledger_db import LedgerDatabase
 from ledgerflow.cli import app
+from ledgerflow.compat import HAS_AGENTS
 from ledgerflow.deployments.save_blocks import build_blocks, register_file
 from ledgerflow.errors import ConfigError
 from typer.testing import CliRunner
+
+from .kit import Pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
 FILE = """
@@ -183,3 +187,34 @@ def test_the_pool_option_offers_an_agent_pool_only_where_agents_exist() -> None:
             pool.help
             == "Work pool (type process; Prefect 3 has no agents, so no prefect-agent pool)"
         )
+
+
+@pytest.mark.skipif(
+    HAS_AGENTS, reason="Prefect 2 runs agent pools (test_deploy_server deploys to one)"
+)
+@pytest.mark.usefixtures("prefect_harness")
+def test_deploy_refuses_an_agent_pool_on_prefect_3(tmp_path: Path) -> None:
+    # A Prefect 2 agent pool survives the server's upgrade, and nothing on Prefect 3 runs it.
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+
+    pipeline = Pipeline(tmp_path, rows=10)
+
+    async def setup() -> None:
+        await pipeline.save()
+        async with get_client() as client:
+            await client.create_work_pool(WorkPoolCreate(name="old-agents", type="prefect-agent"))
+
+    asyncio.run(setup())
+    result = CliRunner().invoke(app, ["deploy", "-c", pipeline.name, "--pool", "old-agents"])
+    assert result.exit_code == 2, result.output
+    output = " ".join(result.output.split())
+    assert "work pool 'old-agents'" in output and "is an agent pool (type prefect-agent)" in output
+    assert "has no agents to run it" in output
+    assert f"ledgerflow deploy -c {pipeline.name} --pool ledgerflow-process" in output
+
+    async def deployments() -> list[Any]:
+        async with get_client() as client:
+            return list(await client.read_deployments())
+
+    assert asyncio.run(deployments()) == []

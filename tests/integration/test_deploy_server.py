@@ -46,9 +46,18 @@ def _port() -> int:
 
 
 class Server:
-    def __init__(self, home: Path) -> None:
+    """`prefect server start` with PREFECT_HOME `home`, and the commands that talk to it.
+
+    `bin` holds the `prefect`, `ledgerflow` and `python` of the Prefect install to run (default:
+    this interpreter's); `env` adds settings (e.g. the server's database URL). Two servers on one
+    home in turn (an upgrade) keep their process logs apart by `label`."""
+
+    def __init__(
+        self, home: Path, bin: Path = BIN, env: dict[str, str] | None = None, label: str = ""
+    ) -> None:
         port = _port()
         self.api = f"http://127.0.0.1:{port}/api"
+        self.bin, self.label = bin, label
         self.env = {
             **os.environ,
             "PREFECT_HOME": str(home),
@@ -57,6 +66,7 @@ class Server:
             "PWD": str(ROOT),
             # Workers import ledgerflow by module path: this checkout's, not an installed copy.
             "PYTHONPATH": str(ROOT),
+            **(env or {}),
         }
         self.env.pop("PREFECT_PROFILES_PATH", None)
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -77,10 +87,10 @@ class Server:
         raise RuntimeError("prefect server did not start in 300 s")
 
     def spawn(self, *args: str, cwd: Path = ROOT) -> subprocess.Popen[bytes]:
-        log = self.logs / f"{len(self.procs)}-{'-'.join(args[:2])}.log"
+        log = self.logs / f"{self.label}{len(self.procs)}-{'-'.join(args[:2])}.log"
         with log.open("wb") as out:
             proc = subprocess.Popen(
-                [str(BIN / "prefect"), *args],
+                [str(self.bin / "prefect"), *args],
                 cwd=cwd,
                 env=self.env,
                 stdout=out,
@@ -99,7 +109,7 @@ class Server:
 
     def run(self, *args: str) -> str:
         done = subprocess.run(
-            [str(BIN / "prefect"), "--no-prompt", *args],
+            [str(self.bin / "prefect"), "--no-prompt", *args],
             cwd=ROOT,
             env=self.env,
             capture_output=True,
@@ -109,9 +119,13 @@ class Server:
         assert done.returncode == 0, f"prefect {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
         return done.stdout
 
+    @property
+    def python_exe(self) -> str:
+        return sys.executable if self.bin == BIN else str(self.bin / "python")
+
     def python(self, code: str) -> str:
         done = subprocess.run(
-            [sys.executable, "-c", code],
+            [self.python_exe, "-c", code],
             cwd=ROOT,
             env=self.env,
             capture_output=True,
@@ -124,8 +138,12 @@ class Server:
     def command(self, argv: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
         """Run a `prefect` or `ledgerflow` command line as a user types it."""
         program = {
-            "prefect": [str(BIN / "prefect")],
-            "ledgerflow": [sys.executable, "-m", "ledgerflow.cli"],
+            "prefect": [str(self.bin / "prefect")],
+            "ledgerflow": (
+                [sys.executable, "-m", "ledgerflow.cli"]
+                if self.bin == BIN
+                else [str(self.bin / "ledgerflow")]
+            ),
         }
         return subprocess.run(
             [*program[argv[0]], *argv[1:]],
@@ -399,6 +417,9 @@ def refuse_agents_on_prefect_3(server: Server, project: Path) -> None:
     argv = ["ledgerflow", "deploy", "-c", "web-events", "--pool", "ledgerflow-agent"]
     refused = server.command(argv, project)
     assert refused.returncode == 2, refused.stdout
-    assert "'ledgerflow-agent'" in refused.stderr and "is a prefect-agent pool" in refused.stderr
+    assert (
+        "'ledgerflow-agent'" in refused.stderr
+        and "is an agent pool (type prefect-agent)" in refused.stderr
+    )
     assert "agents are gone in Prefect 3" in refused.stderr
     assert "prefect worker start --pool ledgerflow-process" in refused.stderr
