@@ -58,18 +58,17 @@ def start_ephemeral_api() -> None:
 
     if not _ephemeral():
         return  # a server migrates its database once, at its own start
-    with _home_lock():
-        with warnings.catch_warnings():
-            # A fresh home's migration reflects Prefect's own expression indexes, which
-            # SQLAlchemy cannot: two warnings about Prefect's schema, nothing a user can act on.
-            warnings.filterwarnings(
-                "ignore", message="Skipped unsupported reflection of expression-based index"
-            )
-            with (
-                ephemeral_start(),
-                get_client(sync_client=True) as client,
-            ):  # runs the API's start: migrate
-                client.hello()
+    with _home_lock(), warnings.catch_warnings():
+        # A fresh home's migration reflects Prefect's own expression indexes, which
+        # SQLAlchemy cannot: two warnings about Prefect's schema, nothing a user can act on.
+        warnings.filterwarnings(
+            "ignore", message="Skipped unsupported reflection of expression-based index"
+        )
+        with (
+            ephemeral_start(),
+            get_client(sync_client=True) as client,
+        ):  # runs the API's start: migrate
+            client.hello()
 
 
 @contextmanager
