@@ -131,20 +131,21 @@ def main() -> None:
     # `--help` start fast.
 
 
-def prefect_ready(*, saves_blocks: bool = False) -> None:
+def prefect_ready() -> None:
     """Start Prefect's ephemeral API (when there is no server) before the first block is read.
 
-    Only commands that load blocks call this: `plan`, `demo` and `--help` never start Prefect."""
+    Only commands that load blocks call this: `plan`, `demo` and `--help` never start Prefect.
+    Commands that save blocks save them inside `ledgerflow.prefect_home.saving_blocks()`."""
     from ledgerflow.prefect_home import start_ephemeral_api
 
-    start_ephemeral_api(saves_blocks=saves_blocks)  # several commands may start at once
+    start_ephemeral_api()  # several commands may start at once
 
 
-def need_config(name: str | None, *, saves_blocks: bool = False) -> str:
+def need_config(name: str | None) -> str:
     """The -c value, or an error that lists the PipelineConfig blocks to choose from.
 
     Starts Prefect's ephemeral API first: every command that needs a pipeline loads blocks."""
-    prefect_ready(saves_blocks=saves_blocks)
+    prefect_ready()
     if name:
         return name
     from ledgerflow.blocks.config import pipeline_config_names, saved_configs_sentence

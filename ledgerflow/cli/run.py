@@ -72,7 +72,7 @@ def run(
     and how many eligible windows are still pending."""
     from ledgerflow.report import run_table
 
-    name = need_config(config, saves_blocks=True)  # a run writes to Prefect: let it register
+    name = need_config(config)  # a run saves no block: it registers no block type
 
     async def go() -> tuple[Any, Any, int]:
         from ledgerflow.blocks.config import load_final_config

@@ -34,12 +34,14 @@ def init(
     Safe to run again. The block types let the Prefect UI create ledgerflow blocks; saving a
     block from Python or `ledgerflow blocks register` registers its own type too.
     """
-    prefect_ready(saves_blocks=True)
+    prefect_ready()
 
     async def go() -> tuple[list[str], str | None, list[int]]:
         from ledgerflow.blocks.catalog import register_block_types
+        from ledgerflow.prefect_home import saving_blocks
 
-        slugs = await register_block_types()
+        with saving_blocks():
+            slugs = await register_block_types()
         if config is None:
             return slugs, None, []
         from ledgerflow.blocks.config import load_final_config
@@ -69,10 +71,13 @@ def blocks_register(
     file: Annotated[Path, typer.Option("--file", "-f", help="TOML file describing the blocks")],
 ) -> None:
     """Validate and save every block in the file (`${VAR}` reads the environment)."""
+    prefect_ready()  # first: it sets Prefect's settings, which Prefect reads at its import
     from ledgerflow.deployments.save_blocks import register_file
+    from ledgerflow.prefect_home import saving_blocks
 
-    prefect_ready(saves_blocks=True)
-    for slug in run_async(register_file(file)):
+    with saving_blocks():
+        saved = run_async(register_file(file))
+    for slug in saved:
         console.print(f"saved {slug}")
     console.print(f"on {prefect_api()}", soft_wrap=True)
 
@@ -95,7 +100,7 @@ def deploy(
     PipelineConfig block on the server in PREFECT_API_URL. Safe to run again."""
     from ledgerflow.deployments.deploy import deploy as apply_deployment
 
-    done = run_async(apply_deployment(need_config(config, saves_blocks=True), pool, name))
+    done = run_async(apply_deployment(need_config(config), pool, name))
     console.print(
         f"deployed {done.full_name} (id {done.id}) to the Prefect server at {done.api_url}: "
         f"work pool {done.pool} ({done.pool_type}), schedule {done.cron!r} in {done.timezone}, "
@@ -134,6 +139,9 @@ def demo(
     home.mkdir(parents=True, exist_ok=True)  # Prefect puts its database there at import
     os.environ["PREFECT_HOME"] = str(home)
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # the demo prints its own story
+    from ledgerflow.prefect_home import skip_start_registration
+
+    skip_start_registration()  # saving the demo's blocks registers their types
     from ledgerflow.demo import run_demo
 
     run_async(run_demo(folder, rows, console))
