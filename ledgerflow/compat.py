@@ -335,21 +335,31 @@ def prefect_test_harness() -> AbstractContextManager[None]:
     return harness()
 
 
-EPHEMERAL_START_TIMEOUT = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
-
-
 def ephemeral_start() -> AbstractContextManager[Any]:
-    """Settings for starting Prefect's ephemeral API. Prefect 3 runs it as a server process of
-    its own and gives it 20 s to answer; commands started together on a loaded machine queue for
-    it (ledgerflow.prefect_home), so allow five minutes unless the user chose a limit."""
-    if not PREFECT_3 or EPHEMERAL_START_TIMEOUT in os.environ:
+    """Settings for starting Prefect's ephemeral API, each unless the user chose it.
+
+    Prefect 3 runs that API as a server process of its own and gives it 20 s to answer; commands
+    started together on a loaded machine queue for it (ledgerflow.prefect_home), so allow five
+    minutes. That process also runs the server's telemetry heartbeat, which Prefect 2's
+    in-process API never did: on a fresh home it races the migration for the database ("database
+    is locked"), offline it fails, and either way its ERROR and traceback land on the terminal of
+    a command that promises one line. The process inherits these settings when it starts."""
+    if not PREFECT_3:
         return nullcontext()
+    from prefect.context import get_settings_context
+    from prefect.settings import (  # type: ignore[attr-defined, unused-ignore]
+        PREFECT_SERVER_ANALYTICS_ENABLED as analytics,
+    )
     from prefect.settings import (  # type: ignore[attr-defined, unused-ignore]
         PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as limit,
     )
     from prefect.settings import temporary_settings
 
-    return temporary_settings({limit: 300})
+    profile = get_settings_context().profile.settings
+    defaults = {limit: 300, analytics: False}
+    return temporary_settings(  # type: ignore[no-any-return, unused-ignore]
+        {s: v for s, v in defaults.items() if s.name not in os.environ and s not in profile}
+    )
 
 
 async def flush_run_logs() -> None:

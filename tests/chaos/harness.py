@@ -33,6 +33,7 @@ os.environ.pop("PREFECT_API_URL", None)
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
 import contextlib  # noqa: E402
+import signal  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
@@ -75,13 +76,29 @@ class Outcome:
 
 
 def run_flow(name: str, failpoint: str | None) -> int:
+    """Run the flow in a worker process; its exit code (-9: killed at the failpoint).
+
+    The worker runs in a session of its own, and whatever it started dies with it, as on a
+    worker host that dies: on Prefect 3 a worker's ephemeral API is a server process of its
+    own, which a SIGKILLed worker leaves behind (Prefect stops it at the worker's exit). Left,
+    it would keep serving over the shared Prefect database. (The output is not kept: such a
+    server holds the worker's output pipes open, so reading them would wait for it.)"""
     env = {k: v for k, v in os.environ.items() if k != "LEDGERFLOW_FAILPOINT"}
     if failpoint:
         env["LEDGERFLOW_FAILPOINT"] = failpoint
-    done = subprocess.run(
-        [sys.executable, "-c", RUN, name], env=env, capture_output=True, text=True, timeout=300
+    worker = subprocess.Popen(
+        [sys.executable, "-c", RUN, name],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
-    return done.returncode
+    try:
+        return worker.wait(timeout=300)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
 
 
 def verdict(problems: list[str], summary: str) -> tuple[bool, str]:

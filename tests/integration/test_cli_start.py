@@ -80,6 +80,9 @@ def test_read_only_commands_start_without_the_block_catalog_or_prefect_collectio
         "try:\n"
         "    app()\n"
         "finally:\n"
+        # The Snowflake client is `snowflake.connector`. Not the `snowflake` namespace: Prefect
+        # 3's prefect-snowflake requires the `snowflake` package (snowflake-core), whose .pth file
+        # imports `snowflake._legacy` into that namespace when any Python of the venv starts.
         "    heavy = ['ledgerflow.blocks.catalog', 'boto3', 'elasticsearch',\n"
         "             'snowflake.connector', 'prefect_aws', 'prefect_email', 'prefect_snowflake',\n"
         "             'ledgerflow.flows.pipeline']\n"
