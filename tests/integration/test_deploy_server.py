@@ -23,7 +23,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -309,6 +309,22 @@ target_block = "ledgerflow-duckdb-target/web-events"
 """
 
 
+def readme_project(tmp_path: Path, pipeline: Pipeline, end: datetime, extra: str = "") -> Path:
+    """The folder a user works in: the README's blocks.toml for `pipeline`, from DEMO_START to
+    `end` (`extra` appended to its last table, [pipeline])."""
+    project = tmp_path / "project"
+    project.mkdir()
+    toml = BLOCKS_TOML.format(
+        ledger_url=pipeline.ledger_url,
+        root=pipeline.root,
+        start=DEMO_START.isoformat(),
+        end=end.isoformat(),
+        cron=CRON,
+    )
+    (project / "blocks.toml").write_text(toml + extra)
+    return project
+
+
 def walk(server: Server, script: str, cwd: Path) -> list[str]:
     """Run each line of a README bash block as written; return the flow runs it started.
 
@@ -344,17 +360,7 @@ def test_the_readme_deploy_section_as_written_with_a_worker_then_an_agent(
     server: Server, tmp_path: Path
 ) -> None:
     pipeline = Pipeline(tmp_path / "data", rows=3000)
-    project = tmp_path / "project"
-    project.mkdir()
-    (project / "blocks.toml").write_text(
-        BLOCKS_TOML.format(
-            ledger_url=pipeline.ledger_url,
-            root=pipeline.root,
-            start=DEMO_START.isoformat(),
-            end=(DEMO_START + timedelta(days=1)).isoformat(),
-            cron=CRON,
-        )
-    )
+    project = readme_project(tmp_path, pipeline, DEMO_START + timedelta(days=1))
     # A config that is not on the server is refused before anything is deployed.
     missing = server.command(["ledgerflow", "deploy", "-c", "nosuch"], project)
     assert missing.returncode == 2

@@ -31,7 +31,7 @@ from tests.pgkit import asyncpg_url, create_database, drop_database
 
 from .kit import Pipeline
 from .test_deploy_helpers import readme_block
-from .test_deploy_server import BLOCKS_TOML, CRON, Server, wait_for_runs, walk
+from .test_deploy_server import Server, readme_project, wait_for_runs, walk
 
 pytestmark = pytest.mark.slow
 BINS = {2: "LEDGERFLOW_PREFECT2_BIN", 3: "LEDGERFLOW_PREFECT3_BIN"}
@@ -170,18 +170,7 @@ def test_upgrade_from_prefect_2_to_prefect_3_loads_every_window_once(
     home = tmp_path / "prefect-home"
     pipeline = Pipeline(tmp_path / "data", rows=3000, ledger_url=pg_url)
     pipeline.name = "web_events"  # the pipeline_id of blocks.toml, whose ledger records() reads
-    project = tmp_path / "project"
-    project.mkdir()
-    (project / "blocks.toml").write_text(
-        BLOCKS_TOML.format(
-            ledger_url=pipeline.ledger_url,
-            root=pipeline.root,
-            start=DEMO_START.isoformat(),
-            end=END.isoformat(),
-            cron=CRON,
-        )
-        + PIPELINE_EXTRA
-    )
+    project = readme_project(tmp_path, pipeline, END, PIPELINE_EXTRA)
     (project / "prod.toml").write_text(PRODUCTION_TOML)
 
     # Prefect 2: the README's deploy section, as written; its run loads 4 of the 12 windows.
