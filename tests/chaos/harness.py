@@ -29,6 +29,13 @@ os.environ.setdefault(
 )
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "ERROR")
 os.environ.pop("PREFECT_API_URL", None)
+# On Prefect 3 every process here starts its ephemeral API as a server process of its own, which
+# must answer within 20 s by default: too short while several start at once on a loaded machine
+# (`make chaos PREFECT=3` failed so at its first save). Its telemetry heartbeat races the
+# migration of a fresh database. The same defaults as ledgerflow.compat.ephemeral_start, given
+# to the children through the environment; Prefect 2 reads neither.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
