@@ -136,8 +136,10 @@ def prefect_ready() -> None:
 
     Only commands that load blocks call this: `plan`, `demo` and `--help` never start Prefect.
     Commands that save blocks save them inside `ledgerflow.prefect_home.saving_blocks()`."""
+    from ledgerflow.gctune import quick_shutdown
     from ledgerflow.prefect_home import start_ephemeral_api
 
+    quick_shutdown()  # Prefect's heap makes the interpreter's own shutdown slow
     start_ephemeral_api()  # several commands may start at once
 
 

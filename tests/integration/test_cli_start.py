@@ -109,7 +109,10 @@ HEAVY_CLIENTS = [
     "snowflake.connector",
 ]
 IMPORTED_PROBE = (
-    "import sys\n"
+    "import atexit, gc, sys\n"
+    # Registered first, so it runs last of the exit handlers, as the interpreter's shutdown is
+    # about to begin: whatever is still alive should be frozen, out of that shutdown's sight.
+    "atexit.register(lambda: print('FROZEN', gc.get_freeze_count() > 0, file=sys.stderr))\n"
     "from ledgerflow.cli import app\n"
     "try:\n"
     "    app()\n"
@@ -164,6 +167,9 @@ def test_a_run_on_the_embedded_blocks_imports_no_collection_or_cloud_client(
     assert done.returncode == 0, (done.stdout, done.stderr)
     assert "COMPLETED: 1 window(s): 1 completed" in done.stdout, done.stdout
     assert imported(done.stderr) == "IMPORTED []", done.stderr
+    # The interpreter's shutdown walked Prefect's whole heap several times over, about a second
+    # after the run had printed its result (ledgerflow.gctune.quick_shutdown).
+    assert "FROZEN True" in done.stderr.splitlines(), done.stderr
     # Nothing remembered a registration: Prefect's start did none.
     assert not (home / "memo_store.toml").exists()
 
