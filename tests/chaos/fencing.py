@@ -381,9 +381,12 @@ def supersede(point: str, side: Side, log: Path) -> Fenced:
     problems = exact_rows(side, asyncio.run(pipeline.records()))
     total, _ = side.totals()
     said = zombie_said(log)
-    if point == "before_target_txn" and said not in ("fenced out", "lease lost (heartbeat)"):
+    stopped_by_a_guard = ("fenced out", "lease lost (heartbeat)", "interrupted, rolled back")
+    if point == "before_target_txn" and said not in stopped_by_a_guard:
         # Woken, the zombie meets two guards, whichever comes first: its heartbeat finds the
-        # lease lost and interrupts the load, or the target's fence refuses it.
+        # lease lost and interrupts the load (it says so as the lost lease, or, when the load had
+        # begun, as the interrupted target work that rolled back: seen on a busy machine), or the
+        # target's fence refuses it. Either way `unchanged` below checks it wrote nothing.
         problems.append(f"the zombie was stopped by neither its heartbeat nor the fence: {said}")
     unchanged = before == after if point == "before_target_txn" else None
     if unchanged is False:

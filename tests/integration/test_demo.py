@@ -52,6 +52,15 @@ def test_demo_keeps_to_its_own_prefect_state_and_ends_on_ok(tmp_path: Path) -> N
     user_home = tmp_path / "user-prefect-home"
     user = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     user |= {"PREFECT_HOME": str(user_home), "PYTHONPATH": str(ROOT)}
+    # The user's own scripts below start Prefect 3's ephemeral API, a server process that must
+    # answer within 20 s by default, and whose telemetry heartbeat races a fresh home's
+    # migration: on a busy machine the user's load() timed out. A user's settings, as anyone on a
+    # slow machine would set them (Prefect 2 reads neither). The demo runs without them.
+    slow_machine = {
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "300",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+    user |= slow_machine
     saved = python(
         "from ledgerflow.blocks.local_stage import LocalStage\n"
         "LocalStage(root='/srv/users-own-stage').save('demo')\n",
@@ -63,7 +72,8 @@ def test_demo_keeps_to_its_own_prefect_state_and_ends_on_ok(tmp_path: Path) -> N
     assert before
 
     # The user's shell points at a server nobody runs: the demo must not even try it.
-    shell = user | {"PREFECT_API_URL": "http://127.0.0.1:9/api", "COLUMNS": "80"}
+    shell = {k: v for k, v in user.items() if k not in slow_machine}  # the demo's own defaults
+    shell |= {"PREFECT_API_URL": "http://127.0.0.1:9/api", "COLUMNS": "80"}
     demo = python(
         BLOCK_EXTRAS.format(EXTRAS=EXTRAS)
         + "sys.argv = ['ledgerflow', 'demo', '--root', 'demo-root', '--rows', '3000']\n"

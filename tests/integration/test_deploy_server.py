@@ -173,11 +173,20 @@ class Server:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
         for proc in self.procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            self.reap(proc, grace=20)
+
+    @staticmethod
+    def reap(proc: subprocess.Popen[bytes], grace: float) -> None:
+        """Wait for a process told to stop; SIGKILL its group after `grace` seconds.
+
+        A Prefect 2 worker turns SIGTERM into a SIGINT for itself, which a process started in
+        the background by a non-interactive shell ignores (as a CI job may be): it would never
+        end. Seen in the upgrade test, twice in one busy run."""
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 @pytest.fixture

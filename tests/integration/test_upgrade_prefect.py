@@ -184,7 +184,7 @@ def test_upgrade_from_prefect_2_to_prefect_3_loads_every_window_once(
         old.run("work-pool", "create", "ledgerflow-agent", "--type", "prefect-agent")
         for proc in old.procs[1:]:  # the README's worker stops; the server keeps running
             os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=60)
+            Server.reap(proc, grace=60)
         (deployment,) = old.api_post("/deployments/filter", {})
 
         # A worker whose flow run freezes inside the target's transaction, then dies with it.
