@@ -335,6 +335,19 @@ def prefect_test_harness() -> AbstractContextManager[None]:
     return harness()
 
 
+# What ledgerflow gives Prefect 3's ephemeral API unless the user chose otherwise (see
+# ephemeral_start); processes that start it outside the CLI (the chaos harness) take the same.
+EPHEMERAL_DEFAULTS: dict[str, int | bool] = {
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": 300,
+    "PREFECT_SERVER_ANALYTICS_ENABLED": False,
+}
+
+
+def ephemeral_environment() -> dict[str, str]:
+    """EPHEMERAL_DEFAULTS as environment variables, for processes to inherit."""
+    return {name: str(value).lower() for name, value in EPHEMERAL_DEFAULTS.items()}
+
+
 def ephemeral_start() -> AbstractContextManager[Any]:
     """Settings for starting Prefect's ephemeral API, each unless the user chose it.
 
@@ -346,19 +359,14 @@ def ephemeral_start() -> AbstractContextManager[Any]:
     a command that promises one line. The process inherits these settings when it starts."""
     if not PREFECT_3:
         return nullcontext()
+    import prefect.settings
     from prefect.context import get_settings_context
-    from prefect.settings import (  # type: ignore[attr-defined, unused-ignore]
-        PREFECT_SERVER_ANALYTICS_ENABLED as analytics,
-    )
-    from prefect.settings import (  # type: ignore[attr-defined, unused-ignore]
-        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as limit,
-    )
     from prefect.settings import temporary_settings
 
     profile = get_settings_context().profile.settings
-    defaults = {limit: 300, analytics: False}
+    chosen = {getattr(prefect.settings, name): value for name, value in EPHEMERAL_DEFAULTS.items()}
     return temporary_settings(  # type: ignore[no-any-return, unused-ignore]
-        {s: v for s, v in defaults.items() if s.name not in os.environ and s not in profile}
+        {s: v for s, v in chosen.items() if s.name not in os.environ and s not in profile}
     )
 
 

@@ -21,6 +21,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from ledgerflow.compat import ephemeral_environment  # imports no Prefect
+
 # The child runs share one Prefect API database with this process; set before Prefect loads.
 _HOME = Path(tempfile.mkdtemp(prefix="ledgerflow-chaos-"))
 os.environ.setdefault("PREFECT_HOME", str(_HOME / "prefect"))
@@ -34,8 +36,8 @@ os.environ.pop("PREFECT_API_URL", None)
 # (`make chaos PREFECT=3` failed so at its first save). Its telemetry heartbeat races the
 # migration of a fresh database. The same defaults as ledgerflow.compat.ephemeral_start, given
 # to the children through the environment; Prefect 2 reads neither.
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+for _name, _value in ephemeral_environment().items():
+    os.environ.setdefault(_name, _value)
 
 import argparse  # noqa: E402
 import asyncio  # noqa: E402

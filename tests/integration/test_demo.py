@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from ledgerflow.compat import ephemeral_environment
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -56,10 +57,7 @@ def test_demo_keeps_to_its_own_prefect_state_and_ends_on_ok(tmp_path: Path) -> N
     # answer within 20 s by default, and whose telemetry heartbeat races a fresh home's
     # migration: on a busy machine the user's load() timed out. A user's settings, as anyone on a
     # slow machine would set them (Prefect 2 reads neither). The demo runs without them.
-    slow_machine = {
-        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "300",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    }
+    slow_machine = ephemeral_environment()
     user |= slow_machine
     saved = python(
         "from ledgerflow.blocks.local_stage import LocalStage\n"
