@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ledgerflow.compat import ephemeral_start
+from ledgerflow.compat import PREFECT_3, ephemeral_start
 
 try:
     import fcntl
@@ -51,9 +51,33 @@ def skip_start_registration() -> None:
             os.environ.setdefault(name, value)
 
 
+# Prefect 2's in-process API also runs its database migrations at every start: Alembic reads
+# every migration script again and asks the database for its version, ten times in one
+# `ledgerflow run` (0.05 to 0.6 s each, about a second in all). The first start of a command
+# migrates under the home's lock; after it the database cannot change version under this
+# process. Prefect 3's ephemeral API is a server process of its own, which migrates once.
+_MIGRATE_ON_START = "PREFECT_API_DATABASE_MIGRATE_ON_START"
+
+
+def _import_prefect_migrating_once() -> bool:
+    """Import Prefect (2) with migrations off at its API's starts, unless the user chose that
+    setting or Prefect is already imported; True when this process must then migrate once
+    itself. The environment is put back at once: a process this one starts (a flow run's, a
+    server's) still migrates at its own starts."""
+    if PREFECT_3 or "prefect" in sys.modules or _MIGRATE_ON_START in os.environ:
+        return False
+    os.environ[_MIGRATE_ON_START] = "false"
+    try:
+        import prefect.settings  # Prefect reads its settings here, once
+    finally:
+        del os.environ[_MIGRATE_ON_START]
+    return not prefect.settings.PREFECT_API_DATABASE_MIGRATE_ON_START.value()
+
+
 def start_ephemeral_api() -> None:
     """In ephemeral mode, start Prefect's API once under a lock shared by this home's processes."""
     skip_start_registration()
+    migrate_once = _import_prefect_migrating_once()
     from prefect.client.orchestration import get_client
 
     if not _ephemeral():
@@ -64,10 +88,14 @@ def start_ephemeral_api() -> None:
         warnings.filterwarnings(
             "ignore", message="Skipped unsupported reflection of expression-based index"
         )
+        if migrate_once:
+            from prefect.server.database.alembic_commands import alembic_upgrade
+
+            alembic_upgrade()  # what each start would do: `prefect server database upgrade`
         with (
             ephemeral_start(),
             get_client(sync_client=True) as client,
-        ):  # runs the API's start: migrate
+        ):  # runs the API's start (on Prefect 3, its server process migrates)
             client.hello()
 
 

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from ledgerflow.compat import PREFECT_3
 
 from .warehouse_kit import KEY, REGION, SECRET, Peers
 
@@ -113,12 +114,22 @@ IMPORTED_PROBE = (
     # Registered first, so it runs last of the exit handlers, as the interpreter's shutdown is
     # about to begin: whatever is still alive should be frozen, out of that shutdown's sight.
     "atexit.register(lambda: print('FROZEN', gc.get_freeze_count() > 0, file=sys.stderr))\n"
+    # Every migration of Prefect's database in this process goes through Alembic's upgrade
+    # (Alembic imports without Prefect, so wrapping it changes nothing of the start).
+    "import alembic.command, os\n"
+    "_upgrade = alembic.command.upgrade\n"
+    "def _counted(*args, **kwargs):\n"
+    "    print('MIGRATED', file=sys.stderr)\n"
+    "    return _upgrade(*args, **kwargs)\n"
+    "alembic.command.upgrade = _counted\n"
     "from ledgerflow.cli import app\n"
     "try:\n"
     "    app()\n"
     "finally:\n"
     f"    heavy = {HEAVY_CLIENTS!r}\n"
     "    print('IMPORTED', [m for m in heavy if m in sys.modules], file=sys.stderr)\n"
+    "    print('INHERITED', os.environ.get('PREFECT_API_DATABASE_MIGRATE_ON_START'),\n"
+    "          file=sys.stderr)\n"
 )
 
 
@@ -172,6 +183,13 @@ def test_a_run_on_the_embedded_blocks_imports_no_collection_or_cloud_client(
     assert "FROZEN True" in done.stderr.splitlines(), done.stderr
     # Nothing remembered a registration: Prefect's start did none.
     assert not (home / "memo_store.toml").exists()
+    # Prefect 2 started its in-process API ten times in that run, each start migrating the
+    # database again (Alembic reading every migration script): now once, under the home's lock.
+    # Prefect 3's API is a server process of its own, which migrates at its start.
+    lines = done.stderr.splitlines()
+    assert lines.count("MIGRATED") == (0 if PREFECT_3 else 1), done.stderr
+    # What this process starts (a flow run's process, a server) still migrates at its starts.
+    assert "INHERITED None" in lines, done.stderr
 
 
 def test_a_run_on_s3_and_snowflake_blocks_works_on_a_fresh_prefect_home(
