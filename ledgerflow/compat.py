@@ -252,6 +252,29 @@ def state_result_sync(state: Any, *, raise_on_failure: bool = True) -> Any:
     return state.result(raise_on_failure=raise_on_failure, fetch=True)
 
 
+async def load_block(cls: type[M], name: str, client: Any = None) -> M:
+    """`cls.load(name)` from async code on either Prefect, through `client` when one is given.
+
+    Prefect 2.20's `Block.load` accepts a client and drops it: it reads the document through a
+    client of its own (`load` calls `cls._get_block_document(name)` without it), and each new
+    client builds its TLS context and may start the in-process API again. Here the given client
+    reads the document, and the rest is that `load`'s own body, its error included."""
+    block: Any = cls
+    if client is None:
+        return cast(M, await block.load(name))
+    if PREFECT_3:
+        return cast(M, await block.aload(name, client=client))
+    document, document_name = await block._get_block_document(name, client=client)
+    try:
+        return cast(M, block._from_block_document(document))
+    except ValidationError as exc:
+        raise RuntimeError(
+            f"Unable to load {document_name!r} of block type {block._block_type_slug!r} due "
+            "to failed validation. To load without validation, try loading again with "
+            "`validate=False`."
+        ) from exc
+
+
 async def create_table_artifact(**kwargs: Any) -> Any:
     """Prefect's table artifact, created from async code on either Prefect."""
     if PREFECT_3:

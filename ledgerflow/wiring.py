@@ -21,10 +21,13 @@ from ledgerflow.blocks import MODULE_OF_SLUG
 from ledgerflow.blocks.config import explain
 from ledgerflow.blocks.kinds import SLOT_KIND, check_slot
 from ledgerflow.compat import ValidationError
+from ledgerflow.compat import load_block as load_with
 from ledgerflow.errors import ConfigError
 from ledgerflow.ports import LedgerProvider, Source, Stage, Systems, Target
 
 if TYPE_CHECKING:
+    from prefect.client.orchestration import PrefectClient
+
     from ledgerflow.blocks.config import PipelineConfig
     from ledgerflow.blocks.ledger_db import LedgerDatabase
     from ledgerflow.tasks.common import RunSettings
@@ -32,7 +35,9 @@ if TYPE_CHECKING:
 P = TypeVar("P")
 
 
-async def load_block(slug: str, field: str, protocol: type[P]) -> P:
+async def load_block(
+    slug: str, field: str, protocol: type[P], client: PrefectClient | None = None
+) -> P:
     """Load a block by slug; name the config field when it is missing or of the wrong kind.
 
     Loading needs the block's class imported. A class already imported is used as it is (a
@@ -40,7 +45,8 @@ async def load_block(slug: str, field: str, protocol: type[P]) -> P:
     only (a DuckDB target never loads the Snowflake connector or boto3); any other type imports
     the catalog of every block ledgerflow knows.
     The class's own `load` is called, not `Block.load`: that one imports every installed Prefect
-    collection first to look the class up (about a second of a command's start)."""
+    collection first to look the class up (about a second of a command's start). Without
+    `client`, Prefect opens one for this load alone."""
     block_type, _, name = slug.partition("/")
     if block_type not in (get_registry_for_type(Block) or {}):
         module = MODULE_OF_SLUG.get(block_type)
@@ -51,7 +57,11 @@ async def load_block(slug: str, field: str, protocol: type[P]) -> P:
     block_class = (get_registry_for_type(Block) or {}).get(block_type)
     try:
         # A class's own load takes the document's name; Block.load the whole slug.
-        block = await (Block.load(slug) if block_class is None else block_class.load(name))
+        block = await (
+            load_with(Block, slug, client)
+            if block_class is None
+            else load_with(block_class, name, client)
+        )
     except RuntimeError as exc:
         # Block.load reports a document that fails validation (saved before a check existed,
         # or written past it) as a RuntimeError caused by the ValidationError.
@@ -109,20 +119,29 @@ async def saved_of_type(block_type: str) -> str:
     return f"saved {block_type} blocks: {', '.join(names)}"
 
 
-async def load_ledger(config: PipelineConfig) -> LedgerDatabase:
+async def load_ledger(
+    config: PipelineConfig, client: PrefectClient | None = None
+) -> LedgerDatabase:
     """The pipeline's ledger block (imports no other block type)."""
     from ledgerflow.blocks.ledger_db import LedgerDatabase
 
-    return await load_block(config.ledger_block, "ledger_block", LedgerDatabase)
+    return await load_block(config.ledger_block, "ledger_block", LedgerDatabase, client)
 
 
-async def load_systems(config: PipelineConfig) -> Systems:
-    """Every system the pipeline's config points at."""
+async def load_systems(config: PipelineConfig, client: PrefectClient | None = None) -> Systems:
+    """Every system the pipeline's config points at, read through one Prefect client (each
+    client Prefect opens for a load alone builds an HTTP client with its TLS context, and in
+    ephemeral mode may start the in-process API again: a tenth of a second or more each)."""
+    if client is None:
+        from prefect.client.orchestration import get_client
+
+        async with get_client() as opened:
+            return await load_systems(config, opened)
     return Systems(
-        ledger=await load_ledger(config),
-        source=await load_block(config.source_block, "source_block", Source),
-        stage=await load_block(config.stage_block, "stage_block", Stage),
-        target=await load_block(config.target_block, "target_block", Target),
+        ledger=await load_ledger(config, client),
+        source=await load_block(config.source_block, "source_block", Source, client),
+        stage=await load_block(config.stage_block, "stage_block", Stage, client),
+        target=await load_block(config.target_block, "target_block", Target, client),
     )
 
 

@@ -6,7 +6,7 @@ Each bad value is refused with one sentence naming the field, the value and what
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from prefect.blocks.core import Block
 
@@ -22,10 +22,20 @@ from ledgerflow.blocks.config_checks import (
     check_start,
     import_hook,
 )
-from ledgerflow.compat import Field, ValidationError, root_validator, sync_compatible, validator
+from ledgerflow.compat import (
+    Field,
+    ValidationError,
+    load_block,
+    root_validator,
+    sync_compatible,
+    validator,
+)
 from ledgerflow.durations import parse_duration
 from ledgerflow.errors import ConfigError
 from ledgerflow.windows import KEY_FIELDS, KeyHook, check_granularity, zone
+
+if TYPE_CHECKING:
+    from prefect.client.orchestration import PrefectClient
 
 
 class PipelineConfig(Block):
@@ -295,10 +305,11 @@ def validate_config(data: dict[str, Any], name: str = "<inline>") -> PipelineCon
 
 
 @sync_compatible
-async def load_final_config(name: str) -> PipelineConfig:
-    """Load the PipelineConfig block `name` and return it validated (the seed's entry point)."""
+async def load_final_config(name: str, client: PrefectClient | None = None) -> PipelineConfig:
+    """Load the PipelineConfig block `name` and return it validated (the seed's entry point);
+    through `client` when given, else a client Prefect opens for this load."""
     try:
-        config = await PipelineConfig.load(name)
+        config = await load_block(PipelineConfig, name, client)
     except RuntimeError as exc:
         # Block.load reports a document that fails validation as a RuntimeError caused by it.
         if isinstance(exc.__cause__, ValidationError):
@@ -311,7 +322,7 @@ async def load_final_config(name: str) -> PipelineConfig:
                 f"{saved_configs_sentence(await pipeline_config_names())}"
             ) from None
         raise
-    return config  # type: ignore[no-any-return]
+    return config
 
 
 async def pipeline_config_names() -> list[str]:

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, TypeVar, cast
 
 from prefect import flow, get_run_logger
+from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import State
 from prefect.context import get_run_context
 from prefect.states import Completed, Failed
@@ -226,9 +227,10 @@ async def _failure(state: State[Any], phase: str) -> _PhaseFailed:
 async def windowed_pipeline(config_block: str, max_windows: int | None = None) -> Any:
     """Load the eligible windows of the pipeline whose PipelineConfig block is `config_block`."""
     log = get_run_logger()
-    config = await load_final_config(config_block)
+    async with get_client() as client:  # one client for every block the run loads
+        config = await load_final_config(config_block, client)
+        systems = await load_systems(config, client)
     settings = settings_from(config)
-    systems = await load_systems(config)
     options = retry_options(
         config.max_retry_task,
         config.retry_backoff_seconds,

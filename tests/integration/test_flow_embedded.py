@@ -336,3 +336,30 @@ async def test_a_missing_config_is_a_clear_error() -> None:
     state = await windowed_pipeline(config_block="never-saved", return_state=True)
     with pytest.raises(ConfigError, match="no pipeline config block named 'never-saved'"):
         await state_result(state)
+
+
+async def test_a_pipelines_blocks_load_through_one_prefect_client(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each Prefect client builds an HTTP client with its TLS context and, in ephemeral mode, may
+    start the in-process API again: a tenth of a second or more per block before the first
+    task ran. The four blocks of a pipeline are read through one client, or through the one
+    the caller holds."""
+    from prefect.client.orchestration import PrefectClient
+
+    name = await pipeline.save(end=FIRST_WINDOW_END)
+    config = await load_final_config(name)
+    opened: list[PrefectClient] = []
+    real_init = PrefectClient.__init__
+
+    def counting(self: PrefectClient, *args: Any, **kwargs: Any) -> None:
+        opened.append(self)
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(PrefectClient, "__init__", counting)
+    systems = await load_systems(config)
+    assert len(opened) == 1
+    async with get_client() as client:
+        again = await load_systems(config, client)
+    assert len(opened) == 2, "a client was opened beside the one given"
+    assert again.target.path == systems.target.path  # type: ignore[attr-defined]
