@@ -188,11 +188,14 @@ StatusOption = Annotated[
 @contextlib.asynccontextmanager
 async def open_pipeline(config_name: str) -> AsyncIterator[tuple[Any, Ledger]]:
     """The validated config block and an open Ledger it points at."""
+    from prefect.client.orchestration import get_client
+
     from ledgerflow.blocks.config import load_final_config
     from ledgerflow.wiring import load_ledger  # the ledger's block, not every block
 
-    config = await load_final_config(config_name)
-    ledger_block = await load_ledger(config)
+    async with get_client() as client:  # one client for both blocks
+        config = await load_final_config(config_name, client)
+        ledger_block = await load_ledger(config, client)
     async with ledger_block.open() as ledger:
         await ledger.check_schema()  # a clear "run ledgerflow init" instead of a SQL error
         yield config, ledger
