@@ -38,6 +38,13 @@ os.environ.pop("PREFECT_API_URL", None)
 # to the children through the environment; Prefect 2 reads neither.
 for _name, _value in ephemeral_environment().items():
     os.environ.setdefault(_name, _value)
+# The first process on the fresh database migrates it. Inside Prefect 2's in-process API start
+# that has 30 s, hard-coded (LifespanManager(startup_timeout=30)), which a machine busy with other
+# test runs overran (TimeoutError at the harness's first block save). As a `ledgerflow` command
+# does: migrate first, with no limit, under the home's lock, then start the API.
+from ledgerflow.prefect_home import start_ephemeral_api  # noqa: E402
+
+start_ephemeral_api()
 
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
