@@ -79,9 +79,12 @@ def start_ephemeral_api() -> None:
     skip_start_registration()
     migrate_once = _import_prefect_migrating_once()
     from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
 
-    if not _ephemeral():
+    if PREFECT_API_URL.value():
         return  # a server migrates its database once, at its own start
+    # Without flock (Windows) there is no lock to take, but the migration must still run: this
+    # process's API starts no longer migrate.
     with _home_lock(), warnings.catch_warnings():
         # A fresh home's migration reflects Prefect's own expression indexes, which
         # SQLAlchemy cannot: two warnings about Prefect's schema, nothing a user can act on.

@@ -52,3 +52,33 @@ def test_commands_started_together_on_a_fresh_prefect_home_all_succeed(tmp_path:
         assert proc.returncode == 0, output
         assert "UNIQUE constraint failed" not in output
     assert all(f"ledgerflow-local-stage/stage-{i}" in out for i, out in enumerate(outputs))
+
+
+def test_a_command_without_a_file_lock_still_migrates_a_fresh_home(tmp_path: Path) -> None:
+    """Where there is no flock (Windows), a command starts Prefect's API without the home's lock.
+    Prefect 2's API starts of a command never migrate (the command migrates once itself), so
+    that once must not depend on the lock: a fresh home answered 'no such table: block_type'."""
+    home = tmp_path / "prefect-home"
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")},
+        "PREFECT_HOME": str(home),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    no_flock = (
+        "import ledgerflow.prefect_home as home\n"
+        "home.fcntl = None\n"
+        "from ledgerflow.cli import app\n"
+        "app()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", no_flock, "status"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert "no PipelineConfig block is saved yet" in done.stderr, done.stderr
+    assert "no such table" not in done.stdout + done.stderr
+
