@@ -18,6 +18,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from ledgerflow.compat import PREFECT_3, ephemeral_start
 
@@ -71,6 +72,11 @@ def _import_prefect_migrating_once() -> bool:
         import prefect.settings  # Prefect reads its settings here, once
     finally:
         del os.environ[_MIGRATE_ON_START]
+    # Prefect hands the settings set in a process to the processes it starts for it (a served
+    # flow run's, a worker's: `to_environment_variables(exclude_unset=True)`): read from the
+    # environment at import, this one counts as set. Its value stays, for this process only.
+    settings: Any = prefect.settings.get_current_settings()
+    settings.__fields_set__.discard(_MIGRATE_ON_START)
     return not prefect.settings.PREFECT_API_DATABASE_MIGRATE_ON_START.value()
 
 

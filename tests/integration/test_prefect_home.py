@@ -82,3 +82,33 @@ def test_a_command_without_a_file_lock_still_migrates_a_fresh_home(tmp_path: Pat
     assert "no PipelineConfig block is saved yet" in done.stderr, done.stderr
     assert "no such table" not in done.stdout + done.stderr
 
+
+def test_processes_prefect_starts_for_a_command_still_migrate_at_their_start(
+    tmp_path: Path,
+) -> None:
+    """A command's own Prefect 2 API starts skip the migration (it migrates once itself), but
+    Prefect hands the settings set in a process to the processes it starts for it (a served flow
+    run's, a worker's: `to_environment_variables(exclude_unset=True)`): those must not inherit
+    the skip, or one of them on another home's database would run on it unmigrated."""
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")},
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    probe = (
+        "from ledgerflow.prefect_home import start_ephemeral_api\n"
+        "start_ephemeral_api()\n"
+        "from prefect.settings import get_current_settings\n"
+        "handed = get_current_settings().to_environment_variables(exclude_unset=True)\n"
+        "print('HANDED', handed.get('PREFECT_API_DATABASE_MIGRATE_ON_START'))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    assert "HANDED None" in done.stdout, done.stdout
