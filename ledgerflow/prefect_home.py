@@ -62,7 +62,8 @@ _MIGRATE_ON_START = "PREFECT_API_DATABASE_MIGRATE_ON_START"
 
 def _import_prefect_migrating_once() -> bool:
     """Import Prefect (2) with migrations off at its API's starts, unless the user chose that
-    setting or Prefect is already imported; True when this process must then migrate once
+    setting in the environment or Prefect is already imported; a choice in their profile decides
+    whether this process migrates once; True when this process must then migrate once
     itself. The environment is put back at once: a process this one starts (a flow run's, a
     server's) still migrates at its own starts."""
     if PREFECT_3 or "prefect" in sys.modules or _MIGRATE_ON_START in os.environ:
@@ -77,7 +78,14 @@ def _import_prefect_migrating_once() -> bool:
     # environment at import, this one counts as set. Its value stays, for this process only.
     settings: Any = prefect.settings.get_current_settings()
     settings.__fields_set__.discard(_MIGRATE_ON_START)
-    return not prefect.settings.PREFECT_API_DATABASE_MIGRATE_ON_START.value()
+    from prefect.context import get_settings_context
+    from pydantic.v1 import parse_obj_as
+
+    setting = prefect.settings.PREFECT_API_DATABASE_MIGRATE_ON_START
+    chosen = get_settings_context().profile.settings.get(setting)
+    if chosen is not None:  # the user's profile chose (the environment overrode it at import)
+        return bool(parse_obj_as(bool, chosen))
+    return not setting.value()
 
 
 def start_ephemeral_api() -> None:

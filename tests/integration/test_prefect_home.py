@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from ledgerflow.compat import PREFECT_3
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -112,3 +113,51 @@ def test_processes_prefect_starts_for_a_command_still_migrate_at_their_start(
     )
     assert done.returncode == 0, (done.stdout, done.stderr)
     assert "HANDED None" in done.stdout, done.stdout
+
+
+COUNTED_MIGRATIONS = (
+    "import alembic.command, sys\n"
+    "_upgrade = alembic.command.upgrade\n"
+    "def _counted(*args, **kwargs):\n"
+    "    print('MIGRATED', file=sys.stderr)\n"
+    "    return _upgrade(*args, **kwargs)\n"
+    "alembic.command.upgrade = _counted\n"
+    "from ledgerflow.cli import app\n"
+    "app()\n"
+)
+
+
+# Prefect 3's command process never migrates (its API server process does); and a profiles file
+# there must also allow ephemeral mode, which Prefect 2 does not know.
+@pytest.mark.skipif(PREFECT_3, reason="the once-per-command migration is Prefect 2's")
+def test_a_profile_that_turns_migrations_off_is_obeyed(tmp_path: Path) -> None:
+    """PREFECT_API_DATABASE_MIGRATE_ON_START=false in the user's Prefect profile (rather than
+    the environment) is their choice too: the command's own once-per-command migration (Prefect
+    2) must not override it."""
+    home = tmp_path / "prefect-home"
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")},
+        "PREFECT_HOME": str(home),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+
+    def status(**more: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", COUNTED_MIGRATIONS, "status"],
+            cwd=tmp_path,
+            env={**env, **more},
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
+
+    done = status()  # migrates the fresh home
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    profiles = tmp_path / "profiles.toml"
+    profiles.write_text(
+        'active = "mine"\n[profiles.mine]\nPREFECT_API_DATABASE_MIGRATE_ON_START = "false"\n'
+    )
+    done = status(PREFECT_PROFILES_PATH=str(profiles))
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert "no PipelineConfig block is saved yet" in done.stderr, done.stderr
+    assert "MIGRATED" not in done.stderr, done.stderr
