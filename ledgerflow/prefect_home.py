@@ -18,6 +18,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from ledgerflow.compat import PREFECT_3, ephemeral_start
 
@@ -61,7 +62,8 @@ _MIGRATE_ON_START = "PREFECT_API_DATABASE_MIGRATE_ON_START"
 
 def _import_prefect_migrating_once() -> bool:
     """Import Prefect (2) with migrations off at its API's starts, unless the user chose that
-    setting or Prefect is already imported; True when this process must then migrate once
+    setting in the environment or Prefect is already imported; a choice in their profile decides
+    whether this process migrates once; True when this process must then migrate once
     itself. The environment is put back at once: a process this one starts (a flow run's, a
     server's) still migrates at its own starts."""
     if PREFECT_3 or "prefect" in sys.modules or _MIGRATE_ON_START in os.environ:
@@ -71,7 +73,19 @@ def _import_prefect_migrating_once() -> bool:
         import prefect.settings  # Prefect reads its settings here, once
     finally:
         del os.environ[_MIGRATE_ON_START]
-    return not prefect.settings.PREFECT_API_DATABASE_MIGRATE_ON_START.value()
+    # Prefect hands the settings set in a process to the processes it starts for it (a served
+    # flow run's, a worker's: `to_environment_variables(exclude_unset=True)`): read from the
+    # environment at import, this one counts as set. Its value stays, for this process only.
+    settings: Any = prefect.settings.get_current_settings()
+    settings.__fields_set__.discard(_MIGRATE_ON_START)
+    from prefect.context import get_settings_context
+    from pydantic.v1 import parse_obj_as
+
+    setting = prefect.settings.PREFECT_API_DATABASE_MIGRATE_ON_START
+    chosen = get_settings_context().profile.settings.get(setting)
+    if chosen is not None:  # the user's profile chose (the environment overrode it at import)
+        return bool(parse_obj_as(bool, chosen))
+    return not setting.value()
 
 
 def start_ephemeral_api() -> None:
@@ -79,9 +93,12 @@ def start_ephemeral_api() -> None:
     skip_start_registration()
     migrate_once = _import_prefect_migrating_once()
     from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
 
-    if not _ephemeral():
+    if PREFECT_API_URL.value():
         return  # a server migrates its database once, at its own start
+    # Without flock (Windows) there is no lock to take, but the migration must still run: this
+    # process's API starts no longer migrate.
     with _home_lock(), warnings.catch_warnings():
         # A fresh home's migration reflects Prefect's own expression indexes, which
         # SQLAlchemy cannot: two warnings about Prefect's schema, nothing a user can act on.

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from ledgerflow.compat import PREFECT_3
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -52,3 +53,111 @@ def test_commands_started_together_on_a_fresh_prefect_home_all_succeed(tmp_path:
         assert proc.returncode == 0, output
         assert "UNIQUE constraint failed" not in output
     assert all(f"ledgerflow-local-stage/stage-{i}" in out for i, out in enumerate(outputs))
+
+
+def test_a_command_without_a_file_lock_still_migrates_a_fresh_home(tmp_path: Path) -> None:
+    """Where there is no flock (Windows), a command starts Prefect's API without the home's lock.
+    Prefect 2's API starts of a command never migrate (the command migrates once itself), so
+    that once must not depend on the lock: a fresh home answered 'no such table: block_type'."""
+    home = tmp_path / "prefect-home"
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")},
+        "PREFECT_HOME": str(home),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    no_flock = (
+        "import ledgerflow.prefect_home as home\n"
+        "home.fcntl = None\n"
+        "from ledgerflow.cli import app\n"
+        "app()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", no_flock, "status"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert "no PipelineConfig block is saved yet" in done.stderr, done.stderr
+    assert "no such table" not in done.stdout + done.stderr
+
+
+def test_processes_prefect_starts_for_a_command_still_migrate_at_their_start(
+    tmp_path: Path,
+) -> None:
+    """A command's own Prefect 2 API starts skip the migration (it migrates once itself), but
+    Prefect hands the settings set in a process to the processes it starts for it (a served flow
+    run's, a worker's: `to_environment_variables(exclude_unset=True)`): those must not inherit
+    the skip, or one of them on another home's database would run on it unmigrated."""
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")},
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    probe = (
+        "from ledgerflow.prefect_home import start_ephemeral_api\n"
+        "start_ephemeral_api()\n"
+        "from prefect.settings import get_current_settings\n"
+        "handed = get_current_settings().to_environment_variables(exclude_unset=True)\n"
+        "print('HANDED', handed.get('PREFECT_API_DATABASE_MIGRATE_ON_START'))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    assert "HANDED None" in done.stdout, done.stdout
+
+
+COUNTED_MIGRATIONS = (
+    "import alembic.command, sys\n"
+    "_upgrade = alembic.command.upgrade\n"
+    "def _counted(*args, **kwargs):\n"
+    "    print('MIGRATED', file=sys.stderr)\n"
+    "    return _upgrade(*args, **kwargs)\n"
+    "alembic.command.upgrade = _counted\n"
+    "from ledgerflow.cli import app\n"
+    "app()\n"
+)
+
+
+# Prefect 3's command process never migrates (its API server process does); and a profiles file
+# there must also allow ephemeral mode, which Prefect 2 does not know.
+@pytest.mark.skipif(PREFECT_3, reason="the once-per-command migration is Prefect 2's")
+def test_a_profile_that_turns_migrations_off_is_obeyed(tmp_path: Path) -> None:
+    """PREFECT_API_DATABASE_MIGRATE_ON_START=false in the user's Prefect profile (rather than
+    the environment) is their choice too: the command's own once-per-command migration (Prefect
+    2) must not override it."""
+    home = tmp_path / "prefect-home"
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")},
+        "PREFECT_HOME": str(home),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+
+    def status(**more: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", COUNTED_MIGRATIONS, "status"],
+            cwd=tmp_path,
+            env={**env, **more},
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
+
+    done = status()  # migrates the fresh home
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    profiles = tmp_path / "profiles.toml"
+    profiles.write_text(
+        'active = "mine"\n[profiles.mine]\nPREFECT_API_DATABASE_MIGRATE_ON_START = "false"\n'
+    )
+    done = status(PREFECT_PROFILES_PATH=str(profiles))
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert "no PipelineConfig block is saved yet" in done.stderr, done.stderr
+    assert "MIGRATED" not in done.stderr, done.stderr
