@@ -79,12 +79,11 @@ def _import_prefect_migrating_once() -> bool:
     settings: Any = prefect.settings.get_current_settings()
     settings.__fields_set__.discard(_MIGRATE_ON_START)
     from prefect.context import get_settings_context
-    from pydantic.v1 import parse_obj_as
 
     setting = prefect.settings.PREFECT_API_DATABASE_MIGRATE_ON_START
     chosen = get_settings_context().profile.settings.get(setting)
     if chosen is not None:  # the user's profile chose (the environment overrode it at import)
-        return bool(parse_obj_as(bool, chosen))
+        return str(chosen).strip().lower() not in {"0", "false", "f", "no", "n", "off"}
     return not setting.value()
 
 
