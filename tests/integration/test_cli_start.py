@@ -5,37 +5,15 @@ importing every block ledgerflow knows or every installed Prefect collection."""
 from __future__ import annotations
 
 import contextlib
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from ledgerflow.compat import PREFECT_3
 
+from .cli_kit import COUNT_MIGRATIONS, cli
 from .warehouse_kit import KEY, REGION, SECRET, Peers
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
-# Generous: each command imports Prefect and migrates a fresh SQLite database on a busy machine.
-TIMEOUT = 600
-
-
-def cli(home: Path, *args: str, code: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")},
-        "PREFECT_HOME": str(home),
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-    }
-    program = code or "from ledgerflow.cli import app; app()"
-    return subprocess.run(
-        [sys.executable, "-c", program, *args],
-        cwd=home.parent,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
 
 
 def test_a_prefect_that_never_saw_a_ledgerflow_block_gets_one_line_and_exit_2(
@@ -114,14 +92,8 @@ IMPORTED_PROBE = (
     # Registered first, so it runs last of the exit handlers, as the interpreter's shutdown is
     # about to begin: whatever is still alive should be frozen, out of that shutdown's sight.
     "atexit.register(lambda: print('FROZEN', gc.get_freeze_count() > 0, file=sys.stderr))\n"
-    # Every migration of Prefect's database in this process goes through Alembic's upgrade
-    # (Alembic imports without Prefect, so wrapping it changes nothing of the start).
-    "import alembic.command, os\n"
-    "_upgrade = alembic.command.upgrade\n"
-    "def _counted(*args, **kwargs):\n"
-    "    print('MIGRATED', file=sys.stderr)\n"
-    "    return _upgrade(*args, **kwargs)\n"
-    "alembic.command.upgrade = _counted\n"
+    + COUNT_MIGRATIONS
+    + "import os\n"
     "from ledgerflow.cli import app\n"
     "try:\n"
     "    app()\n"

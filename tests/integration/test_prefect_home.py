@@ -8,7 +8,6 @@ migration finding its index gone).
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,21 +15,13 @@ from pathlib import Path
 import pytest
 from ledgerflow.compat import PREFECT_3
 
-ROOT = Path(__file__).resolve().parents[2]
+from .cli_kit import APP, COUNT_MIGRATIONS, TIMEOUT, cli, home_env
+
 pytestmark = pytest.mark.slow
-# Generous: three processes each importing Prefect and migrating a fresh database one after the
-# other, on a machine that other test runs keep busy (a migration alone took 22 s there).
-TIMEOUT = 600
-CLI = [sys.executable, "-c", "from ledgerflow.cli import app; app()"]
 
 
 def test_commands_started_together_on_a_fresh_prefect_home_all_succeed(tmp_path: Path) -> None:
-    home = tmp_path / "prefect-home"
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")},
-        "PREFECT_HOME": str(home),
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-    }
+    env = home_env(tmp_path / "prefect-home")
     procs = []
     for i in range(3):
         blocks = tmp_path / f"blocks{i}.toml"
@@ -40,7 +31,7 @@ def test_commands_started_together_on_a_fresh_prefect_home_all_succeed(tmp_path:
         )
         procs.append(
             subprocess.Popen(
-                [*CLI, "blocks", "register", "--file", str(blocks)],
+                [sys.executable, "-c", APP, "blocks", "register", "--file", str(blocks)],
                 cwd=tmp_path,
                 env=env,
                 stdout=subprocess.PIPE,
@@ -59,26 +50,8 @@ def test_a_command_without_a_file_lock_still_migrates_a_fresh_home(tmp_path: Pat
     """Where there is no flock (Windows), a command starts Prefect's API without the home's lock.
     Prefect 2's API starts of a command never migrate (the command migrates once itself), so
     that once must not depend on the lock: a fresh home answered 'no such table: block_type'."""
-    home = tmp_path / "prefect-home"
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")},
-        "PREFECT_HOME": str(home),
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-    }
-    no_flock = (
-        "import ledgerflow.prefect_home as home\n"
-        "home.fcntl = None\n"
-        "from ledgerflow.cli import app\n"
-        "app()\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", no_flock, "status"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
+    no_flock = "import ledgerflow.prefect_home as home\nhome.fcntl = None\n" + APP
+    done = cli(tmp_path / "prefect-home", "status", code=no_flock)
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert "no PipelineConfig block is saved yet" in done.stderr, done.stderr
     assert "no such table" not in done.stdout + done.stderr
@@ -91,11 +64,6 @@ def test_processes_prefect_starts_for_a_command_still_migrate_at_their_start(
     Prefect hands the settings set in a process to the processes it starts for it (a served flow
     run's, a worker's: `to_environment_variables(exclude_unset=True)`): those must not inherit
     the skip, or one of them on another home's database would run on it unmigrated."""
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")},
-        "PREFECT_HOME": str(tmp_path / "prefect-home"),
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-    }
     probe = (
         "from ledgerflow.prefect_home import start_ephemeral_api\n"
         "start_ephemeral_api()\n"
@@ -103,28 +71,9 @@ def test_processes_prefect_starts_for_a_command_still_migrate_at_their_start(
         "handed = get_current_settings().to_environment_variables(exclude_unset=True)\n"
         "print('HANDED', handed.get('PREFECT_API_DATABASE_MIGRATE_ON_START'))\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", probe],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
+    done = cli(tmp_path / "prefect-home", code=probe)
     assert done.returncode == 0, (done.stdout, done.stderr)
     assert "HANDED None" in done.stdout, done.stdout
-
-
-COUNTED_MIGRATIONS = (
-    "import alembic.command, sys\n"
-    "_upgrade = alembic.command.upgrade\n"
-    "def _counted(*args, **kwargs):\n"
-    "    print('MIGRATED', file=sys.stderr)\n"
-    "    return _upgrade(*args, **kwargs)\n"
-    "alembic.command.upgrade = _counted\n"
-    "from ledgerflow.cli import app\n"
-    "app()\n"
-)
 
 
 # Prefect 3's command process never migrates (its API server process does); and a profiles file
@@ -135,21 +84,9 @@ def test_a_profile_that_turns_migrations_off_is_obeyed(tmp_path: Path) -> None:
     the environment) is their choice too: the command's own once-per-command migration (Prefect
     2) must not override it."""
     home = tmp_path / "prefect-home"
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")},
-        "PREFECT_HOME": str(home),
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-    }
 
     def status(**more: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-c", COUNTED_MIGRATIONS, "status"],
-            cwd=tmp_path,
-            env={**env, **more},
-            capture_output=True,
-            text=True,
-            timeout=TIMEOUT,
-        )
+        return cli(home, "status", code=COUNT_MIGRATIONS + APP, **more)
 
     done = status()  # migrates the fresh home
     assert done.returncode == 2, (done.stdout, done.stderr)
