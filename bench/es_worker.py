@@ -20,11 +20,12 @@ async def raw(url: str, index: str, start: str, end: str, page: int, slices: int
     """The ceiling: the same client (built as the block builds it) and paging (sliced
     scroll), documents discarded."""
     from ledgerflow.blocks.elasticsearch import ElasticsearchSource
+    from ledgerflow.blocks.elasticsearch.transport import connect
 
     block = ElasticsearchSource.parse_obj(
         {"hosts": [url], "index": index, "compatibility_headers": False, "request_timeout": 120}
     )
-    async with block._connect() as es:
+    async with connect(block) as es:
         return await _pages(es, index, start, end, page, slices)
 
 
