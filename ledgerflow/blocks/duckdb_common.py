@@ -19,11 +19,12 @@ DuckDB raises the same `BinderException` for a file-handle race (retry) as for a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -59,21 +60,30 @@ _MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)\s*$",
 _UNIT = {"kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12, "kib": 2**10, "mib": 2**20}
 _UNIT |= {"gib": 2**30, "tib": 2**40}
 MIN_MEMORY_LIMIT = 32 * 2**20  # below it a load of one row group fails
+AUTO = "auto"
+
+
+def memory_bytes(value: str) -> int:
+    """The bytes of a memory size that `check_memory_limit` accepted."""
+    found = _MEMORY.match(value)
+    if found is None:
+        raise ValueError(f"memory_limit={value!r} is not a memory size")
+    return int(float(found[1]) * _UNIT[found[2].lower()])
 
 
 def check_memory_limit(value: str | None) -> str | None:
-    """A DuckDB memory size such as "256MB" or "1GiB", at least 32 MiB; None is DuckDB's
-    default (80% of the machine's memory)."""
-    if value is None:
-        return None
+    """A DuckDB memory size such as "256MB" or "1GiB", at least 32 MiB; "auto" (the target
+    sizes it for each load); None is DuckDB's default (80% of the machine's memory)."""
+    if value is None or value == AUTO:
+        return value
     found = _MEMORY.match(value)
     if found is None:
         raise ValueError(
-            f"memory_limit={value!r} is not a memory size; allowed: a number and a unit, KB MB GB "
-            "TB (powers of 1000) or KiB MiB GiB TiB (powers of 1024), e.g. '256MB', or unset "
-            "for DuckDB's default (80% of the machine's memory)"
+            f"memory_limit={value!r} is not a memory size; allowed: 'auto', or a number and a "
+            "unit, KB MB GB TB (powers of 1000) or KiB MiB GiB TiB (powers of 1024), e.g. "
+            "'256MB', or unset for DuckDB's default (80% of the machine's memory)"
         )
-    size = float(found[1]) * _UNIT[found[2].lower()]
+    size = memory_bytes(value)
     if size < MIN_MEMORY_LIMIT:
         raise ValueError(
             f"memory_limit={value!r} is below 32MiB, too little for DuckDB to load a Parquet "
@@ -105,6 +115,7 @@ class _Database:
     users: int = 0
     busy: bool = True  # being opened or closed: others wait
     writers_waiting: int = 0
+    reserved: int = 0  # bytes the loads in progress reserved on top of the memory limit
 
 
 # Keyed by (pid, absolute path): a child process after fork must never use its parent's database.
@@ -161,7 +172,7 @@ class DuckDBHandle:
                     break  # this thread opens it, below, without holding the condition
                 if not db.busy and self._can_share(db):
                     assert db.con is not None
-                    cur = _cursor(db.con, self.resources)
+                    cur = _cursor(db.con, self.resources, db.reserved)
                     db.users += 1  # only once the cursor exists, so a failure leaks no count
                     return cur
                 self._wait(db, deadline)
@@ -175,7 +186,7 @@ class DuckDBHandle:
         with _changed:
             db.con, db.busy = con, False
             _changed.notify_all()
-            cur = _cursor(con, self.resources)
+            cur = _cursor(con, self.resources, db.reserved)
             db.users += 1
             return cur
 
@@ -211,6 +222,39 @@ class DuckDBHandle:
                 self.close(cur)
 
         return await asyncio.to_thread(call)
+
+    @contextlib.contextmanager
+    def reserving(self, cur: duckdb.DuckDBPyConnection, nbytes: int) -> Iterator[None]:
+        """Raise the database's memory limit by `nbytes` while the block runs, for `cur`'s
+        operation. Reservations of concurrent operations on one database add up, and an
+        operation that opens a cursor meanwhile keeps them (the limit is the database's)."""
+        if not nbytes:
+            yield
+            return
+        if self.path == ":memory:":  # a private database: only this operation uses it
+            _set_memory_limit(cur, self.resources, nbytes)
+            try:
+                yield
+            finally:
+                with contextlib.suppress(duckdb.Error):  # the load's outcome stands
+                    _set_memory_limit(cur, self.resources, 0)
+            return
+        db = _databases[(os.getpid(), os.path.abspath(self.path))]
+        with _changed:
+            db.reserved += nbytes
+            _set_memory_limit(cur, self.resources, db.reserved)
+        try:
+            yield
+        finally:
+            with _changed, contextlib.suppress(duckdb.Error):  # the load's outcome stands
+                db.reserved -= nbytes
+                _set_memory_limit(cur, self.resources, db.reserved)
+
+    def reserved(self) -> int:
+        """The bytes the operations in progress on this file's database reserved."""
+        with _changed:
+            db = _databases.get((os.getpid(), os.path.abspath(self.path)))
+            return db.reserved if db is not None else 0
 
     def _can_share(self, db: _Database) -> bool:
         if not db.read_only:
@@ -251,16 +295,28 @@ def _connect(
             delay = min(delay * 2, 1.0)
 
 
-def _cursor(con: duckdb.DuckDBPyConnection, resources: Resources) -> duckdb.DuckDBPyConnection:
+def _cursor(
+    con: duckdb.DuckDBPyConnection, resources: Resources, reserved: int
+) -> duckdb.DuckDBPyConnection:
     """A cursor; the database's memory limit and threads become this operation's block's (they
-    are the database's, for every cursor: the blocks sharing one file should agree). The temp
-    directory is set once, when the file is opened: DuckDB cannot move it once used."""
+    are the database's, for every cursor: the blocks sharing one file should agree), the limit
+    raised by what the loads in progress reserved. The temp directory is set once, when the file
+    is opened: DuckDB cannot move it once used."""
     cur = _utc(con.cursor())
-    if resources.memory_limit is not None:
-        cur.execute(f"SET memory_limit = '{resources.memory_limit}'")  # checked: digits, unit
+    _set_memory_limit(cur, resources, reserved)
     if resources.threads is not None:
         cur.execute(f"SET threads = {int(resources.threads)}")
     return cur
+
+
+def _set_memory_limit(cur: duckdb.DuckDBPyConnection, resources: Resources, reserved: int) -> None:
+    if resources.memory_limit is None:
+        return  # DuckDB's default
+    if reserved:
+        limit = f"{(memory_bytes(resources.memory_limit) + reserved) // 2**20}MiB"
+    else:
+        limit = resources.memory_limit  # checked: digits, unit
+    cur.execute(f"SET memory_limit = '{limit}'")
 
 
 def _utc(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
@@ -327,6 +383,14 @@ def translate(
     if reason is not None:
         return transient(f"{where}: {reason}; will retry: {exc}")
     return terminal(f"{where} {refused}: {exc}")
+
+
+def leaf_columns(cur: duckdb.DuckDBPyConnection, uri: str) -> int:
+    """How many leaf columns (a struct's fields each count) the Parquet file at `uri` has."""
+    row = cur.execute(
+        "SELECT count(*) FROM parquet_schema(?) WHERE coalesce(num_children, 0) = 0", [uri]
+    ).fetchone()
+    return int(row[0]) if row else 0
 
 
 def table_exists(cur: duckdb.DuckDBPyConnection, quoted_table: str) -> bool:

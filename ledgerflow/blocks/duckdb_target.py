@@ -11,12 +11,15 @@ from prefect.blocks.core import Block
 from ledgerflow import failpoints
 from ledgerflow.blocks.checks import forbid_unknown_fields, in_range
 from ledgerflow.blocks.duckdb_common import (
+    AUTO,
     DUCKDB_ERRORS,
     DuckDBHandle,
     Resources,
     check_memory_limit,
     check_temp_directory,
     creating_tables,
+    leaf_columns,
+    memory_bytes,
     table_exists,
     translate,
 )
@@ -40,11 +43,26 @@ from ledgerflow.ports import Fence, Manifest
 from ledgerflow.sqlident import quote_identifier
 from ledgerflow.windows import Window
 
-# What a load may use by default. Measured on a 600,000-document window (about 180 MB of JSON
-# text): DuckDB's own defaults (80% of memory, a thread per core) took the load to +270 MB of
-# resident memory, one thread to +140 MB whatever the limit from 32MB to 256MB; a larger load
+# What a load may use by default ("auto"). Measured on a 600,000-document window (about 180 MB
+# of JSON text): DuckDB's own defaults (80% of memory, a thread per core) took the load to +270 MB
+# of resident memory, one thread to +140 MB whatever the limit from 32MB to 256MB; a larger load
 # spills to temp_directory instead of growing (tests/integration/test_duckdb_resources.py).
-DEFAULT_MEMORY_LIMIT = "128MB"
+# But DuckDB cannot spill the column segments a load is filling: it holds about 0.7 MB per column
+# (measured by bisection: 23 MB for 9 to 20 columns, 39 MB for 50, 135 MB for 200, 262 MB for
+# 400, whatever the rows), so a fixed 128MB refused every window of a 200-field document. "auto"
+# keeps AUTO_BASE for any operation and reserves, for each load in progress, AUTO_PER_COLUMN per
+# leaf column of the staged files, at least AUTO_LOAD_FLOOR.
+DEFAULT_MEMORY_LIMIT = AUTO
+AUTO_BASE = "64MiB"
+AUTO_PER_COLUMN = 2**20
+AUTO_LOAD_FLOOR = 64 * 2**20
+
+
+def load_memory(columns: int) -> int:
+    """The bytes "auto" reserves for one load of `columns` leaf columns."""
+    return max(AUTO_LOAD_FLOOR, columns * AUTO_PER_COLUMN)
+
+
 DEFAULT_THREADS: int | None = 1
 
 
@@ -80,7 +98,9 @@ class DuckDBTarget(Block):
         DEFAULT_MEMORY_LIMIT,
         title="Memory limit",
         description="DuckDB's memory while loading (e.g. '256MB'); a larger load spills to "
-        "temp_directory. Unset: DuckDB's default, 80% of the machine's memory.",
+        "temp_directory, but DuckDB holds about 1 MiB per column of the table in memory while it "
+        "loads. 'auto': 64MiB, plus for each load in progress 1MiB per column (at least 64MiB). "
+        "Unset: DuckDB's default, 80% of the machine's memory.",
     )
     threads: int | None = Field(
         DEFAULT_THREADS,
@@ -112,7 +132,8 @@ class DuckDBTarget(Block):
     @property
     def handle(self) -> DuckDBHandle:
         """Holds the file only while an operation runs (nothing stays open between them)."""
-        resources = Resources(self.memory_limit, self.threads, self.temp_directory)
+        limit = AUTO_BASE if self.memory_limit == AUTO else self.memory_limit
+        resources = Resources(limit, self.threads, self.temp_directory)
         return DuckDBHandle(self.path, read_only=False, resources=resources)
 
     async def count(self, window: Window, pipeline_id: str) -> int:
@@ -142,6 +163,16 @@ class DuckDBTarget(Block):
             if not table_exists(cur, table):  # before creating it: another pipeline's?
                 check_owner(cur, fence.pipeline_id, owned)
             has_table = self._ensure_table(cur, table, uris)
+            columns = leaf_columns(cur, uris[0]) if uris else 0
+            with self.handle.reserving(cur, self._reservation(columns)):
+                try:
+                    return load(cur, interrupt, owned, has_table)
+                except duckdb.OutOfMemoryException as exc:
+                    raise self._out_of_memory(exc, columns) from exc
+
+        def load(
+            cur: duckdb.DuckDBPyConnection, interrupt: Interrupt, owned: str, has_table: bool
+        ) -> int:
             cur.execute("BEGIN TRANSACTION")
             try:
                 # First: another pipeline's table, or a newer claim of this window or of one
@@ -188,6 +219,35 @@ class DuckDBTarget(Block):
 
         result: int = await self._guard(in_thread(call))
         return result
+
+    def _reservation(self, columns: int) -> int:
+        """What a load of `columns` leaf columns reserves on top of the limit ("auto" only)."""
+        return load_memory(columns) if self.memory_limit == AUTO else 0
+
+    def _out_of_memory(self, exc: duckdb.OutOfMemoryException, columns: int) -> Exception:
+        """The load's error for DuckDB's out-of-memory: what the limit was, and what to set."""
+        where = f"DuckDB target {self.path!r} table {self.table!r}"
+        need = (memory_bytes(AUTO_BASE) + load_memory(columns)) // 2**20
+        if self.memory_limit == AUTO:
+            limit = (memory_bytes(AUTO_BASE) + self.handle.reserved()) // 2**20
+            return TargetError(
+                f"{where}: the load ran out of memory under memory_limit='auto' ({limit}MiB "
+                f"for {columns} columns and the loads in progress beside it); will retry. If it "
+                f"persists, set memory_limit above {limit}MiB: {exc}"
+            )
+        if self.memory_limit is None:
+            return TargetError(
+                f"{where}: the load ran out of memory under DuckDB's default limit (80% of the "
+                f"machine's memory) with {columns} columns; will retry: {exc}"
+            )
+        what = (
+            f"{where}: the load ran out of memory_limit={self.memory_limit!r} with {columns} "
+            f"columns (DuckDB holds about 1 MiB per column while it loads, and cannot spill "
+            f"it); allowed: memory_limit of at least {need}MiB, or 'auto' to size it per load"
+        )
+        if memory_bytes(self.memory_limit) < need * 2**20:
+            return TargetTerminalError(f"{what}: {exc}")  # no retry fits it in
+        return TargetError(f"{what}; will retry (other loads may have held memory): {exc}")
 
     def _ensure_table(self, cur: duckdb.DuckDBPyConnection, table: str, uris: list[str]) -> bool:
         """Whether the table exists, creating it from the staged files if allowed.

@@ -3,6 +3,7 @@ limit still lands whole (DuckDB spills to temp_directory)."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from ledgerflow.blocks.duckdb_common import DuckDBHandle, Resources
 from ledgerflow.blocks.duckdb_target import DuckDBTarget
+from ledgerflow.errors import TargetTerminalError
 from ledgerflow.ports import Fence, Manifest, StagedFile
 from ledgerflow.windows import Window
 
@@ -98,7 +100,9 @@ def test_the_defaults_bound_the_load_and_leave_the_temp_directory_to_duckdb(
         ).fetchone()
     finally:
         target.handle.close(cur)
-    assert got == ("122.0 MiB", 1, str(tmp_path / "w.duckdb.tmp"))  # 128MB, one thread
+    # memory_limit "auto": 64MiB outside a load (a load reserves more while it runs), one thread
+    assert target.memory_limit == "auto"
+    assert got == ("64.0 MiB", 1, str(tmp_path / "w.duckdb.tmp"))
 
 
 def test_a_second_operation_on_an_open_file_takes_its_own_blocks_limits(tmp_path: Path) -> None:
@@ -123,8 +127,9 @@ def test_a_second_operation_on_an_open_file_takes_its_own_blocks_limits(tmp_path
 @pytest.mark.parametrize(
     ("fields", "words"),
     [
-        ({"memory_limit": "80%"}, "not a memory size; allowed: a number and a unit"),
-        ({"memory_limit": "lots"}, "not a memory size"),
+        ({"memory_limit": "80%"}, "not a memory size; allowed: 'auto', or a number and a unit"),
+        ({"memory_limit": "lots"}, "not a memory size; allowed: 'auto', or a number"),
+        ({"memory_limit": "Auto"}, "not a memory size"),
         ({"memory_limit": "4MB"}, "below 32MiB"),
         ({"threads": 0}, "threads=0 must be between 1 and 1024"),
         ({"temp_directory": "  "}, "names no folder"),
@@ -133,3 +138,92 @@ def test_a_second_operation_on_an_open_file_takes_its_own_blocks_limits(tmp_path
 def test_bad_settings_are_refused_naming_the_field(fields: dict[str, object], words: str) -> None:
     with pytest.raises(ValueError, match=words):
         DuckDBTarget.parse_obj({"path": "w.duckdb", **fields})
+
+
+def wide_stage(folder: Path, rows: int, columns: int, start: datetime = START) -> Manifest:
+    """`rows` rows of a document with `columns` short keyword fields (an ECS-style log line),
+    in the window starting at `start`, as one part."""
+    folder.mkdir(parents=True)
+    step = 7_200_000_000 // rows
+    fields: dict[str, pa.Array] = {
+        "_id": pa.array([f"{folder.name}-{i:08d}" for i in range(rows)]),
+        "ts": pa.array(
+            [start + timedelta(microseconds=i * step) for i in range(rows)],
+            pa.timestamp("us", tz="UTC"),
+        ),
+    }
+    for c in range(columns - 2):
+        fields[f"field_{c:03d}"] = pa.array([f"v{(i * 31 + c) % 99991:07d}" for i in range(rows)])
+    path = folder / "part-00000.parquet"
+    pq.write_table(pa.table(fields), path)
+    return Manifest(str(folder), (StagedFile(str(path), rows, path.stat().st_size),))
+
+
+WIDE = 250  # DuckDB holds about 0.7 MB per column while it loads: 128MB held at most 180 or so
+
+
+async def test_a_wide_window_loads_with_the_default_settings(tmp_path: Path) -> None:
+    manifest = wide_stage(tmp_path / "stage", 20_000, WIDE)
+    target = DuckDBTarget.parse_obj({"path": str(tmp_path / "w.duckdb")})
+    assert await target.replace(WINDOW, manifest, Fence("p", WINDOW.start, 1)) == 20_000
+    assert await target.count(WINDOW, "p") == 20_000
+
+
+async def test_wide_windows_loading_at_once_in_one_process_each_get_their_memory(
+    tmp_path: Path,
+) -> None:
+    """The limit is the database's: loads at once reserve the sum, and a count that opens a
+    cursor of its own meanwhile (at the base limit) does not take their reservations away."""
+    starts = [START + timedelta(hours=2 * k) for k in range(3)]
+    windows = [Window(s, s + timedelta(hours=2), START.date(), "2h") for s in starts]
+    staged = [wide_stage(tmp_path / f"w{k}", 10_000, WIDE, w.start) for k, w in enumerate(windows)]
+    target = DuckDBTarget.parse_obj({"path": str(tmp_path / "w.duckdb")})
+    await target.replace(WINDOW, wide_stage(tmp_path / "seed", 10, WIDE), Fence("p", START, 1))
+    loads = asyncio.gather(
+        *(
+            target.replace(w, m, Fence("p", w.start, 2))
+            for w, m in zip(windows, staged, strict=True)
+        )
+    )
+    seen: set[str | None] = set()
+    while not loads.done():  # counts keep opening cursors while the loads run
+        await target.count(WINDOW, "p")
+        cur = target.handle.open()
+        try:
+            row = cur.execute("SELECT current_setting('memory_limit')").fetchone()
+        finally:
+            target.handle.close(cur)
+        seen.add(row[0] if row else None)
+        await asyncio.sleep(0.01)
+    assert await loads == [10_000] * 3
+    assert f"{64 + 3 * WIDE}.0 MiB" in seen  # 64MiB, and 1MiB per column for each load
+    assert [await target.count(w, "p") for w in windows] == [10_000] * 3
+    assert target.handle.reserved() == 0
+
+
+async def test_a_set_limit_too_small_for_a_wide_window_fails_naming_what_it_needs(
+    tmp_path: Path,
+) -> None:
+    target = DuckDBTarget.parse_obj({"path": str(tmp_path / "w.duckdb"), "memory_limit": "128MB"})
+    await target.replace(WINDOW, wide_stage(tmp_path / "old", 10, WIDE), Fence("p", START, 1))
+    manifest = wide_stage(tmp_path / "stage", 20_000, WIDE)
+    with pytest.raises(TargetTerminalError) as failed:
+        await target.replace(WINDOW, manifest, Fence("p", WINDOW.start, 2))
+    message = str(failed.value)
+    assert f"memory_limit='128MB' with {WIDE} columns" in message
+    assert f"allowed: memory_limit of at least {64 + WIDE}MiB, or 'auto'" in message
+    assert await target.count(WINDOW, "p") == 10  # the window's earlier load stands, whole
+
+
+def test_a_struct_counts_as_its_fields(tmp_path: Path) -> None:
+    """What a load reserves follows the columns DuckDB fills: each field of a struct is one."""
+    from ledgerflow.blocks.duckdb_common import leaf_columns
+
+    path = tmp_path / "nested.parquet"
+    user = pa.array([{"id": "u1", "geo": {"country": "US", "city": "SF"}}])
+    pq.write_table(pa.table({"_id": pa.array(["a"]), "user": user}), path)
+    con = duckdb.connect()
+    try:
+        assert leaf_columns(con, str(path)) == 4
+    finally:
+        con.close()

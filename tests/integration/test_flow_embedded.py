@@ -363,3 +363,25 @@ async def test_a_pipelines_blocks_load_through_one_prefect_client(
         again = await load_systems(config, client)
     assert len(opened) == 2, "a client was opened beside the one given"
     assert again.target.path == systems.target.path  # type: ignore[attr-defined]
+
+
+async def test_a_window_of_wide_documents_loads_with_the_default_blocks(tmp_path: Path) -> None:
+    """A document of 250 keyword fields (ECS-style logs) in the embedded target: DuckDB holds
+    about 0.7 MB per column while it loads, beyond what a fixed 128MB let it have."""
+    pipeline = Pipeline(tmp_path, rows=1)
+    fields = ", ".join(f"'v' || ((i * 31 + {c}) % 99991) AS field_{c:03d}" for c in range(248))
+    con = duckdb.connect(str(pipeline.source_path))
+    try:
+        con.execute(
+            "CREATE OR REPLACE TABLE web_events AS SELECT 'w-' || i AS event_id, "
+            f"?::TIMESTAMPTZ + to_microseconds(i * 300000) AS ts, {fields} FROM range(20000) t(i)",
+            [DEMO_START],
+        )
+    finally:
+        con.close()
+    name = await pipeline.save(end=FIRST_WINDOW_END)
+    state = await windowed_pipeline(config_block=name, return_state=True)
+    assert state.is_completed(), state.message
+    [row] = await pipeline.records()
+    assert (row.source_count, row.target_count, row.audit_result) == (20000, 20000, "PASS")
+    assert pipeline.warehouse_rows() == (20000, 20000)
