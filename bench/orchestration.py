@@ -72,13 +72,16 @@ async def _with_prefect(root: Path) -> float:
     started = time.perf_counter()
     state = await windowed_pipeline(config_block=name, return_state=True)
     elapsed = time.perf_counter() - started
-    assert state.is_completed() and state.message.startswith(f"{WINDOWS} window(s)"), state.message
+    assert state.is_completed() and (state.message or "").startswith(f"{WINDOWS} window(s)"), (
+        state.message
+    )
     return elapsed
 
 
 async def _without_prefect(root: Path) -> float:
     """The same ledger and block calls the tasks make, in plain asyncio."""
     from ledgerflow.blocks.config import load_final_config
+    from ledgerflow.compat import state_result
     from ledgerflow.tasks.cleanup_stale_locks import cleanup_stale_locks
     from ledgerflow.tasks.pre_validation_count_check import pre_validation_count_check
     from ledgerflow.tasks.store_and_validate import claim_window, register_windows
@@ -94,7 +97,7 @@ async def _without_prefect(root: Path) -> float:
 
     async def worker() -> int:
         done = 0
-        while (lease := (await claim_window.fn(systems, settings, "bench")).data) is not None:
+        while lease := await state_result(await claim_window.fn(systems, settings, "bench")):
             await pre_validation_count_check.fn(systems, settings, lease)
             done += 1
         return done

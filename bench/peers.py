@@ -163,7 +163,7 @@ def _ledgerflow(root: Path, home: Path, name: str, n: int) -> Run:
 
 async def _ingestr(admin: str, proxy: str, index: str, work: Path, n: int) -> Run:
     """ingestr into a throwaway Postgres database; then count what landed there."""
-    import asyncpg  # type: ignore[import-untyped]
+    import asyncpg
 
     from bench.postgres import fresh_database
 

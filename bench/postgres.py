@@ -20,10 +20,10 @@ def admin_dsn(stack: contextlib.ExitStack) -> str:
         with socket.create_connection(("127.0.0.1", 5432), timeout=0.5):
             return "postgresql://postgres@127.0.0.1:5432/postgres"
     except OSError:
-        import pgserver
+        from pgserver.postgres_server import get_server
 
         folder = stack.enter_context(tempfile.TemporaryDirectory())
-        server = pgserver.get_server(folder, cleanup_mode="stop")
+        server = get_server(folder, cleanup_mode="stop")
         stack.callback(server.cleanup)
         return str(server.get_uri())
 

@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -58,20 +59,26 @@ def _pool() -> list[pa.RecordBatch]:
 
 
 async def batches(rows: int, pool: list[pa.RecordBatch]) -> AsyncIterator[pa.RecordBatch]:
-    for i in range(rows // BATCH):
+    """`rows` rows in batches of BATCH, the last one short (a smoke run is smaller than one)."""
+    full, rest = divmod(rows, BATCH)
+    for i in range(full):
         yield pool[i % len(pool)]
+    if rest:
+        yield pool[full % len(pool)].slice(0, rest)
 
 
-def credentials(endpoint: str):  # type: ignore[no-untyped-def]
+def credentials(endpoint: str) -> Any:
+    from ledgerflow.compat import model_validate
     from prefect_aws import AwsCredentials
     from prefect_aws.client_parameters import AwsClientParameters
 
-    return AwsCredentials(
-        aws_access_key_id="bench",
-        aws_secret_access_key="bench",
-        region_name="us-east-1",
-        aws_client_parameters=AwsClientParameters(endpoint_url=endpoint),
-    )
+    fields = {
+        "aws_access_key_id": "bench",
+        "aws_secret_access_key": "bench",
+        "region_name": "us-east-1",
+        "aws_client_parameters": AwsClientParameters(endpoint_url=endpoint),
+    }
+    return model_validate(AwsCredentials, fields)
 
 
 async def ledgerflow(
@@ -79,11 +86,11 @@ async def ledgerflow(
 ) -> tuple[int, int, float]:
     """S3Stage.write: Arrow batches to Parquet parts to S3 (what the pipeline does)."""
     from ledgerflow.blocks.s3_stage import S3Stage
+    from ledgerflow.compat import model_validate
     from prefect_aws import S3Bucket
 
-    stage = S3Stage(
-        bucket=S3Bucket(bucket_name=bucket, credentials=credentials(endpoint)), target_file_mb=32
-    )
+    s3 = S3Bucket(bucket_name=bucket, credentials=credentials(endpoint))
+    stage = model_validate(S3Stage, {"bucket": s3, "target_file_mb": 32})
     pool = _pool()
     assert stage.client is not None  # made before the clock starts, as the baselines' are
     started = time.perf_counter()
