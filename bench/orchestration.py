@@ -13,6 +13,7 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import cast
 
 import duckdb
 
@@ -81,7 +82,7 @@ async def _with_prefect(root: Path) -> float:
 async def _without_prefect(root: Path) -> float:
     """The same ledger and block calls the tasks make, in plain asyncio."""
     from ledgerflow.blocks.config import load_final_config
-    from ledgerflow.compat import state_result
+    from ledgerflow.ledger import Lease
     from ledgerflow.tasks.cleanup_stale_locks import cleanup_stale_locks
     from ledgerflow.tasks.pre_validation_count_check import pre_validation_count_check
     from ledgerflow.tasks.store_and_validate import claim_window, register_windows
@@ -97,7 +98,9 @@ async def _without_prefect(root: Path) -> float:
 
     async def worker() -> int:
         done = 0
-        while lease := await state_result(await claim_window.fn(systems, settings, "bench")):
+        # .fn returns the task's own State: its data is the lease itself, or None.
+        while (claimed := (await claim_window.fn(systems, settings, "bench")).data) is not None:
+            lease = cast(Lease, claimed)
             await pre_validation_count_check.fn(systems, settings, lease)
             done += 1
         return done
