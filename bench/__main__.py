@@ -7,7 +7,7 @@ import inspect
 import sys
 from collections.abc import Callable
 
-from bench import es_extract, ledger, lines, orchestration, peers, stage_s3
+from bench import duckdb_load, es_extract, ledger, lines, orchestration, peers, stage_s3
 
 SUITES: dict[str, Callable[..., None]] = {
     "ledger": ledger.main,
@@ -15,6 +15,7 @@ SUITES: dict[str, Callable[..., None]] = {
     "elasticsearch": es_extract.main,
     "s3": stage_s3.main,
     "peers": peers.main,
+    "duckdb": duckdb_load.main,
     "lines": lines.main,
 }
 # Needs both virtualenvs (`make bench-lines`), so not part of a plain `make bench`.
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         nargs="+",
         help="window sizes for the suites that take them (elasticsearch and peers: documents, "
-        "s3: rows), e.g. `peers --docs 20000` for a quick smoke run",
+        "s3: rows, duckdb: columns), e.g. `peers --docs 20000` for a quick smoke run",
     )
     args = parser.parse_args(argv)
     for name in args.suites or DEFAULT:

@@ -385,12 +385,23 @@ def translate(
     return terminal(f"{where} {refused}: {exc}")
 
 
-def leaf_columns(cur: duckdb.DuckDBPyConnection, uri: str) -> int:
-    """How many leaf columns (a struct's fields each count) the Parquet file at `uri` has."""
+@dataclass(frozen=True)
+class LoadShape:
+    """What a load's memory follows: the staged files' leaf columns (a struct's fields each
+    count) and their largest row group, uncompressed (DuckDB's reader decodes one at a time)."""
+
+    columns: int
+    largest_row_group: int
+
+
+def load_shape(cur: duckdb.DuckDBPyConnection, uris: list[str]) -> LoadShape:
+    """The shape of the Parquet files at `uris`, from their footers."""
+    if not uris:
+        return LoadShape(0, 0)
     row = cur.execute(
-        "SELECT count(*) FROM parquet_schema(?) WHERE coalesce(num_children, 0) = 0", [uri]
+        "SELECT max(row_group_num_columns), max(row_group_bytes) FROM parquet_metadata(?)", [uris]
     ).fetchone()
-    return int(row[0]) if row else 0
+    return LoadShape(int(row[0] or 0), int(row[1] or 0)) if row else LoadShape(0, 0)
 
 
 def table_exists(cur: duckdb.DuckDBPyConnection, quoted_table: str) -> bool:

@@ -14,11 +14,12 @@ from ledgerflow.blocks.duckdb_common import (
     AUTO,
     DUCKDB_ERRORS,
     DuckDBHandle,
+    LoadShape,
     Resources,
     check_memory_limit,
     check_temp_directory,
     creating_tables,
-    leaf_columns,
+    load_shape,
     memory_bytes,
     table_exists,
     translate,
@@ -47,23 +48,21 @@ from ledgerflow.windows import Window
 # of JSON text): DuckDB's own defaults (80% of memory, a thread per core) took the load to +270 MB
 # of resident memory, one thread to +140 MB whatever the limit from 32MB to 256MB; a larger load
 # spills to temp_directory instead of growing (tests/integration/test_duckdb_resources.py).
-# But DuckDB cannot spill the column segments a load is filling: it holds about 0.7 MB per column
-# (measured by bisection: 23 MB for 9 to 20 columns, 39 MB for 50, 135 MB for 200, 262 MB for
-# 400, whatever the rows), so a fixed 128MB refused every window of a 200-field document. "auto"
-# keeps AUTO_BASE for any operation and reserves, for each load in progress, AUTO_PER_COLUMN per
-# leaf column of the staged files, at least AUTO_LOAD_FLOOR.
+# But DuckDB cannot spill what a load is filling and decoding: about 0.65 MiB per column, plus
+# 1.35 times the largest staged row group, uncompressed, whatever the rows (`python -m bench
+# duckdb`; 200 columns: 131 MiB with row groups of 2.5 MiB, 339 MiB with 160 MiB), so a fixed
+# 128MB refused every window of a 200-field document. "auto" keeps AUTO_BASE for any operation
+# and reserves, for each load in progress, 1 MiB per leaf column and 1.5 times the largest row
+# group, at least AUTO_LOAD_FLOOR.
 DEFAULT_MEMORY_LIMIT = AUTO
+DEFAULT_THREADS: int | None = 1
 AUTO_BASE = "64MiB"
-AUTO_PER_COLUMN = 2**20
 AUTO_LOAD_FLOOR = 64 * 2**20
 
 
-def load_memory(columns: int) -> int:
-    """The bytes "auto" reserves for one load of `columns` leaf columns."""
-    return max(AUTO_LOAD_FLOOR, columns * AUTO_PER_COLUMN)
-
-
-DEFAULT_THREADS: int | None = 1
+def load_memory(shape: LoadShape) -> int:
+    """The bytes "auto" reserves for one load of staged files of this shape."""
+    return max(AUTO_LOAD_FLOOR, shape.columns * 2**20 + shape.largest_row_group * 3 // 2)
 
 
 class DuckDBTarget(Block):
@@ -98,8 +97,9 @@ class DuckDBTarget(Block):
         DEFAULT_MEMORY_LIMIT,
         title="Memory limit",
         description="DuckDB's memory while loading (e.g. '256MB'); a larger load spills to "
-        "temp_directory, but DuckDB holds about 1 MiB per column of the table in memory while it "
-        "loads. 'auto': 64MiB, plus for each load in progress 1MiB per column (at least 64MiB). "
+        "temp_directory, but DuckDB holds about 1 MiB per column and a staged row group in memory "
+        "while it loads. 'auto': 64MiB, plus for each load in progress 1MiB per column and 1.5 "
+        "times the largest staged row group (at least 64MiB). "
         "Unset: DuckDB's default, 80% of the machine's memory.",
     )
     threads: int | None = Field(
@@ -163,12 +163,12 @@ class DuckDBTarget(Block):
             if not table_exists(cur, table):  # before creating it: another pipeline's?
                 check_owner(cur, fence.pipeline_id, owned)
             has_table = self._ensure_table(cur, table, uris)
-            columns = leaf_columns(cur, uris[0]) if uris else 0
-            with self.handle.reserving(cur, self._reservation(columns)):
+            shape = load_shape(cur, uris)
+            with self.handle.reserving(cur, self._reservation(shape)):
                 try:
                     return load(cur, interrupt, owned, has_table)
                 except duckdb.OutOfMemoryException as exc:
-                    raise self._out_of_memory(exc, columns) from exc
+                    raise self._out_of_memory(exc, shape) from exc
 
         def load(
             cur: duckdb.DuckDBPyConnection, interrupt: Interrupt, owned: str, has_table: bool
@@ -220,14 +220,15 @@ class DuckDBTarget(Block):
         result: int = await self._guard(in_thread(call))
         return result
 
-    def _reservation(self, columns: int) -> int:
-        """What a load of `columns` leaf columns reserves on top of the limit ("auto" only)."""
-        return load_memory(columns) if self.memory_limit == AUTO else 0
+    def _reservation(self, shape: LoadShape) -> int:
+        """What a load reserves on top of the limit ("auto" only)."""
+        return load_memory(shape) if self.memory_limit == AUTO else 0
 
-    def _out_of_memory(self, exc: duckdb.OutOfMemoryException, columns: int) -> Exception:
+    def _out_of_memory(self, exc: duckdb.OutOfMemoryException, shape: LoadShape) -> Exception:
         """The load's error for DuckDB's out-of-memory: what the limit was, and what to set."""
         where = f"DuckDB target {self.path!r} table {self.table!r}"
-        need = (memory_bytes(AUTO_BASE) + load_memory(columns)) // 2**20
+        columns = shape.columns
+        need = (memory_bytes(AUTO_BASE) + load_memory(shape)) // 2**20
         if self.memory_limit == AUTO:
             limit = (memory_bytes(AUTO_BASE) + self.handle.reserved()) // 2**20
             return TargetError(
@@ -242,8 +243,9 @@ class DuckDBTarget(Block):
             )
         what = (
             f"{where}: the load ran out of memory_limit={self.memory_limit!r} with {columns} "
-            f"columns (DuckDB holds about 1 MiB per column while it loads, and cannot spill "
-            f"it); allowed: memory_limit of at least {need}MiB, or 'auto' to size it per load"
+            f"columns and row groups of up to {shape.largest_row_group // 2**20}MiB (DuckDB holds "
+            "about 1 MiB per column and a row group while it loads, and cannot spill them); "
+            f"allowed: memory_limit of at least {need}MiB, or 'auto' to size it per load"
         )
         if memory_bytes(self.memory_limit) < need * 2**20:
             return TargetTerminalError(f"{what}: {exc}")  # no retry fits it in
