@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import duckdb
+import pyarrow as pa
 
 from ledgerflow.errors import LedgerflowError, TerminalError, TransientError
 
@@ -311,7 +312,14 @@ def _cursor(
 
 def _set_memory_limit(cur: duckdb.DuckDBPyConnection, resources: Resources, reserved: int) -> None:
     if resources.memory_limit is None:
-        return  # DuckDB's default
+        # DuckDB's default (80% of the machine's memory), not what another block sharing the
+        # file set. RESET alone only changes what current_setting reports (DuckDB 1.5 keeps the
+        # buffer pool's limit), so set the default it reports.
+        cur.execute("RESET memory_limit")
+        row = cur.execute("SELECT current_setting('memory_limit')").fetchone()
+        if row:
+            cur.execute(f"SET memory_limit = '{row[0]}'")
+        return
     if reserved:
         limit = f"{(memory_bytes(resources.memory_limit) + reserved) // 2**20}MiB"
     else:
@@ -402,6 +410,31 @@ def load_shape(cur: duckdb.DuckDBPyConnection, uris: list[str]) -> LoadShape:
         "SELECT max(row_group_num_columns), max(row_group_bytes) FROM parquet_metadata(?)", [uris]
     ).fetchone()
     return LoadShape(int(row[0] or 0), int(row[1] or 0)) if row else LoadShape(0, 0)
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether DuckDB ran out of its memory limit: while running a statement, or at a COMMIT
+    that could not pin the blocks it writes ("Failed to commit: failed to pin block")."""
+    if isinstance(exc, duckdb.OutOfMemoryException):
+        return True
+    return isinstance(exc, duckdb.TransactionException) and "failed to pin block" in str(exc)
+
+
+def table_leaf_columns(cur: duckdb.DuckDBPyConnection, quoted_table: str) -> int:
+    """How many leaf columns (a struct's fields each count, as in `load_shape`) the table has:
+    a load fills every one of them, NULL where the staged files lack it."""
+    schema = cur.execute(f"SELECT * FROM {quoted_table} LIMIT 0").to_arrow_table().schema
+    return sum(_leaves(field.type) for field in schema)
+
+
+def _leaves(kind: pa.DataType) -> int:
+    if pa.types.is_struct(kind):
+        return sum(_leaves(kind.field(i).type) for i in range(kind.num_fields)) or 1
+    if pa.types.is_map(kind):
+        return _leaves(kind.key_type) + _leaves(kind.item_type)
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+        return _leaves(kind.value_type)
+    return 1
 
 
 def table_exists(cur: duckdb.DuckDBPyConnection, quoted_table: str) -> bool:

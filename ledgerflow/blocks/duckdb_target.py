@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 from typing import Any
 
 import duckdb
@@ -21,7 +22,9 @@ from ledgerflow.blocks.duckdb_common import (
     creating_tables,
     load_shape,
     memory_bytes,
+    out_of_memory,
     table_exists,
+    table_leaf_columns,
     translate,
 )
 from ledgerflow.blocks.duckdb_fences import (
@@ -48,21 +51,36 @@ from ledgerflow.windows import Window
 # of JSON text): DuckDB's own defaults (80% of memory, a thread per core) took the load to +270 MB
 # of resident memory, one thread to +140 MB whatever the limit from 32MB to 256MB; a larger load
 # spills to temp_directory instead of growing (tests/integration/test_duckdb_resources.py).
-# But DuckDB cannot spill what a load is filling and decoding: about 0.65 MiB per column, plus
-# 1.35 times the largest staged row group, uncompressed, whatever the rows (`python -m bench
-# duckdb`; 200 columns: 131 MiB with row groups of 2.5 MiB, 339 MiB with 160 MiB), so a fixed
-# 128MB refused every window of a 200-field document. "auto" keeps AUTO_BASE for any operation
-# and reserves, for each load in progress, 1 MiB per leaf column and 1.5 times the largest row
-# group, at least AUTO_LOAD_FLOOR.
+# But DuckDB cannot spill what a load is filling and decoding (`python -m bench duckdb`):
+# - about 0.65 MiB per column of the table (a load fills every one, NULL where the files lack it);
+# - 1.35 times the largest staged row group, uncompressed (200 columns: 131 MiB with row groups
+#   of 2.5 MiB, 339 MiB with one of 160 MiB);
+# - the table's last row group, which the window's rows join until it holds ROW_GROUP_ROWS: at the
+#   COMMIT all of it is in memory (200 columns after an earlier window: 271 MiB for 50,000 rows,
+#   where 150,000, which fill row groups of their own, need 135).
+# So a fixed 128MB refused every window of a 200-field document. "auto" keeps AUTO_BASE for any
+# operation and reserves, for each load in progress, what `load_memory` says.
 DEFAULT_MEMORY_LIMIT = AUTO
 DEFAULT_THREADS: int | None = 1
 AUTO_BASE = "64MiB"
 AUTO_LOAD_FLOOR = 64 * 2**20
+ROW_GROUP_ROWS = 122_880  # DuckDB's row group
+VALUE_BYTES = 16  # DuckDB's in-memory width of a value (a string's is 16, inlined up to 12 bytes)
 
 
-def load_memory(shape: LoadShape) -> int:
-    """The bytes "auto" reserves for one load of staged files of this shape."""
-    return max(AUTO_LOAD_FLOOR, shape.columns * 2**20 + shape.largest_row_group * 3 // 2)
+def load_memory(shape: LoadShape, rows: int, *, floor: bool = True) -> int:
+    """The bytes "auto" gives one load of `rows` rows of this shape, above what it was measured
+    to need: 1 MiB per column, and 1.5 times the largest staged row group and the fixed-width
+    part of the row group the rows join; at least AUTO_LOAD_FLOOR (`floor`)."""
+    joined = min(rows, ROW_GROUP_ROWS) * VALUE_BYTES * shape.columns
+    need = shape.columns * 2**20 + (shape.largest_row_group + joined) * 3 // 2
+    return max(AUTO_LOAD_FLOOR, need) if floor else need
+
+
+def least_memory(shape: LoadShape) -> int:
+    """The bytes a load of this shape needs at the least, whatever the rows and the table: 0.65
+    MiB per column and its largest staged row group (the least measured, into an empty table)."""
+    return shape.columns * 2**20 * 65 // 100 + shape.largest_row_group
 
 
 class DuckDBTarget(Block):
@@ -164,11 +182,15 @@ class DuckDBTarget(Block):
                 check_owner(cur, fence.pipeline_id, owned)
             has_table = self._ensure_table(cur, table, uris)
             shape = load_shape(cur, uris)
-            with self.handle.reserving(cur, self._reservation(shape)):
+            if has_table:  # a load fills every column of the table, NULL where files lack it
+                shape = replace(shape, columns=max(shape.columns, table_leaf_columns(cur, table)))
+            with self.handle.reserving(cur, self._reservation(shape, manifest.rows)):
                 try:
                     return load(cur, interrupt, owned, has_table)
-                except duckdb.OutOfMemoryException as exc:
-                    raise self._out_of_memory(exc, shape) from exc
+                except duckdb.Error as exc:
+                    if not out_of_memory(exc):
+                        raise
+                    raise self._out_of_memory(exc, shape, manifest.rows) from exc
 
         def load(
             cur: duckdb.DuckDBPyConnection, interrupt: Interrupt, owned: str, has_table: bool
@@ -220,15 +242,18 @@ class DuckDBTarget(Block):
         result: int = await self._guard(in_thread(call))
         return result
 
-    def _reservation(self, shape: LoadShape) -> int:
+    def _reservation(self, shape: LoadShape, rows: int) -> int:
         """What a load reserves on top of the limit ("auto" only)."""
-        return load_memory(shape) if self.memory_limit == AUTO else 0
+        return load_memory(shape, rows) if self.memory_limit == AUTO else 0
 
-    def _out_of_memory(self, exc: duckdb.OutOfMemoryException, shape: LoadShape) -> Exception:
+    def _out_of_memory(self, exc: duckdb.Error, shape: LoadShape, rows: int) -> Exception:
         """The load's error for DuckDB's out-of-memory: what the limit was, and what to set."""
         where = f"DuckDB target {self.path!r} table {self.table!r}"
         columns = shape.columns
-        need = (memory_bytes(AUTO_BASE) + load_memory(shape)) // 2**20
+        # What "auto" would give this load alone, as advice; only a limit below the least it
+        # needs is terminal: a set limit above that may have run out because of the loads
+        # beside it, and a retry may pass.
+        need = (memory_bytes(AUTO_BASE) + load_memory(shape, rows, floor=False)) // 2**20
         if self.memory_limit == AUTO:
             limit = (memory_bytes(AUTO_BASE) + self.handle.reserved()) // 2**20
             return TargetError(
@@ -243,11 +268,11 @@ class DuckDBTarget(Block):
             )
         what = (
             f"{where}: the load ran out of memory_limit={self.memory_limit!r} with {columns} "
-            f"columns and row groups of up to {shape.largest_row_group // 2**20}MiB (DuckDB holds "
-            "about 1 MiB per column and a row group while it loads, and cannot spill them); "
+            f"columns and {rows} rows (DuckDB holds about 1 MiB per column and whole row groups "
+            "while it loads, and cannot spill them); "
             f"allowed: memory_limit of at least {need}MiB, or 'auto' to size it per load"
         )
-        if memory_bytes(self.memory_limit) < need * 2**20:
+        if memory_bytes(self.memory_limit) < least_memory(shape):
             return TargetTerminalError(f"{what}: {exc}")  # no retry fits it in
         return TargetError(f"{what}; will retry (other loads may have held memory): {exc}")
 
