@@ -29,6 +29,7 @@ from ledgerflow.blocks.duckdb_common import (
 )
 from ledgerflow.blocks.duckdb_fences import (
     FENCE_TABLE,
+    Seen,
     advance_fence,
     check_owner,
     commit_fenced,
@@ -181,20 +182,6 @@ class DuckDBTarget(Block):
             if not table_exists(cur, table):  # before creating it: another pipeline's?
                 check_owner(cur, fence.pipeline_id, owned)
             has_table = self._ensure_table(cur, table, uris)
-            shape = load_shape(cur, uris)
-            if has_table:  # a load fills every column of the table, NULL where files lack it
-                shape = replace(shape, columns=max(shape.columns, table_leaf_columns(cur, table)))
-            with self.handle.reserving(cur, self._reservation(shape, manifest.rows)):
-                try:
-                    return load(cur, interrupt, owned, has_table)
-                except duckdb.Error as exc:
-                    if not out_of_memory(exc):
-                        raise
-                    raise self._out_of_memory(exc, shape, manifest.rows) from exc
-
-        def load(
-            cur: duckdb.DuckDBPyConnection, interrupt: Interrupt, owned: str, has_table: bool
-        ) -> int:
             cur.execute("BEGIN TRANSACTION")
             try:
                 # First: another pipeline's table, or a newer claim of this window or of one
@@ -204,24 +191,15 @@ class DuckDBTarget(Block):
                     # The fence advanced; there is nothing to replace.
                     commit_fenced(self.path, cur, fence, window.end, owned, seen)
                     return 0
-                cur.execute(
-                    f"DELETE FROM {table} WHERE {ts} >= ? AND {ts} < ?", [window.start, window.end]
-                )
-                failpoints.hit("mid_load")  # inside the transaction, after the DELETE
-                loaded = 0
-                if uris:
-                    row = cur.execute(
-                        f"INSERT INTO {table} BY NAME SELECT * FROM read_parquet(?)",
-                        [uris],
-                    ).fetchone()
-                    loaded = int(row[0]) if row else 0
-                if loaded != manifest.rows:
-                    raise LoadCountMismatch(loaded, manifest.rows)
-                self._check_inside(cur, window, uris, loaded)
-                failpoints.hit("before_commit")
-                interrupt.check()
-                commit_fenced(self.path, cur, fence, window.end, owned, seen)
-                return loaded
+                # Sized only now: a load the fence stops never reads its (maybe cleared) files.
+                shape = self._shape(cur, table, uris)
+                with self.handle.reserving(cur, self._reservation(shape, manifest.rows)):
+                    try:
+                        return fill(cur, interrupt, owned, seen)
+                    except duckdb.Error as exc:
+                        if not out_of_memory(exc):
+                            raise
+                        raise self._out_of_memory(exc, shape, manifest.rows) from exc
             except BaseException:
                 # A COMMIT that failed (a concurrent first load of this window committed its
                 # fence row first) has already ended the transaction: keep its error, not
@@ -229,6 +207,28 @@ class DuckDBTarget(Block):
                 with contextlib.suppress(duckdb.Error):
                     cur.execute("ROLLBACK")
                 raise
+
+        def fill(
+            cur: duckdb.DuckDBPyConnection, interrupt: Interrupt, owned: str, seen: Seen
+        ) -> int:
+            cur.execute(
+                f"DELETE FROM {table} WHERE {ts} >= ? AND {ts} < ?", [window.start, window.end]
+            )
+            failpoints.hit("mid_load")  # inside the transaction, after the DELETE
+            loaded = 0
+            if uris:
+                row = cur.execute(
+                    f"INSERT INTO {table} BY NAME SELECT * FROM read_parquet(?)",
+                    [uris],
+                ).fetchone()
+                loaded = int(row[0]) if row else 0
+            if loaded != manifest.rows:
+                raise LoadCountMismatch(loaded, manifest.rows)
+            self._check_inside(cur, window, uris, loaded)
+            failpoints.hit("before_commit")
+            interrupt.check()
+            commit_fenced(self.path, cur, fence, window.end, owned, seen)
+            return loaded
 
         def call(interrupt: Interrupt) -> int:
             cur = self.handle.open()
@@ -241,6 +241,12 @@ class DuckDBTarget(Block):
 
         result: int = await self._guard(in_thread(call))
         return result
+
+    def _shape(self, cur: duckdb.DuckDBPyConnection, table: str, uris: list[str]) -> LoadShape:
+        """The staged files' shape; a load fills every column of the table, NULL where the
+        files lack it, so the table's columns count too."""
+        shape = load_shape(cur, uris)
+        return replace(shape, columns=max(shape.columns, table_leaf_columns(cur, table)))
 
     def _reservation(self, shape: LoadShape, rows: int) -> int:
         """What a load reserves on top of the limit ("auto" only)."""
