@@ -19,6 +19,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
+from ledgerflow.blocks.duckdb_common import out_of_memory
 
 from bench.common import show
 
@@ -45,8 +46,10 @@ def _loads(stage: Path, db: Path, mib: int) -> bool:
         con.execute("INSERT INTO t BY NAME SELECT * FROM read_parquet(?)", [str(stage)])
         con.execute("COMMIT")
         return True
-    except duckdb.OutOfMemoryException:
-        return False
+    except duckdb.Error as exc:
+        if out_of_memory(exc):  # while inserting, or at the COMMIT ("failed to pin block")
+            return False
+        raise
     finally:
         con.close()
 
