@@ -52,8 +52,14 @@ TEST_NEEDS := .venv/.installed-dev
 TEST_ENV   := LEDGERFLOW_PREFECT2_BIN=$(CURDIR)/.venv/bin LEDGERFLOW_PREFECT3_BIN=$(CURDIR)/$(BIN)
 endif
 
+# The suite runs on every core (pytest-xdist), each worker with its own servers (osmem, moto,
+# fakesnow, a Prefect API) and its own throwaway Postgres databases; work stealing keeps the
+# long tests (the chaos scripts, the deploy walk, the upgrade) from leaving one worker to finish
+# alone. JOBS=0 runs it in this one process, JOBS=4 on four workers.
+JOBS ?= auto
+
 test: $(STAMP) $(TEST_NEEDS)
-	$(TEST_ENV) $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(TEST_ENV) $(BIN)/python -m pytest -q -n $(JOBS) --dist worksteal $(PYTEST_ARGS)
 
 # The same suite on the newest Prefect 3 and its collections, in .venv3.
 test-prefect3:
