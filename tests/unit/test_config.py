@@ -42,7 +42,12 @@ def test_the_seed_defaults_are_the_defaults() -> None:
         ("x_time_back", "-1d", "not a duration"),
         ("pipeline_id", "", "pipeline_id='' is not allowed"),
         ("pipeline_id", "drop table;", "is not allowed"),
-        ("start", (datetime.now(UTC) + timedelta(days=3)).isoformat(), "is in the future"),
+        pytest.param(  # a stable id: pytest-xdist's workers must collect the same names
+            "start",
+            (datetime.now(UTC) + timedelta(days=3)).isoformat(),
+            "is in the future",
+            id="start-in-three-days-is in the future",
+        ),
         ("start", "2025-01-01T00:00:00", "has no UTC offset"),
         ("start", "yesterday", "start"),
         ("stale_threshold_hours", 0, "must be > 0"),
