@@ -9,9 +9,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from ledgerflow.blocks.parquet_parts import Part, write_parts
+from ledgerflow.blocks.parquet_parts import ROW_GROUP_BYTES, Part, write_parts
 from ledgerflow.ports import StagedFile
 
 
@@ -77,3 +78,35 @@ async def test_a_failed_publish_waits_for_the_others_and_leaves_no_temp_files(
         )
     assert publish.running == 0  # nothing still uploading when the error reached the caller
     assert list(work.iterdir()) == []
+
+
+async def one(batch: pa.RecordBatch) -> AsyncIterator[pa.RecordBatch]:
+    yield batch
+
+
+async def test_a_wide_batch_is_cut_into_row_groups_a_reader_can_hold(tmp_path: Path) -> None:
+    """65,536 rows of 120 float columns (60 MiB of Arrow data, as a DuckDB source's batch of wide
+    documents) become row groups of at most about ROW_GROUP_BYTES, in order, nothing lost; a
+    narrow batch stays one row group."""
+    rows, width = 65_536, 120
+    base = pc.cast(pa.array(range(rows)), pa.float64())
+    wide = pa.RecordBatch.from_pydict(
+        {"_id": pc.cast(base, pa.string())}
+        | {f"c{j}": pc.multiply(base, float(j)) for j in range(width)}
+    )
+    assert wide.nbytes > ROW_GROUP_BYTES * 1.5
+    [narrow] = [b async for b in batches(1, rows=rows)]
+    for batch, groups in ((wide, 2), (narrow, 1), (wide.slice(1000, 30_000), 1)):
+        out = tmp_path / f"out-{batch.num_columns}-{batch.num_rows}"
+        out.mkdir()
+
+        async def move(part: Part, out: Path = out) -> StagedFile:
+            os.replace(part.path, out / part.name)
+            return StagedFile(str(out / part.name), part.rows, part.bytes)
+
+        [file] = await write_parts(one(batch), name_prefix="part", target_bytes=2**40, publish=move)
+        meta = pq.ParquetFile(file.uri).metadata
+        sizes = [meta.row_group(g).total_byte_size for g in range(meta.num_row_groups)]
+        assert meta.num_row_groups == groups, sizes
+        assert max(sizes) <= ROW_GROUP_BYTES * 1.1, sizes
+        assert pq.read_table(file.uri).equals(pa.Table.from_batches([batch]))
