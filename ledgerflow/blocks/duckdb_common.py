@@ -232,15 +232,11 @@ class DuckDBHandle:
         if not nbytes:
             yield
             return
-        if self.path == ":memory:":  # a private database: only this operation uses it
-            _set_memory_limit(cur, self.resources, nbytes)
-            try:
-                yield
-            finally:
-                with contextlib.suppress(duckdb.Error):  # the load's outcome stands
-                    _set_memory_limit(cur, self.resources, 0)
-            return
-        db = _databases[(os.getpid(), os.path.abspath(self.path))]
+        db = (
+            _Database(con=None, read_only=False, busy=False)  # private: only this operation's
+            if self.path == ":memory:"
+            else _databases[(os.getpid(), os.path.abspath(self.path))]
+        )
         with _changed:
             db.reserved += nbytes
             _set_memory_limit(cur, self.resources, db.reserved)

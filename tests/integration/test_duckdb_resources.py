@@ -268,3 +268,28 @@ async def test_a_window_staged_in_large_row_groups_loads_with_the_default_settin
     target = DuckDBTarget.parse_obj({"path": str(tmp_path / "w.duckdb")})
     assert await target.replace(WINDOW, manifest, Fence("p", WINDOW.start, 1)) == rows
     assert await target.count(WINDOW, "p") == rows
+
+
+@pytest.mark.parametrize("where", ["file", "memory"])
+def test_a_reservation_raises_the_limit_for_its_operation_and_gives_it_back(
+    tmp_path: Path, where: str
+) -> None:
+    path = str(tmp_path / "r.duckdb") if where == "file" else ":memory:"
+    handle = DuckDBHandle(path, read_only=False, resources=Resources(memory_limit="64MiB"))
+    cur = handle.open()
+    try:
+
+        def limit() -> str:
+            row = cur.execute("SELECT current_setting('memory_limit')").fetchone()
+            assert row is not None
+            return str(row[0])
+
+        with handle.reserving(cur, 100 * 2**20):
+            assert limit() == "164.0 MiB"
+        assert limit() == "64.0 MiB"
+        with pytest.raises(RuntimeError), handle.reserving(cur, 10 * 2**20):
+            raise RuntimeError("the load failed")
+        assert limit() == "64.0 MiB"
+        assert handle.reserved() == 0
+    finally:
+        handle.close(cur)
