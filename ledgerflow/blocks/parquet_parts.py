@@ -173,14 +173,14 @@ def _repetitive_columns(batch: pa.RecordBatch) -> list[str]:
 def _append(writer: pq.ParquetWriter, batch: pa.RecordBatch, path: str) -> int:
     """Write one batch (one row group, or several of about `ROW_GROUP_BYTES` each) and return
     the part's size so far."""
-    writer.write_batch(batch, row_group_size=group_rows(batch))
+    writer.write_batch(batch, row_group_size=_group_rows(batch))
     return os.path.getsize(path)
 
 
-def group_rows(batch: pa.RecordBatch, limit: int = ROW_GROUP_BYTES) -> int:
-    """The rows per row group that keep `batch`'s row groups within about `limit` bytes."""
+def _group_rows(batch: pa.RecordBatch) -> int:
+    """The rows per row group that keep `batch`'s row groups within about `ROW_GROUP_BYTES`."""
     size, rows = int(batch.nbytes), int(batch.num_rows)  # nbytes: a slice's own share of buffers
-    if size <= limit or rows <= 1:
+    if size <= ROW_GROUP_BYTES or rows <= 1:
         return max(rows, 1)
-    groups = -(-size // limit)
+    groups = -(-size // ROW_GROUP_BYTES)
     return -(-rows // groups)  # even groups: 65,536 rows in 3 is 21,846 each
