@@ -3,8 +3,12 @@ connect errors become `LedgerUnavailable`."""
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
+import time
 from typing import Any
 
+import aiosqlite
 import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -18,12 +22,50 @@ class LedgerUnavailable(TransientError):
     """The ledger database could not be reached."""
 
 
+_BUSY_SECONDS = 30
+"""How long a SQLite ledger connection waits for another one's lock before it gives up."""
+
+
+def _locked(exc: sqlite3.OperationalError) -> bool:
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
+async def _switch_to_wal(con: aiosqlite.Connection) -> None:
+    """Put the file in WAL mode, waiting for other connections that hold it.
+
+    WAL is a property of the file, kept once set. Switching a rollback-journal file (new, empty,
+    or made by another tool) takes an exclusive lock, and SQLite returns "database is locked" at
+    once, without its busy handler, when another connection holds the file: so connections that
+    open a new ledger together retry here, sleeping on the event loop, not in a thread the other
+    connections' commits may need.
+    """
+    deadline = time.monotonic() + _BUSY_SECONDS
+    delay = 0.002
+    while True:
+        try:
+            await con.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if not _locked(exc) or time.monotonic() + delay > deadline:
+                raise
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.1)
+
+
+async def _prepare_sqlite(con: aiosqlite.Connection) -> None:
+    await con.execute(f"PRAGMA busy_timeout={_BUSY_SECONDS * 1000}")
+    await _switch_to_wal(con)
+    await con.execute("PRAGMA synchronous=NORMAL")
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.close()
+    try:
+        dbapi_connection.run_async(_prepare_sqlite)
+    except BaseException:
+        # SQLAlchemy's pool does not close a connection whose connect event failed, and an
+        # unclosed aiosqlite connection's thread keeps the process from exiting.
+        dbapi_connection.close()
+        raise
 
 
 def make_engine(
@@ -39,7 +81,7 @@ def make_engine(
     if not pooled:
         options["poolclass"] = NullPool
     if parsed.get_backend_name() == "sqlite":
-        engine = create_async_engine(url, connect_args={"timeout": 30}, **options)
+        engine = create_async_engine(url, connect_args={"timeout": _BUSY_SECONDS}, **options)
         sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
     if parsed.get_backend_name() == "postgresql":
