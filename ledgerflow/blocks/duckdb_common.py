@@ -160,7 +160,7 @@ class DuckDBHandle:
     def open(self) -> duckdb.DuckDBPyConnection:
         """A cursor of its own on this process's database for the file; give it back to close()."""
         if self.path == ":memory:":  # each in-memory database is private: nothing to share
-            return _utc(duckdb.connect(self.path, config=self.resources.config()))
+            return _settled(duckdb.connect(self.path, config=self.resources.config()))
         if not self.read_only:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         key = (os.getpid(), os.path.abspath(self.path))
@@ -299,7 +299,7 @@ def _cursor(
     are the database's, for every cursor: the blocks sharing one file should agree), the limit
     raised by what the loads in progress reserved. The temp directory is set once, when the file
     is opened: DuckDB cannot move it once used."""
-    cur = _utc(con.cursor())
+    cur = _settled(con.cursor())
     _set_memory_limit(cur, resources, reserved)
     if resources.threads is not None:
         cur.execute(f"SET threads = {int(resources.threads)}")
@@ -323,8 +323,15 @@ def _set_memory_limit(cur: duckdb.DuckDBPyConnection, resources: Resources, rese
     cur.execute(f"SET memory_limit = '{limit}'")
 
 
-def _utc(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+def _settled(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+    """A cursor with the settings every operation runs under: times in UTC, and no cache of the
+    files DuckDB reads. DuckDB 1.3 and later keep the bytes of the Parquet files a query read in
+    the buffer pool, for the next read; an operation reads each staged file once, so the cache
+    only took room (a 24 MB stage of 600,000 rows: 40 MB more at the load's peak). Set on the
+    cursor, not at connect: a connect config that differs from another connection's to the same
+    file (the user's own, in this process) is refused."""
     con.execute("SET TimeZone = 'UTC'")
+    con.execute("SET enable_external_file_cache = false")
     return con
 
 

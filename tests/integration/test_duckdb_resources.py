@@ -21,9 +21,10 @@ START = datetime(2025, 3, 9, tzinfo=UTC)
 WINDOW = Window(START, START + timedelta(hours=2), START.date(), "2h")
 
 
-def stage(folder: Path, rows: int, text_bytes: int) -> Manifest:
+def stage(folder: Path, rows: int, text_bytes: int, group_rows: int | None = None) -> Manifest:
     """`rows` rows in the window, each carrying `text_bytes` of incompressible-looking text, in
-    parts of 50,000 rows."""
+    parts of 50,000 rows, in row groups of `group_rows` (as an Elasticsearch stage writes them:
+    a row group per page) or one row group per part."""
     folder.mkdir(parents=True)
     files = []
     step = 7_200_000_000 // rows
@@ -42,7 +43,7 @@ def stage(folder: Path, rows: int, text_bytes: int) -> Manifest:
             }
         )
         path = folder / f"part-{lo:08d}.parquet"
-        pq.write_table(table, path, compression="none")
+        pq.write_table(table, path, compression="none", row_group_size=group_rows)
         files.append(StagedFile(str(path), hi - lo, path.stat().st_size))
     return Manifest(str(folder), tuple(files))
 
@@ -293,3 +294,29 @@ def test_a_reservation_raises_the_limit_for_its_operation_and_gives_it_back(
         assert handle.reserved() == 0
     finally:
         handle.close(cur)
+
+
+async def test_a_load_does_not_keep_the_staged_files_in_duckdbs_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DuckDB 1.3+ caches the bytes of the files a query reads in its buffer pool. A load reads
+    each staged file once: cached, they only took the pool's room, at the load's peak."""
+    manifest = stage(tmp_path / "stage", 100_000, 200, group_rows=1_000)
+    staged = sum(f.bytes for f in manifest.files)
+    target = DuckDBTarget.parse_obj({"path": str(tmp_path / "w.duckdb")})
+    held: dict[str, int] = {}
+
+    def look(name: str) -> None:  # the end of the load, every statement run, before COMMIT
+        if name != "before_commit":
+            return
+        cur = target.handle.open()  # a second cursor on the load's database
+        try:
+            rows = cur.execute("SELECT tag, memory_usage_bytes FROM duckdb_memory()").fetchall()
+        finally:
+            target.handle.close(cur)
+        held.update({str(tag): int(used) for tag, used in rows})
+
+    monkeypatch.setattr("ledgerflow.blocks.duckdb_target.failpoints.hit", look)
+    assert await target.replace(WINDOW, manifest, Fence("p", WINDOW.start, 1)) == 100_000
+    assert held, "the load never reached its commit"
+    assert held["EXTERNAL_FILE_CACHE"] == 0, f"{held} (the stage is {staged:,} bytes)"
