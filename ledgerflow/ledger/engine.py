@@ -114,11 +114,26 @@ class _Guarded:
         try:
             conn: AsyncConnection = await self._cm.__aenter__()
         except (OSError, OperationalError, DBAPIError) as exc:
-            url = scrub_url(self._engine.url.render_as_string(hide_password=True))
             raise LedgerUnavailable(
-                f"cannot reach the ledger at {url}: {scrub_urls(str(exc))}"
+                f"cannot reach the ledger at {self._where()}: {scrub_urls(str(exc))}"
             ) from exc
         return conn
 
-    async def __aexit__(self, *exc: Any) -> None:
-        await self._cm.__aexit__(*exc)
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        await self._cm.__aexit__(exc_type, exc, tb)
+        if isinstance(exc, DBAPIError) and _read_only(exc):
+            # A ledger that opens and reads but refuses writes (a SQLite file the worker may
+            # not write, a Postgres replica): say so, not with the statement's SQL.
+            raise LedgerUnavailable(
+                f"the ledger at {self._where()} cannot be written: "
+                f"{scrub_urls(str(exc.orig))}; the worker needs write access to it (for SQLite, "
+                "to the file and its folder; for Postgres, a primary, not a read-only replica)"
+            ) from exc
+
+    def _where(self) -> str:
+        return scrub_url(self._engine.url.render_as_string(hide_password=True))
+
+
+def _read_only(exc: DBAPIError) -> bool:
+    words = str(exc.orig).lower()
+    return "readonly database" in words or "read-only transaction" in words
