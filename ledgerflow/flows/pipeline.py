@@ -266,6 +266,7 @@ async def windowed_pipeline(config_block: str, max_windows: int | None = None) -
         await publish_summary(config, outcomes, time.perf_counter() - started)
     if cleanup.is_failed():
         return Failed(message=f"stale-lock cleanup failed: {cleanup.message}")
+    released: list[PipelineRecord] = await state_result(cleanup)
     failed = [o for o in outcomes if o.status != Status.COMPLETED]
     lost = sum(o.status == LEASE_LOST for o in outcomes)
     summary = (
@@ -276,12 +277,29 @@ async def windowed_pipeline(config_block: str, max_windows: int | None = None) -
         summary += f", {lost} lost to another worker"
     if not outcomes and idle:
         summary += f"; {idle[0]}"
+    # Windows whose worker died: the cleanup released them. One that used its last attempt is
+    # FAILED by this run, as surely as a window it loaded and failed.
+    gave_up = [r for r in released if r.pipeline_status == Status.FAILED]
+    if len(released) > len(gave_up):
+        summary += (
+            f"; {len(released) - len(gave_up)} stale window(s) released to PENDING "
+            "(the next run takes them)"
+        )
+    if gave_up:
+        first_stale = gave_up[0]
+        summary += (
+            f"; {len(gave_up)} stale window(s) FAILED by the stale-lock cleanup after their last "
+            f"attempt, first {first_stale.window_start_time.isoformat()} (id={first_stale.id}): "
+            f"{first_stale.error_message} (see `ledgerflow windows --status FAILED`)"
+        )
     rows = [asdict(o) for o in outcomes]
     if failed:
         first = failed[0]
         return Failed(
             message=f"{summary}; first failure {first.window_start}: {first.message}", data=rows
         )
+    if gave_up:
+        return Failed(message=summary, data=rows)
     return Completed(message=summary, data=rows)
 
 

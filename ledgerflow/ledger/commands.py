@@ -11,7 +11,14 @@ import sqlalchemy as sa
 
 from ledgerflow.errors import ConfigError
 from ledgerflow.ledger.base import LedgerBase
-from ledgerflow.ledger.models import PIPELINES, RECORDS, PipelineRecord, Status, UTCDateTime
+from ledgerflow.ledger.models import (
+    PIPELINES,
+    RECORDS,
+    AuditResult,
+    PipelineRecord,
+    Status,
+    UTCDateTime,
+)
 from ledgerflow.ledger.sql import (
     _ALL_RESET,
     _LOAD_RESET,
@@ -94,9 +101,23 @@ class CommandsMixin(LedgerBase):
         """FAILED windows (all, chosen ids, or those starting in `[start, end)`) back to PENDING.
 
         The stage record is kept: a window that failed while loading resumes at the load. A
-        pending forced reload stays forced: `force_reload` is cleared only by a completed load."""
+        pending forced reload stays forced: `force_reload` is cleared only by a completed load.
+        A window whose audit failed is forced: its audit proved the target wrong, so equal counts
+        at the next run (the source changed meanwhile) must not skip its load."""
+        audit_failed = sa.case(
+            (RECORDS.c.audit_result == AuditResult.FAIL.value, sa.true()),
+            else_=RECORDS.c.force_reload,
+        )
         return await self._reopen(
-            pipeline_id, [Status.FAILED], ids, start, end, None, now, keep_stage=True, force=None
+            pipeline_id,
+            [Status.FAILED],
+            ids,
+            start,
+            end,
+            None,
+            now,
+            keep_stage=True,
+            force=audit_failed,
         )
 
     async def reopen(
@@ -135,9 +156,10 @@ class CommandsMixin(LedgerBase):
         now: datetime | None,
         *,
         keep_stage: bool,
-        force: bool | None = False,
+        force: bool | sa.ColumnElement[bool] | None = False,
     ) -> list[PipelineRecord]:
-        """`force=None` keeps each window's `force_reload` as it is."""
+        """`force=None` keeps each window's `force_reload` as it is; an expression computes it
+        from the row's values before the update."""
         stamp = _stamp(self.dialect, now)
         cleared: dict[str, Any] = dict(_LOAD_RESET if keep_stage else _ALL_RESET)
         if force is not None:
