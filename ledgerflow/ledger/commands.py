@@ -272,6 +272,30 @@ class CommandsMixin(LedgerBase):
                         "scheduled window): re-tiling there would leave a gap; pick an instant "
                         "at or before it"
                     )
+            forced = (
+                await conn.execute(
+                    sa.select(RECORDS.c.id, RECORDS.c.window_start_time)
+                    .where(
+                        mine,
+                        RECORDS.c.window_start_time >= at,
+                        RECORDS.c.pipeline_status == Status.PENDING.value,
+                        RECORDS.c.force_reload.is_(True),
+                    )
+                    .order_by(RECORDS.c.window_start_time)
+                    .limit(3)
+                )
+            ).all()
+            if forced:
+                # The re-cut windows would be registered without the force, and a target whose
+                # rows are wrong but whose count is right would then be skipped as a match.
+                listed = ", ".join(f"{_utc(s).isoformat()} (id={i})" for i, s in forced)
+                raise ConfigError(
+                    f"cannot re-tile {pipeline_id!r} at {at.isoformat()}: windows from there on "
+                    f"wait for a forced reload (`reload`, `rescan` or the `retry` of a failed "
+                    f"audit: {listed}, ...), which the re-cut windows would not carry; put the "
+                    "config's grid back, run the pipeline so they load, then re-tile at or after "
+                    "their end"
+                )
             removed = await conn.execute(
                 sa.delete(RECORDS).where(
                     mine,
