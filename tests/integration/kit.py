@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,9 @@ from ledgerflow.blocks.local_stage import LocalStage
 from ledgerflow.demo import DEMO_END, DEMO_START, generate_events
 from ledgerflow.ledger import Ledger, PipelineRecord
 from ledgerflow.ports import Fence, Manifest, StagedFile
-from ledgerflow.windows import Window
+from ledgerflow.windows import Window, build_record, windows_between
+
+LA = "America/Los_Angeles"
 
 
 class CountingSource(DuckDBSource):
@@ -188,3 +190,19 @@ class Pipeline:
     async def records(self) -> list[PipelineRecord]:
         async with Ledger.from_url(self.ledger_url) as ledger:
             return await ledger.windows(self.name)
+
+    async def dead_worker(
+        self, name: str, *, ago: timedelta, register_until: datetime | None = None
+    ) -> int:
+        """A worker that claimed the oldest eligible window `ago` (by the ledger's clock) and
+        died holding it: the window's id. With `register_until`, the 2h windows from DEMO_START
+        to there are registered first (the schema created if need be), as a run would."""
+        async with Ledger.from_url(self.ledger_url) as ledger:
+            if register_until is not None:
+                await ledger.create_schema()
+                windows = windows_between(DEMO_START, register_until, LA, "2h")
+                await ledger.register([build_record(name, w, LA) for w in windows])
+            now = datetime.now(UTC)
+            lease = await ledger.claim(name, "dead-worker", cutoff=now, now=now - ago)
+        assert lease is not None, "nothing to claim"
+        return lease.id

@@ -19,7 +19,7 @@ from ledgerflow.flows.pipeline import windowed_pipeline
 from ledgerflow.ledger import Ledger, Status
 from ledgerflow.tasks.source_to_stage import source_to_stage
 from ledgerflow.tasks.store_and_validate import claim_window, register_windows
-from ledgerflow.windows import Window, build_record, windows_between
+from ledgerflow.windows import Window
 from ledgerflow.wiring import load_systems, settings_from
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
@@ -304,21 +304,13 @@ async def test_a_stage_written_while_the_source_changed_is_never_resumed(
 
 async def test_cleanup_runs_after_a_failure(pipeline: Pipeline) -> None:
     name = await pipeline.save(target=DriftingTarget, end=DEMO_START + timedelta(hours=4))
-    async with Ledger.from_url(pipeline.ledger_url) as ledger:
-        await ledger.create_schema()
-        first = windows_between(DEMO_START, FIRST_WINDOW_END, LA, "2h")
-        await ledger.register([build_record(name, w, LA) for w in first])
-        crashed = await ledger.claim(
-            name,
-            "crashed-worker",
-            cutoff=datetime.now(UTC),
-            now=datetime.now(UTC) - timedelta(hours=3),
-        )
-    assert crashed is not None
+    crashed = await pipeline.dead_worker(
+        name, ago=timedelta(hours=3), register_until=FIRST_WINDOW_END
+    )
     state = await windowed_pipeline(config_block=name, return_state=True)
     assert state.is_failed()  # the other window's audit fails
     rows = {r.id: r for r in await pipeline.records()}
-    released = rows.pop(crashed.id)
+    released = rows.pop(crashed)
     assert released.pipeline_status == Status.PENDING and released.retry_attempt == 1
     assert "stale lock released" in (released.error_message or "")
     assert [r.pipeline_status for r in rows.values()] == [Status.FAILED]

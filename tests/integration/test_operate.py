@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, timedelta
 from pathlib import Path
 
 import pytest
@@ -12,7 +12,7 @@ from ledgerflow.cli import app
 from ledgerflow.compat import state_result_sync
 from ledgerflow.demo import DEMO_END, DEMO_START
 from ledgerflow.flows.pipeline import windowed_pipeline
-from ledgerflow.ledger import Ledger, PipelineRecord, Status
+from ledgerflow.ledger import PipelineRecord, Status
 from prefect.states import State
 from typer.testing import CliRunner
 
@@ -127,18 +127,7 @@ def test_retry_and_release_bring_windows_back(tmp_path: Path) -> None:
     )
     assert reopened == {"reopened": []}  # it is PENDING now, nothing to reopen
 
-    async def stuck() -> int:
-        async with Ledger.from_url(pipeline.ledger_url) as ledger:
-            lease = await ledger.claim(
-                name,
-                "dead-worker",
-                cutoff=datetime.now(UTC),
-                now=datetime.now(UTC) - timedelta(hours=1),
-            )
-            assert lease is not None
-            return lease.id
-
-    stuck_id = asyncio.run(stuck())
+    stuck_id = asyncio.run(pipeline.dead_worker(name, ago=timedelta(hours=1)))
     assert cli("release", "-c", name)["released"] == []  # younger than the 2h threshold
     # Was `--older-than 0m`, which now is refused: it takes leases from healthy workers.
     released = cli("release", "-c", name, "--older-than", "30m")["released"]

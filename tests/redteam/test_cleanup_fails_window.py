@@ -5,13 +5,12 @@ a failed window ends `Failed`"; the promise: a run state never says fine when it
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from ledgerflow.demo import DEMO_START
-from ledgerflow.ledger import Ledger, Status
-from ledgerflow.windows import build_record, windows_between
+from ledgerflow.ledger import Status
 
 from tests.integration.kit import Pipeline
 
@@ -26,22 +25,8 @@ def test_a_run_whose_cleanup_fails_a_window_does_not_end_completed(tmp_path: Pat
     hi = DEMO_START + timedelta(hours=2)
     name = asyncio.run(pipeline.save(end=hi, max_window_attempts=1))
 
-    async def crashed_worker() -> int:
-        """A worker claimed the one window 3 h ago (past the 2 h stale threshold) and died."""
-        async with Ledger.from_url(pipeline.ledger_url) as ledger:
-            await ledger.create_schema()
-            windows = windows_between(DEMO_START, hi, LA, "2h")
-            await ledger.register([build_record(name, w, LA) for w in windows])
-            lease = await ledger.claim(
-                name,
-                "crashed-worker",
-                cutoff=datetime.now(UTC),
-                now=datetime.now(UTC) - timedelta(hours=3),
-            )
-        assert lease is not None
-        return lease.id
-
-    record_id = asyncio.run(crashed_worker())
+    # A worker claimed the one window 3 h ago (past the 2 h stale threshold) and died.
+    record_id = asyncio.run(pipeline.dead_worker(name, ago=timedelta(hours=3), register_until=hi))
     state = run(name)
     [record] = asyncio.run(pipeline.records())
     assert record.id == record_id
