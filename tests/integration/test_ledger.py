@@ -257,3 +257,27 @@ async def test_naive_times_are_refused(ledger: Ledger) -> None:
     # The column type refuses it before any SQL runs; SQLAlchemy wraps its ValueError.
     with pytest.raises(sa.exc.StatementError, match="ledger times must be aware datetimes"):
         await ledger.claim(PIPE, "r", cutoff=datetime(2030, 1, 1))
+
+
+async def test_retrying_a_failed_audit_forces_its_load_and_keeps_other_forces(
+    ledger: Ledger,
+) -> None:
+    """A failed audit proved the target wrong: equal counts at the retried run (the source
+    changed meanwhile) must not skip its load. Other failures keep their force as it was."""
+    await register_hours(ledger, 6)  # three 2h windows
+    audited, plain, reloaded = [await ledger.claim(PIPE, "r", cutoff=FAR) for _ in range(3)]
+    assert audited and plain and reloaded
+    await ledger.fail(audited, "audit: source 12, target 11", {"audit_result": "FAIL"})
+    await ledger.fail(plain, "boom: connection refused")
+    await ledger.fail(reloaded, "boom")
+    await ledger.reopen(PIPE, [reloaded.id], "an operator's reload", force=True)
+    again = await ledger.claim(PIPE, "r2", cutoff=FAR)
+    assert again is not None and again.id == reloaded.id
+    await ledger.fail(again, "boom again")  # a forced reload stays forced until it loads
+    reset = {r.id: r for r in await ledger.reset_failed(PIPE)}
+    assert {i: (r.pipeline_status, r.force_reload) for i, r in reset.items()} == {
+        audited.id: (Status.PENDING, True),
+        plain.id: (Status.PENDING, False),
+        reloaded.id: (Status.PENDING, True),
+    }
+    assert reset[audited.id].audit_result is None
