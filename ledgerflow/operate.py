@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from ledgerflow.ledger import Ledger, PipelineRecord, Status
+from ledgerflow.ledger.registration import check_target
 from ledgerflow.ports import Source, Target
 from ledgerflow.windows import Grid, build_record, windows_between
 
@@ -42,6 +43,7 @@ async def backfill(
     dry_run: bool,
     progress: Callable[[int, int], None] | None = None,
     now: datetime | None = None,
+    target: str | None = None,
 ) -> BackfillPlan:
     """Register every eligible window overlapping [start, end) at backfill priority.
 
@@ -60,6 +62,7 @@ async def backfill(
         priority=BACKFILL_PRIORITY,
         dry_run=dry_run,
         now=now,
+        target=target,
     )
     eligible = done.windows
     if progress and not dry_run:
@@ -124,7 +127,9 @@ async def rescan(
     """Recount the source and the target for the newest `last` COMPLETED windows; reopen those
     whose recounts disagree or differ from the recorded counts, so the next run loads them again
     (late documents in the source, rows lost or duplicated in the target behind the ledger's
-    back)."""
+    back). Refused when the target is not the one the windows were loaded into: every window
+    would look emptied (`ledgerflow retarget` moves a pipeline)."""
+    check_target(pipeline_id, await ledger.target_of(pipeline_id), target.identity())
     done = await ledger.windows(
         pipeline_id, statuses=[Status.COMPLETED.value], limit=last, newest_first=True
     )

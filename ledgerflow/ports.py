@@ -127,6 +127,15 @@ class Stage(Protocol):
 class Target(Protocol):
     """Where the data lands."""
 
+    def identity(self) -> str:
+        """Where this target's rows land, as one stable text without any secret (for example
+        `duckdb:/abs/warehouse.duckdb#web_events`). The ledger records it per pipeline and
+        refuses a run whose target says otherwise: the windows loaded before are in the old
+        place, and a run into a new one would hold only part of what the ledger calls loaded.
+        Two spellings of one place should give one text; a place named two ways is refused
+        until an operator runs `ledgerflow retarget`."""
+        ...
+
     async def count(self, window: Window, pipeline_id: str) -> int:
         """Number of rows whose timestamp lies in `[window.start, window.end)`, as pipeline
         `pipeline_id` sees them.

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -154,6 +156,20 @@ class DuckDBTarget(Block):
         limit = AUTO_BASE if self.memory_limit == AUTO else self.memory_limit
         resources = Resources(limit, self.threads, self.temp_directory)
         return DuckDBHandle(self.path, read_only=False, resources=resources)
+
+    def identity(self) -> str:
+        """The database file's real path and the table, in lower case (DuckDB matches names
+        without regard to case), without the default schema `main` or the file's own database
+        name: `web_events`, `main.web_events` and `warehouse.main.web_events` in
+        `warehouse.duckdb` are one table. A relative `path` is resolved against the working
+        directory, so two workers started in different directories are two targets."""
+        path = self.path if self.path == ":memory:" else os.path.realpath(self.path)
+        parts = self.table.lower().split(".")
+        if len(parts) == 3 and parts[0] == Path(path).stem.lower():
+            parts = parts[1:]
+        if len(parts) == 2 and parts[0] == "main":
+            parts = parts[1:]
+        return f"duckdb:{path}#{'.'.join(parts)}"
 
     async def count(self, window: Window, pipeline_id: str) -> int:
         table, ts = self._names()

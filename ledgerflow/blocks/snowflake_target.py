@@ -130,6 +130,16 @@ class SnowflakeTarget(Block):
 
     # --- Target protocol ----------------------------------------------------------------------
 
+    def identity(self) -> str:
+        """The account (and host, where one is set), and the table qualified by the connector's
+        database and schema where its name does not give them: every name is quoted, so its
+        case counts, as it does in Snowflake."""
+        account, host, database, schema, table = self._table_key(self.table)
+        parts = table.split(".")
+        qualified = [database or "", schema or ""][: 3 - len(parts)] + parts
+        where = f"{account.lower()}" + (f"@{host}" if host else "")
+        return f"snowflake:{where}/{'.'.join(qualified)}"
+
     async def count(self, window: Window, pipeline_id: str) -> int:
         def run(cur: Any) -> int:
             self._check_owner(cur, pipeline_id)

@@ -6,7 +6,7 @@ registered here, in the order `--help` lists them."""
 from __future__ import annotations
 
 from ledgerflow.cli.common import app
-from ledgerflow.cli.operate import backfill, release, reload, rescan, retile, retry
+from ledgerflow.cli.operate import backfill, release, reload, rescan, retarget, retile, retry
 from ledgerflow.cli.read import plan, status, windows
 from ledgerflow.cli.run import run
 from ledgerflow.cli.setup import blocks_app, demo, deploy, init
@@ -24,6 +24,7 @@ for _command in (
     release,
     backfill,
     retile,
+    retarget,
     rescan,
     deploy,
     demo,

@@ -1,4 +1,5 @@
-"""Operator commands that change the ledger: retry, reload, release, backfill, retile, rescan."""
+"""Operator commands that change the ledger: retry, reload, release, backfill, retile, retarget,
+rescan."""
 
 from __future__ import annotations
 
@@ -191,8 +192,11 @@ def backfill(
     name = need_config(config)
 
     async def go() -> Any:
+        from ledgerflow.wiring import load_systems
+
         async with open_pipeline(name) as (cfg, ledger):
             lo, hi = span(lo_when, hi_when, cfg.timezone, start, end)
+            target = (await load_systems(cfg)).target.identity()
             with Progress(console=console, transient=True, disable=as_json) as bar:
                 task = bar.add_task("registering windows", total=None)
                 return await plan_backfill(
@@ -202,6 +206,7 @@ def backfill(
                     hi,
                     dry_run=dry_run,
                     progress=lambda done, total: bar.update(task, completed=done, total=total),
+                    target=target,
                 )
 
     plan = run_async(go())
@@ -262,6 +267,48 @@ def retile(
         f"{done.pipeline_id}: windows from {data['at']} on are {done.new.granularity} in "
         f"{done.new.timezone} (were {was}); removed {done.removed} pending window(s), the next "
         "run registers the new windows from there"
+    )
+
+
+def retarget(
+    config: ConfigOption = None,
+    rows_moved: Annotated[
+        bool,
+        typer.Option(
+            "--rows-moved",
+            help="You moved the loaded rows to the new target yourself: recount each loaded "
+            "window there and load only those whose counts differ",
+        ),
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Move the pipeline to the config's target (another table, schema or database).
+
+    Change the config's target first, then retarget. Every loaded window is loaded again into
+    the new target (or, with --rows-moved, recounted there and loaded where the counts differ)
+    by the next runs; until then `status` shows them PENDING. A window in progress refuses it.
+    Runs into a target other than the recorded one are refused, so no run loads part of the
+    windows into one place and the rest into another."""
+    from ledgerflow.wiring import load_systems
+
+    name = need_config(config)
+
+    async def go() -> Any:
+        async with open_pipeline(name) as (cfg, ledger):
+            target = (await load_systems(cfg)).target.identity()
+            return await ledger.retarget(cfg.pipeline_id, target, rows_moved=rows_moved)
+
+    done = run_async(go())
+    if as_json:
+        typer.echo(json.dumps(done.__dict__))
+        return
+    if done.old == done.new:
+        console.print(f"{done.pipeline_id} already loads into {done.new}; nothing changed")
+        return
+    how = "recounted there (loaded where counts differ)" if rows_moved else "loaded again there"
+    console.print(
+        f"{done.pipeline_id}: target {done.old or 'unrecorded'} -> {done.new}; "
+        f"{done.reopened} loaded window(s) reopened, to be {how} by the next runs"
     )
 
 

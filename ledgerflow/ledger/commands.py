@@ -43,6 +43,17 @@ class Retile:
     removed: int
 
 
+@dataclass(frozen=True)
+class Retarget:
+    """What a retarget changed."""
+
+    pipeline_id: str
+    old: str | None
+    new: str
+    reopened: int
+    """COMPLETED windows reopened: forced to load again, or to be recounted (`rows_moved`)."""
+
+
 class CommandsMixin(LedgerBase):
     async def release_stale(
         self,
@@ -342,3 +353,78 @@ class CommandsMixin(LedgerBase):
                     .values(**values)
                 )
         return Retile(pipeline_id, at, old, grid, removed.rowcount)
+
+    async def retarget(
+        self,
+        pipeline_id: str,
+        target: str,
+        *,
+        rows_moved: bool = False,
+        now: datetime | None = None,
+    ) -> Retarget:
+        """Move the pipeline to `target` (`Target.identity()`): an operator's explicit step after
+        changing the config's target.
+
+        Every COMPLETED window goes back to PENDING, extracted again: forced to load into the new
+        target, or, with `rows_moved` (the operator moved the rows), recounted there first and
+        loaded only where source and target counts differ. PENDING and FAILED windows load into
+        the new target when they run. In one transaction with the identity row locked (as
+        registrations lock it); a window in progress refuses it, since its worker loads into
+        the old target: wait for it, or release it. A claim that commits after this transaction
+        is given back by its worker, which reads the recorded target after claiming."""
+        mine = RECORDS.c.pipeline_id == pipeline_id
+        async with self._begin() as conn:
+            current = (
+                await conn.execute(
+                    sa.update(PIPELINES)
+                    .where(PIPELINES.c.pipeline_id == pipeline_id)
+                    .values(updated_at=PIPELINES.c.updated_at)
+                    .returning(PIPELINES.c.target)
+                )
+            ).first()
+            if current is None:
+                raise ConfigError(
+                    f"pipeline {pipeline_id!r} has registered no window yet: its first run "
+                    "records the configured target, nothing to move"
+                )
+            old = current.target
+            if old == target:
+                return Retarget(pipeline_id, old, target, 0)
+            stamp = _stamp(self.dialect, now)
+            reopened = await conn.execute(
+                sa.update(RECORDS)
+                .where(mine, RECORDS.c.pipeline_status == Status.COMPLETED.value)
+                .values(
+                    pipeline_status=Status.PENDING.value,
+                    retry_attempt=0,
+                    lease_token=None,
+                    pipeline_locked_at=None,
+                    error_message=f"retargeted from {old} to {target}; ",
+                    pipeline_end_time=None,
+                    **_ALL_RESET,
+                    force_reload=not rows_moved,
+                    record_last_updated_time=stamp,
+                )
+            )
+            # After the update, inside the transaction: a window claimed meanwhile is seen here.
+            busy = (
+                await conn.execute(
+                    sa.select(RECORDS.c.id, RECORDS.c.window_start_time)
+                    .where(mine, RECORDS.c.pipeline_status == Status.IN_PROGRESS.value)
+                    .order_by(RECORDS.c.window_start_time)
+                    .limit(3)
+                )
+            ).all()
+            if busy:
+                listed = ", ".join(f"{_utc(s).isoformat()} (id={i})" for i, s in busy)
+                raise ConfigError(
+                    f"cannot retarget {pipeline_id!r}: windows are in progress ({listed}, ...) "
+                    "and their workers load into the old target; wait until they end, or "
+                    "release them (`ledgerflow release`), then retarget"
+                )
+            await conn.execute(
+                sa.update(PIPELINES)
+                .where(PIPELINES.c.pipeline_id == pipeline_id)
+                .values(target=target, updated_at=stamp)
+            )
+        return Retarget(pipeline_id, old, target, reopened.rowcount)

@@ -138,6 +138,22 @@ class LeasesMixin(LedgerBase):
             now=now,
         )
 
+    async def give_back(
+        self, lease: Lease, reason: str, *, now: datetime | None = None
+    ) -> PipelineRecord:
+        """Return a window this worker claimed but must not load to PENDING, as if never
+        claimed: no attempt is counted, and `reason` says why."""
+        return await self.update(
+            lease,
+            "give back",
+            {
+                "pipeline_status": Status.PENDING.value,
+                "pipeline_locked_at": None,
+                "error_message": reason[:4000],
+            },
+            now=now,
+        )
+
     async def fail(
         self,
         lease: Lease,

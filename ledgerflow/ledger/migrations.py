@@ -54,7 +54,20 @@ def _v2(op: Operations) -> None:
     # pipeline_records with AUTOINCREMENT on SQLite: `repair`, which `upgrade` runs last.
 
 
-STEPS: dict[int, Step] = {2: _v2}
+def _v3(op: Operations) -> None:
+    """Version 3: each pipeline's target (`Target.identity()`), so a run into another table or
+    database than the one its windows were loaded into is refused (red-team finding 12).
+
+    Left NULL: the first registration after the upgrade records the configured target, which is
+    the one the windows were loaded into unless the config changed while the ledger was at
+    version 2. A version-1 ledger has no pipelines table yet: `repair` creates it whole."""
+    from ledgerflow.ledger.models import PIPELINES
+
+    if PIPELINES.name in sa.inspect(op.get_bind()).get_table_names():
+        op.add_column(PIPELINES.name, sa.Column("target", sa.Text(), nullable=True))
+
+
+STEPS: dict[int, Step] = {2: _v2, 3: _v3}
 """Version N: the step that turns a version N-1 ledger into version N."""
 
 

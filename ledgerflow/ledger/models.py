@@ -25,7 +25,7 @@ from sqlmodel import Field, SQLModel
 from ledgerflow.clock import as_utc, stored_as_utc
 from ledgerflow.windows import Window
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class UTCDateTime(sa.types.TypeDecorator[datetime]):
@@ -194,7 +194,8 @@ class PipelineRecordRow(PipelineRecord, table=True):
 
 
 class PipelineIdentity(SQLModel, table=True):
-    """One row per pipeline: the grid its windows are cut on, and the registration watermark.
+    """One row per pipeline: the grid its windows are cut on, where they are loaded, and the
+    registration watermark.
 
     Windows cut on two grids leave a gap or an overlap, so a run with another timezone or
     granularity is refused until an operator re-tiles (`ledgerflow retile`). Only the scheduled
@@ -207,6 +208,10 @@ class PipelineIdentity(SQLModel, table=True):
     timezone: str = Field(max_length=64)
     granularity: str = Field(max_length=10)
     registered_until: datetime | None = _ts()
+    # Where the pipeline's windows were loaded (`Target.identity()`): a run whose target names
+    # another place is refused until an operator moves the pipeline (`ledgerflow retarget`).
+    # NULL until the first registration of a ledger upgraded from version 2 records it.
+    target: str | None = Field(default=None, sa_type=sa.Text)
     created_at: datetime = Field(sa_type=UTCDateTime)
     updated_at: datetime = Field(sa_type=UTCDateTime)
 

@@ -64,6 +64,7 @@ class RegistrationMixin(LedgerBase):
         now: datetime | None = None,
         start: datetime | None = None,
         end: datetime | None = None,
+        target: str | None = None,
     ) -> Registration:
         """The one registration path, for scheduled runs and backfills alike, in one transaction:
 
@@ -77,11 +78,14 @@ class RegistrationMixin(LedgerBase):
         `start` (and `end`) are the config's: when `start` lies before the first registered
         window, the windows from it up to that window are registered too (`windows_before`:
         `start` must be a grid boundary), without moving the watermark, so moving `start`
-        earlier loads the earlier windows with no gap and no overlap."""
+        earlier loads the earlier windows with no gap and no overlap.
+
+        `target` (`Target.identity()`) is recorded on first use and checked after: another
+        target is refused (`check_target`)."""
         async with self._connect() as conn:
             transaction = await conn.begin()
             try:
-                identity = await self._lock_identity(conn, pipeline_id, grid, now)
+                identity = await self._lock_identity(conn, pipeline_id, grid, now, target)
                 moment = now or await conn.scalar(sa.select(_clock(self.dialect)))
                 assert moment is not None
                 cutoff = moment - lag
@@ -120,9 +124,15 @@ class RegistrationMixin(LedgerBase):
         )
 
     async def _lock_identity(
-        self, conn: AsyncConnection, pipeline_id: str, grid: Grid, now: datetime | None
+        self,
+        conn: AsyncConnection,
+        pipeline_id: str,
+        grid: Grid,
+        now: datetime | None,
+        target: str | None = None,
     ) -> sa.Row[Any]:
-        """The pipeline's identity row, locked until the transaction ends, checked against `grid`.
+        """The pipeline's identity row, locked until the transaction ends, checked against `grid`
+        and `target` (recorded here when the row has none yet).
 
         The first statement writes: on Postgres it locks the row, on SQLite it takes the write
         lock before anything is read, so registrations and re-tiles of a pipeline never
@@ -145,6 +155,7 @@ class RegistrationMixin(LedgerBase):
                     timezone=grid.timezone,
                     granularity=grid.granularity,
                     registered_until=watermark,
+                    target=target,
                     created_at=stamp,
                     updated_at=stamp,
                 )
@@ -160,6 +171,9 @@ class RegistrationMixin(LedgerBase):
                 "re-tile from a boundary of both grids with "
                 "`ledgerflow retile -c <config> --at <instant>`"
             )
+        check_target(pipeline_id, row.target, target)
+        if target is not None and row.target is None:
+            await conn.execute(sa.update(PIPELINES).where(mine).values(target=target))
         return row
 
     async def _adoptable(
@@ -260,6 +274,14 @@ class RegistrationMixin(LedgerBase):
             return None
         return Grid(row.timezone, row.granularity), _as_utc(row.registered_until)
 
+    async def target_of(self, pipeline_id: str) -> str | None:
+        """Where the pipeline's windows are loaded, as recorded (None before it is recorded)."""
+        async with self._connect() as conn:
+            value = await conn.scalar(
+                sa.select(PIPELINES.c.target).where(PIPELINES.c.pipeline_id == pipeline_id)
+            )
+        return None if value is None else str(value)
+
     async def last_window_end(self, pipeline_id: str) -> datetime | None:
         """End of the latest registered window, where registration continues from."""
         async with self._connect() as conn:
@@ -269,3 +291,20 @@ class RegistrationMixin(LedgerBase):
                 )
             )
         return _as_utc(value)
+
+
+def check_target(pipeline_id: str, recorded: str | None, configured: str | None) -> None:
+    """ConfigError when the pipeline's windows were loaded into another target than the one
+    configured now: a run into the new one would load only the windows not loaded yet, and the
+    configured target would hold part of what the ledger calls loaded."""
+    if recorded is None or configured is None or recorded == configured:
+        return
+    raise ConfigError(
+        f"pipeline {pipeline_id!r} loaded its windows into {recorded}, but its target is now "
+        f"{configured}: the rows loaded so far are not there, so runs into it would leave the "
+        "configured target holding only part of what the ledger calls loaded. Put the target "
+        "back, or move the pipeline with `ledgerflow retarget -c <config>` (every loaded window "
+        "is loaded again into the new target), or with `--rows-moved` once you moved the rows "
+        "yourself (every loaded window is recounted there, and loaded again where the counts "
+        "differ)"
+    )

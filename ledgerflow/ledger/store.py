@@ -14,7 +14,7 @@ and `engine` and the SQL expressions of `sql` and `claim_sql`. The names are re-
 from __future__ import annotations
 
 from ledgerflow.ledger.base import LedgerBase
-from ledgerflow.ledger.commands import CommandsMixin, Retile
+from ledgerflow.ledger.commands import CommandsMixin, Retarget, Retile
 from ledgerflow.ledger.engine import LedgerUnavailable, make_engine
 from ledgerflow.ledger.leases import Lease, LeasesMixin
 from ledgerflow.ledger.phases import PhasesMixin
@@ -32,6 +32,7 @@ __all__ = [
     "LedgerSummary",
     "LedgerUnavailable",
     "Registration",
+    "Retarget",
     "Retile",
     "TilingFault",
     "make_engine",

@@ -17,7 +17,9 @@ from prefect.states import Completed
 
 from ledgerflow import failpoints
 from ledgerflow.compat import uncached
+from ledgerflow.errors import ConfigError
 from ledgerflow.ledger import Lease
+from ledgerflow.ledger.registration import check_target
 from ledgerflow.ports import Systems
 from ledgerflow.tasks.common import RunSettings, logger, timed
 from ledgerflow.windows import Grid, Window, build_record, scheduled_windows
@@ -54,6 +56,7 @@ async def register_windows(
             now=at,
             start=settings.start,
             end=settings.end,
+            target=systems.target.identity(),
         )
     message = f"registered {done.new} new window(s); eligible up to {done.cutoff.isoformat()}"
     if done.earlier:
@@ -72,10 +75,20 @@ async def claim_window(systems: Systems, settings: RunSettings, run_id: str) -> 
     """Claim the next eligible PENDING window (row lock, fresh lease), or say why there is none.
 
     Eligibility (`end <= now - x_time_back`) is judged by the database's clock, like the lease."""
+    target = systems.target.identity()
     async with systems.ledger.open() as ledger:
         lease: Lease | None = await ledger.claim(
             settings.pipeline_id, run_id, lag=settings.lag, newest_first=settings.newest_first
         )
+        if lease is not None:
+            # Read after the claim committed: a `retarget` that committed before this read is
+            # seen here, and one still running sees this window IN_PROGRESS and refuses.
+            recorded = await ledger.target_of(settings.pipeline_id)
+            try:
+                check_target(settings.pipeline_id, recorded, target)
+            except ConfigError as exc:
+                await ledger.give_back(lease, f"not loaded by a worker with another target: {exc}")
+                raise
     failpoints.hit("after_claim")
     if lease is None:
         return Completed(

@@ -1,8 +1,13 @@
-"""A config change: the target block's `table` is renamed (same pipeline_id, same DuckDB file)
-after windows were loaded. The next run loads only the new windows into the new table and ends
-Completed; the windows loaded before the change stay COMPLETED / PASS in `windows` and `status`,
-yet the table the config now names lacks their rows. Nothing says the configured target holds
-only part of what the ledger calls loaded."""
+"""A config change (finding 12): the target block's `table` is renamed (same pipeline_id, same
+DuckDB file) after windows were loaded. Before the fix the next run loaded only the new windows
+into the new table and ended Completed, while the windows loaded before stayed COMPLETED / PASS
+with their rows in the old table: the configured target held part of what the ledger called
+loaded, and nothing said so.
+
+Now the ledger records each pipeline's target, a run into another one is refused with a message
+naming both, and `ledgerflow retarget` moves the pipeline: every loaded window is loaded again
+into the new table, or, with `--rows-moved` after the operator renamed the table, recounted there
+and loaded only where the counts differ."""
 
 from __future__ import annotations
 
@@ -10,54 +15,99 @@ import asyncio
 from datetime import timedelta
 from pathlib import Path
 
+import duckdb
 import pytest
 from ledgerflow.blocks.duckdb_target import DuckDBTarget
+from ledgerflow.cli import app
 from ledgerflow.demo import DEMO_START
 
 from tests.integration.kit import Pipeline
 
-from .helpers import cli, ids, query, run
+from .helpers import cli, ids, query, run, runner
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
+LO, MID, HI = DEMO_START, DEMO_START + timedelta(hours=4), DEMO_START + timedelta(hours=8)
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding 12, open: the ledger does not record which target table a window was "
-    "loaded into, so a renamed table is not noticed",
-)
-def test_renaming_the_target_table_loses_no_row_or_says_so(tmp_path: Path) -> None:
+
+def _table_ids(pipeline: Pipeline, table: str) -> list[str]:
+    sql = f"SELECT event_id FROM {table} WHERE ts >= ? AND ts < ? ORDER BY event_id"
+    return [r[0] for r in query(pipeline.warehouse, sql, [LO, HI])]
+
+
+def _tables(pipeline: Pipeline) -> set[str]:
+    return {r[0] for r in query(pipeline.warehouse, "SELECT table_name FROM duckdb_tables()")}
+
+
+def _loaded_then_renamed(tmp_path: Path) -> tuple[Pipeline, str]:
+    """Windows [LO, MID) loaded into web_events; then the config's end moves to HI and the target
+    block's table becomes web_events_v2."""
     pipeline = Pipeline(tmp_path, rows=500)
-    lo, mid, hi = DEMO_START, DEMO_START + timedelta(hours=4), DEMO_START + timedelta(hours=8)
-    name = asyncio.run(pipeline.save(end=mid))
+    name = asyncio.run(pipeline.save(end=MID))
     assert run(name).is_completed()
-    assert ids(pipeline.warehouse, lo, mid) == ids(pipeline.source_path, lo, mid)
-
-    # The operator renames the target table in the target block and lets the schedule go on.
-    asyncio.run(pipeline.save(end=hi))
+    assert ids(pipeline.warehouse, LO, MID) == ids(pipeline.source_path, LO, MID)
+    asyncio.run(pipeline.save(end=HI))
     DuckDBTarget.parse_obj({"path": str(pipeline.warehouse), "table": "web_events_v2"}).save(
         name, overwrite=True
     )
+    return pipeline, name
+
+
+def test_a_run_into_a_renamed_target_table_is_refused_and_loads_nothing(tmp_path: Path) -> None:
+    pipeline, name = _loaded_then_renamed(tmp_path)
+    before = cli("windows", "-c", name)
+
     state = run(name)
-    status = cli("status", "-c", name)
+
+    assert state.is_failed()
+    message = str(state.message)
+    assert "#web_events," in message and "#web_events_v2" in message, message
+    assert "ledgerflow retarget" in message, message
+    assert "web_events_v2" not in _tables(pipeline)  # nothing was loaded anywhere
+    assert cli("windows", "-c", name) == before  # and the ledger is as it was
+    # The CLI commands that read the target refuse too, before counting the wrong table.
+    refused = runner.invoke(app, ["rescan", "-c", name, "--last", "5"])
+    assert refused.exit_code != 0 and "retarget" in refused.output, refused.output
+
+
+def test_retarget_loads_every_window_again_into_the_new_table(tmp_path: Path) -> None:
+    pipeline, name = _loaded_then_renamed(tmp_path)
+    loaded = [w for w in cli("windows", "-c", name) if w["status"] == "COMPLETED"]
+
+    moved = cli("retarget", "-c", name)
+
+    assert moved["old"].endswith("#web_events") and moved["new"].endswith("#web_events_v2")
+    assert moved["reopened"] == len(loaded) == 2
+    assert run(name).is_completed()
     shown = cli("windows", "-c", name)
-    loaded = [
-        r[0]
-        for r in query(
-            pipeline.warehouse,
-            "SELECT event_id FROM web_events_v2 WHERE ts >= ? AND ts < ? ORDER BY event_id",
-            [lo, hi],
+    assert [w["status"] for w in shown] == ["COMPLETED"] * 4
+    assert _table_ids(pipeline, "web_events_v2") == ids(pipeline.source_path, LO, HI)
+    # A second retarget to the same table changes nothing.
+    assert cli("retarget", "-c", name)["reopened"] == 0
+
+
+def test_retarget_rows_moved_recounts_the_renamed_table_and_reloads_only_what_differs(
+    tmp_path: Path,
+) -> None:
+    pipeline, name = _loaded_then_renamed(tmp_path)
+    con = duckdb.connect(str(pipeline.warehouse))
+    try:  # the operator renames the table and, by mistake, loses one row of the first window
+        con.execute("ALTER TABLE web_events RENAME TO web_events_v2")
+        con.execute(
+            "DELETE FROM web_events_v2 WHERE event_id = "
+            "(SELECT min(event_id) FROM web_events_v2 WHERE ts >= ? AND ts < ?)",
+            [LO, LO + timedelta(hours=2)],
         )
-    ]
-    source = ids(pipeline.source_path, lo, hi)
-    completed = [w for w in shown if w["status"] == "COMPLETED"]
-    said = (not state.is_completed()) or bool(
-        status.get("faults") or status.get("gaps") or status.get("failures")
-    )
-    # The promise: the configured target holds every source row once, or the run/status say not.
-    assert loaded == source or said, (
-        f"target table renamed to web_events_v2: the run ended {state.message!r}; windows shows "
-        f"{len(completed)} of {len(shown)} COMPLETED ({[w['audit'] for w in completed]}); "
-        f"status counts {status.get('counts')}; the configured table holds {len(loaded)} of "
-        f"{len(source)} source rows in [{lo.isoformat()}, {hi.isoformat()})"
-    )
+    finally:
+        con.close()
+
+    moved = cli("retarget", "-c", name, "--rows-moved")
+
+    assert moved["reopened"] == 2
+    assert run(name).is_completed()
+    shown = cli("windows", "-c", name)
+    assert [w["status"] for w in shown] == ["COMPLETED"] * 4
+    # The intact window was recounted and skipped; the one missing a row was loaded again.
+    audits = [w["audit_result"] for w in shown[:2]]
+    assert audits == ["PASS", "MATCH"], shown[:2]
+    assert _table_ids(pipeline, "web_events_v2") == ids(pipeline.source_path, LO, HI)
