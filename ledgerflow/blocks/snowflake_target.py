@@ -132,12 +132,12 @@ class SnowflakeTarget(Block):
 
     def identity(self) -> str:
         """The account (and host, where one is set), and the table qualified by the connector's
-        database and schema where its name does not give them: every name is quoted, so its
-        case counts, as it does in Snowflake."""
+        database and schema where its name does not give them: the table's names are quoted,
+        so their case counts, as it does in Snowflake."""
         account, host, database, schema, table = self._table_key(self.table)
         parts = table.split(".")
-        qualified = [database or "", schema or ""][: 3 - len(parts)] + parts
-        where = f"{account.lower()}" + (f"@{host}" if host else "")
+        qualified = [database, schema][: 3 - len(parts)] + parts
+        where = account + (f"@{host}" if host else "")
         return f"snowflake:{where}/{'.'.join(qualified)}"
 
     async def count(self, window: Window, pipeline_id: str) -> int:
@@ -323,12 +323,15 @@ class SnowflakeTarget(Block):
             await self._session(create, action, transactional=False, interruptible=False)
 
     def _table_key(self, table: str) -> tuple[str, ...]:
-        credentials = self.connector.credentials
+        """Where `table` is: the account (`connect_args` may override the credentials' one, as
+        `get_client` lets it), the host, and the session's database and schema as Snowflake
+        resolves them (a connection's unquoted database and schema are upper case)."""
+        account = self.connect_args.get("account") or self.connector.credentials.account
         return (
-            credentials.account,
+            str(account).lower(),
             str(self.connect_args.get("host", "")),
-            self.connector.database,
-            self.connector.schema_,
+            _session_name(self.connector.database),
+            _session_name(self.connector.schema_),
             table,
         )
 
@@ -398,6 +401,16 @@ class SnowflakeTarget(Block):
             return await asyncio.to_thread(run, Interrupt())
         except sf_errors.Error as exc:
             raise target_error(exc, f"Snowflake table {self.table!r}", action) from None
+
+
+def _session_name(name: str | None) -> str:
+    """A connection's database or schema as Snowflake resolves it: unquoted names are upper
+    case, a double-quoted one is kept as written."""
+    if not name:
+        return ""
+    if name.startswith('"') and name.endswith('"') and len(name) > 1:
+        return name[1:-1]
+    return name.upper()
 
 
 def _cancel_all(connection: Any) -> None:

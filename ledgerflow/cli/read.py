@@ -24,7 +24,7 @@ from ledgerflow.cli.common import (
     span,
 )
 from ledgerflow.clock import utc_now
-from ledgerflow.errors import LedgerflowError
+from ledgerflow.errors import ConfigError, LedgerflowError
 
 
 def plan(
@@ -76,13 +76,23 @@ def status(config: ConfigOption = None, as_json: JsonOption = False) -> None:
 
     name = need_config(config)
 
-    async def go() -> tuple[Any, Any]:
-        async with open_pipeline(name) as (cfg, ledger):
-            return cfg, await ledger.summary(cfg.pipeline_id, start=cfg.start, end=cfg.end)
+    async def go() -> tuple[Any, Any, str | None, str | None]:
+        from ledgerflow.wiring import load_systems
 
-    cfg, summary = run_async(go())
+        async with open_pipeline(name) as (cfg, ledger):
+            summary = await ledger.summary(cfg.pipeline_id, start=cfg.start, end=cfg.end)
+            recorded = await ledger.target_of(cfg.pipeline_id)
+            try:
+                configured: str | None = (await load_systems(cfg)).target.identity()
+            except (ConfigError, ValueError):  # status still shows the ledger's side
+                configured = None
+            return cfg, summary, recorded, configured
+
+    cfg, summary, recorded, configured = run_async(go())
     now = utc_now()
     data = summary_dict(summary, cfg.timezone, now)
+    moved = recorded is not None and configured is not None and recorded != configured
+    data["target"] = {"recorded": recorded, "configured": configured, "moved": moved}
     if as_json:
         typer.echo(json.dumps(data, indent=2, default=str))
         return
@@ -100,6 +110,11 @@ def status(config: ConfigOption = None, as_json: JsonOption = False) -> None:
         console.print(
             f"oldest pending: {local_time(summary.oldest_pending.window_start_time, tz)} "
             f"(ended {human(age)} ago)"
+        )
+    if moved:
+        console.print(
+            f"[bold red]target moved[/]: windows were loaded into {recorded}, the config now "
+            f"names {configured}; runs are refused until `ledgerflow retarget -c {name}`"
         )
     for fault in summary.faults:
         console.print(

@@ -8,10 +8,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 
 from ledgerflow.errors import ConfigError
 from ledgerflow.ledger.base import LedgerBase
 from ledgerflow.ledger.models import (
+    FENCE_COUNTERS,
     PIPELINES,
     RECORDS,
     AuditResult,
@@ -390,6 +392,12 @@ class CommandsMixin(LedgerBase):
             old = current.target
             if old == target:
                 return Retarget(pipeline_id, old, target, 0)
+            # Every claim of the pipeline raises its fence counter row in its own transaction:
+            # holding that row's lock from here to the commit, this waits for a claim in
+            # flight (then seen IN_PROGRESS below) and makes later claims wait for the commit
+            # (then their worker reads the new target and gives the window back). Without it a
+            # Postgres claim could commit between the check below and the commit (red team).
+            await conn.execute(_hold_fence_counter(self.dialect, pipeline_id))
             stamp = _stamp(self.dialect, now)
             reopened = await conn.execute(
                 sa.update(RECORDS)
@@ -428,3 +436,19 @@ class CommandsMixin(LedgerBase):
                 .values(target=target, updated_at=stamp)
             )
         return Retarget(pipeline_id, old, target, reopened.rowcount)
+
+
+def _hold_fence_counter(dialect: str, pipeline_id: str) -> sa.Insert:
+    """Lock the pipeline's fence counter row until the transaction ends, creating it when
+    missing at the greatest fence its windows hold (what the next claim would count from, see
+    `claim_sql._first_fence`), so the lock exists to be taken. Changes no number."""
+    most = sa.select(sa.func.coalesce(sa.func.max(RECORDS.c.fence_token), 0)).where(
+        RECORDS.c.pipeline_id == pipeline_id
+    )
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = insert(FENCE_COUNTERS).from_select(
+        ["pipeline_id", "fence"], sa.select(sa.literal(pipeline_id), most.scalar_subquery())
+    )
+    return stmt.on_conflict_do_update(
+        index_elements=["pipeline_id"], set_={"fence": FENCE_COUNTERS.c.fence}
+    )

@@ -304,7 +304,7 @@ def check_target(pipeline_id: str, recorded: str | None, configured: str | None)
         f"{configured}: the rows loaded so far are not there, so runs into it would leave the "
         "configured target holding only part of what the ledger calls loaded. Put the target "
         "back, or move the pipeline with `ledgerflow retarget -c <config>` (every loaded window "
-        "is loaded again into the new target), or with `--rows-moved` once you moved the rows "
-        "yourself (every loaded window is recounted there, and loaded again where the counts "
-        "differ)"
+        "is loaded again into the new target), or with `--rows-moved` if the rows are there "
+        "already (you moved them, or it is the same table spelled otherwise): every loaded "
+        "window is recounted there, and loaded again only where the counts differ"
     )

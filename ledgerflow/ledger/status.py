@@ -75,6 +75,22 @@ class StatusMixin(LedgerBase):
             rows = (await conn.execute(stmt)).all()
         return [_row_to_record(r) for r in rows]
 
+    async def newest_loaded(self, pipeline_id: str) -> PipelineRecord | None:
+        """The newest COMPLETED window that loaded at least one row, if any."""
+        stmt = (
+            sa.select(RECORDS)
+            .where(
+                RECORDS.c.pipeline_id == pipeline_id,
+                RECORDS.c.pipeline_status == Status.COMPLETED.value,
+                RECORDS.c.target_count > 0,
+            )
+            .order_by(RECORDS.c.window_start_time.desc())
+            .limit(1)
+        )
+        async with self._connect() as conn:
+            row = (await conn.execute(stmt)).first()
+        return None if row is None else _row_to_record(row)
+
     async def count_eligible(
         self, pipeline_id: str, *, lag: timedelta, now: datetime | None = None
     ) -> int:

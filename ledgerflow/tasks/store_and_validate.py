@@ -18,9 +18,9 @@ from prefect.states import Completed
 from ledgerflow import failpoints
 from ledgerflow.compat import uncached
 from ledgerflow.errors import ConfigError
-from ledgerflow.ledger import Lease
+from ledgerflow.ledger import Lease, Ledger
 from ledgerflow.ledger.registration import check_target
-from ledgerflow.ports import Systems
+from ledgerflow.ports import Systems, Target
 from ledgerflow.tasks.common import RunSettings, logger, timed
 from ledgerflow.windows import Grid, Window, build_record, scheduled_windows
 
@@ -45,7 +45,10 @@ async def register_windows(
         )
 
     await systems.ledger.prepare()
+    target = systems.target.identity()
     async with timed("register windows"), systems.ledger.open() as ledger:
+        if await ledger.target_of(settings.pipeline_id) is None:
+            await check_adoption(ledger, systems.target, settings.pipeline_id, target)
         done = await ledger.register_windows(
             settings.pipeline_id,
             Grid.of(settings.timezone, settings.granularity),
@@ -56,7 +59,7 @@ async def register_windows(
             now=at,
             start=settings.start,
             end=settings.end,
-            target=systems.target.identity(),
+            target=target,
         )
     message = f"registered {done.new} new window(s); eligible up to {done.cutoff.isoformat()}"
     if done.earlier:
@@ -70,6 +73,28 @@ async def register_windows(
     return Completed(message=message, data=done.new)
 
 
+async def check_adoption(ledger: Ledger, target: Target, pipeline_id: str, identity: str) -> None:
+    """Before the ledger first records a pipeline's target (a ledger upgraded from version 2,
+    whose windows were loaded before targets were recorded): ConfigError unless the configured
+    target holds as many rows of the newest loaded window as the ledger says were loaded. A
+    config changed before the upgrade would otherwise be recorded as where the earlier windows
+    are, and hide them (red team)."""
+    last = await ledger.newest_loaded(pipeline_id)
+    if last is None:
+        return
+    found = await target.count(last.window, pipeline_id)
+    if found == last.target_count:
+        return
+    raise ConfigError(
+        f"pipeline {pipeline_id!r} loaded windows before this ledger recorded targets, and the "
+        f"configured target {identity} does not hold the newest of them ("
+        f"{last.window.start_iso}, id={last.id}: {last.target_count:,} row(s) loaded, "
+        f"{found:,} there now), so they were loaded elsewhere. Put the target back, or move "
+        "the pipeline with `ledgerflow retarget -c <config>` (every loaded window is loaded "
+        "again into the configured target), or with `--rows-moved` once you moved the rows"
+    )
+
+
 @task(name="store_and_validate.claim", persist_result=False, **uncached())
 async def claim_window(systems: Systems, settings: RunSettings, run_id: str) -> State[Any]:
     """Claim the next eligible PENDING window (row lock, fresh lease), or say why there is none.
@@ -81,8 +106,9 @@ async def claim_window(systems: Systems, settings: RunSettings, run_id: str) -> 
             settings.pipeline_id, run_id, lag=settings.lag, newest_first=settings.newest_first
         )
         if lease is not None:
-            # Read after the claim committed: a `retarget` that committed before this read is
-            # seen here, and one still running sees this window IN_PROGRESS and refuses.
+            # Read after the claim committed: a claim and a `retarget` both lock the pipeline's
+            # fence counter, so either the retarget committed first and is seen here, or it
+            # sees this window IN_PROGRESS and refuses.
             recorded = await ledger.target_of(settings.pipeline_id)
             try:
                 check_target(settings.pipeline_id, recorded, target)

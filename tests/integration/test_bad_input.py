@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import socket
+import sqlite3
 import urllib.error
 import urllib.request
 import uuid
@@ -268,6 +269,15 @@ def snowflake_refuses_the_password(bad: Bad) -> dict[str, str]:
         stage_url="s3://bucket/ledgerflow/",
         connect_args={"host": host, "port": port, "protocol": "http", "login_timeout": 10},
     )
+    # As if the pipeline had always loaded into this Snowflake table: a run into a target other
+    # than the recorded one is refused before it connects (test_retarget.py).
+    ledger = sqlite3.connect(bad.pipeline.root / "ledger.db")
+    with ledger:
+        ledger.execute(
+            "UPDATE ledgerflow_pipelines SET target = ? WHERE pipeline_id = ?",
+            (target.identity(), bad.name),
+        )
+    ledger.close()
     return bad.save(target, "target")
 
 

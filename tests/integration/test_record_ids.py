@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from ledgerflow.ledger import Ledger, migrations
-from ledgerflow.ledger.models import RECORDS
+from ledgerflow.ledger.models import RECORDS, SCHEMA_VERSION
 
 from tests.integration.test_fence_counter import T0, grid, scheduled
 from tests.integration.test_migrations import _make_v1_ledger
@@ -41,7 +41,7 @@ async def test_an_upgraded_sqlite_ledger_keeps_its_rows_ids_and_claim_indexes_an
     url = f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}"
     await _make_v1_ledger(url)
     async with Ledger.from_url(url) as ledger:
-        assert await ledger.create_schema() == [2]
+        assert await ledger.create_schema() == list(range(2, SCHEMA_VERSION + 1))
         rows = await ledger.windows("orders")
         assert [r.id for r in rows] == [1, 2, 3, 4, 5]
         top = rows[-1]
@@ -82,7 +82,7 @@ async def test_a_version_2_sqlite_ledger_without_autoincrement_is_rebuilt_by_ini
     with monkeypatch.context() as early_build:
         early_build.setattr(migrations, "_sqlite_autoincrement", lambda connection: True)
         async with Ledger.from_url(url) as ledger:
-            assert await ledger.create_schema() == [2]
+            assert await ledger.create_schema() == list(range(2, SCHEMA_VERSION + 1))
     assert "AUTOINCREMENT" not in await _table_sql(url)
     async with Ledger.from_url(url) as ledger:
         assert await ledger.create_schema() == []

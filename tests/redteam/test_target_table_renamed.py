@@ -65,6 +65,8 @@ def test_a_run_into_a_renamed_target_table_is_refused_and_loads_nothing(tmp_path
     assert "ledgerflow retarget" in message, message
     assert "web_events_v2" not in _tables(pipeline)  # nothing was loaded anywhere
     assert cli("windows", "-c", name) == before  # and the ledger is as it was
+    target = cli("status", "-c", name)["target"]
+    assert target["moved"] and target["configured"].endswith("#web_events_v2"), target
     # The CLI commands that read the target refuse too, before counting the wrong table.
     refused = runner.invoke(app, ["rescan", "-c", name, "--last", "5"])
     assert refused.exit_code != 0 and "retarget" in refused.output, refused.output
