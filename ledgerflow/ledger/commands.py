@@ -9,6 +9,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledgerflow.errors import ConfigError
 from ledgerflow.ledger.base import LedgerBase
@@ -285,23 +286,16 @@ class CommandsMixin(LedgerBase):
                         "scheduled window): re-tiling there would leave a gap; pick an instant "
                         "at or before it"
                     )
-            forced = (
-                await conn.execute(
-                    sa.select(RECORDS.c.id, RECORDS.c.window_start_time)
-                    .where(
-                        mine,
-                        RECORDS.c.window_start_time >= at,
-                        RECORDS.c.pipeline_status == Status.PENDING.value,
-                        RECORDS.c.force_reload.is_(True),
-                    )
-                    .order_by(RECORDS.c.window_start_time)
-                    .limit(3)
-                )
-            ).all()
-            if forced:
+            listed = await _first_windows(
+                conn,
+                mine,
+                RECORDS.c.window_start_time >= at,
+                RECORDS.c.pipeline_status == Status.PENDING.value,
+                RECORDS.c.force_reload.is_(True),
+            )
+            if listed:
                 # The re-cut windows would be registered without the force, and a target whose
                 # rows are wrong but whose count is right would then be skipped as a match.
-                listed = ", ".join(f"{_utc(s).isoformat()} (id={i})" for i, s in forced)
                 raise ConfigError(
                     f"cannot re-tile {pipeline_id!r} at {at.isoformat()}: windows from there on "
                     f"wait for a forced reload (`reload`, `rescan` or the `retry` of a failed "
@@ -415,16 +409,10 @@ class CommandsMixin(LedgerBase):
                 )
             )
             # After the update, inside the transaction: a window claimed meanwhile is seen here.
-            busy = (
-                await conn.execute(
-                    sa.select(RECORDS.c.id, RECORDS.c.window_start_time)
-                    .where(mine, RECORDS.c.pipeline_status == Status.IN_PROGRESS.value)
-                    .order_by(RECORDS.c.window_start_time)
-                    .limit(3)
-                )
-            ).all()
-            if busy:
-                listed = ", ".join(f"{_utc(s).isoformat()} (id={i})" for i, s in busy)
+            listed = await _first_windows(
+                conn, mine, RECORDS.c.pipeline_status == Status.IN_PROGRESS.value
+            )
+            if listed:
                 raise ConfigError(
                     f"cannot retarget {pipeline_id!r}: windows are in progress ({listed}, ...) "
                     "and their workers load into the old target; wait until they end, or "
@@ -436,6 +424,19 @@ class CommandsMixin(LedgerBase):
                 .values(target=target, updated_at=stamp)
             )
         return Retarget(pipeline_id, old, target, reopened.rowcount)
+
+
+async def _first_windows(conn: AsyncConnection, *where: sa.ColumnElement[bool]) -> str:
+    """The first three windows matching `where`, as "start (id=N)" for an error; "" if none."""
+    rows = (
+        await conn.execute(
+            sa.select(RECORDS.c.id, RECORDS.c.window_start_time)
+            .where(*where)
+            .order_by(RECORDS.c.window_start_time)
+            .limit(3)
+        )
+    ).all()
+    return ", ".join(f"{_utc(start).isoformat()} (id={i})" for i, start in rows)
 
 
 def _hold_fence_counter(dialect: str, pipeline_id: str) -> sa.Insert:

@@ -35,11 +35,11 @@ def query(path: Path, sql: str, params: list[Any] | None = None) -> list[tuple[A
         con.close()
 
 
-def ids(path: Path, start: datetime, end: datetime) -> list[str]:
-    """Every event_id in [start, end) of the web_events table in `path`, sorted, repeats kept."""
+def ids(path: Path, start: datetime, end: datetime, table: str = "web_events") -> list[str]:
+    """Every event_id in [start, end) of `table` in `path`, sorted, repeats kept."""
     rows = query(
         path,
-        "SELECT event_id FROM web_events WHERE ts >= ? AND ts < ? ORDER BY event_id",
+        f"SELECT event_id FROM {table} WHERE ts >= ? AND ts < ? ORDER BY event_id",
         [start, end],
     )
     return [r[0] for r in rows]

@@ -59,7 +59,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tests.integration.kit import Pipeline
 
-from .helpers import ids, query, runner
+from .helpers import ids, runner
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -135,14 +135,7 @@ async def test_a_claim_committing_inside_a_retarget_loads_into_the_old_table(
 
     records = await pipeline.records()
     all_completed = all(r.pipeline_status == Status.COMPLETED for r in records)
-    v2 = [
-        r[0]
-        for r in query(
-            pipeline.warehouse,
-            "SELECT event_id FROM web_events_v2 WHERE ts >= ? AND ts < ? ORDER BY event_id",
-            [LO, MID],
-        )
-    ]
+    v2 = ids(pipeline.warehouse, LO, MID, "web_events_v2")
     source = ids(pipeline.source_path, LO, MID)
     # The promise: the configured target holds every source row once, or the status says not.
     assert v2 == source or not all_completed, (

@@ -30,11 +30,6 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 LO, MID, HI = DEMO_START, DEMO_START + timedelta(hours=4), DEMO_START + timedelta(hours=8)
 
 
-def _table_ids(pipeline: Pipeline, table: str) -> list[str]:
-    sql = f"SELECT event_id FROM {table} WHERE ts >= ? AND ts < ? ORDER BY event_id"
-    return [r[0] for r in query(pipeline.warehouse, sql, [LO, HI])]
-
-
 def _tables(pipeline: Pipeline) -> set[str]:
     return {r[0] for r in query(pipeline.warehouse, "SELECT table_name FROM duckdb_tables()")}
 
@@ -83,7 +78,7 @@ def test_retarget_loads_every_window_again_into_the_new_table(tmp_path: Path) ->
     assert run(name).is_completed()
     shown = cli("windows", "-c", name)
     assert [w["status"] for w in shown] == ["COMPLETED"] * 4
-    assert _table_ids(pipeline, "web_events_v2") == ids(pipeline.source_path, LO, HI)
+    assert ids(pipeline.warehouse, LO, HI, "web_events_v2") == ids(pipeline.source_path, LO, HI)
     # A second retarget to the same table changes nothing.
     assert cli("retarget", "-c", name)["reopened"] == 0
 
@@ -112,4 +107,4 @@ def test_retarget_rows_moved_recounts_the_renamed_table_and_reloads_only_what_di
     # The intact window was recounted and skipped; the one missing a row was loaded again.
     audits = [w["audit_result"] for w in shown[:2]]
     assert audits == ["PASS", "MATCH"], shown[:2]
-    assert _table_ids(pipeline, "web_events_v2") == ids(pipeline.source_path, LO, HI)
+    assert ids(pipeline.warehouse, LO, HI, "web_events_v2") == ids(pipeline.source_path, LO, HI)

@@ -34,7 +34,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.integration.kit import Pipeline
 
-from .helpers import cli, ids, query, run
+from .helpers import cli, ids, run
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -75,14 +75,7 @@ def test_the_first_run_after_the_upgrade_adopts_a_target_that_holds_none_of_the_
 
     records = asyncio.run(pipeline.records())
     all_completed = all(r.pipeline_status == Status.COMPLETED for r in records)
-    v2 = [
-        r[0]
-        for r in query(
-            pipeline.warehouse,
-            "SELECT event_id FROM web_events_v2 WHERE ts >= ? AND ts < ? ORDER BY event_id",
-            [LO, HI],
-        )
-    ]
+    v2 = ids(pipeline.warehouse, LO, HI, "web_events_v2")
     source = ids(pipeline.source_path, LO, HI)
     # The promise: the configured target holds every source row once, or the run/status say not.
     assert state.is_failed() or not all_completed or v2 == source, (
