@@ -22,6 +22,7 @@ from ledgerflow.ledger.models import (
     Status,
     UTCDateTime,
 )
+from ledgerflow.ledger.registration import lock_pipeline
 from ledgerflow.ledger.sql import (
     _ALL_RESET,
     _LOAD_RESET,
@@ -227,14 +228,7 @@ class CommandsMixin(LedgerBase):
             )
         mine = RECORDS.c.pipeline_id == pipeline_id
         async with self._begin() as conn:
-            current = (
-                await conn.execute(
-                    sa.update(PIPELINES)
-                    .where(PIPELINES.c.pipeline_id == pipeline_id)
-                    .values(updated_at=PIPELINES.c.updated_at)
-                    .returning(*PIPELINES.columns)
-                )
-            ).first()
+            current = await lock_pipeline(conn, pipeline_id)
             old = None if current is None else Grid(current.timezone, current.granularity)
             bounds = (
                 await conn.execute(
@@ -370,14 +364,7 @@ class CommandsMixin(LedgerBase):
         is given back by its worker, which reads the recorded target after claiming."""
         mine = RECORDS.c.pipeline_id == pipeline_id
         async with self._begin() as conn:
-            current = (
-                await conn.execute(
-                    sa.update(PIPELINES)
-                    .where(PIPELINES.c.pipeline_id == pipeline_id)
-                    .values(updated_at=PIPELINES.c.updated_at)
-                    .returning(PIPELINES.c.target)
-                )
-            ).first()
+            current = await lock_pipeline(conn, pipeline_id)
             if current is None:
                 raise ConfigError(
                     f"pipeline {pipeline_id!r} has registered no window yet: its first run "

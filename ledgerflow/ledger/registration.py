@@ -138,14 +138,7 @@ class RegistrationMixin(LedgerBase):
         lock before anything is read, so registrations and re-tiles of a pipeline never
         interleave."""
         mine = PIPELINES.c.pipeline_id == pipeline_id
-        row = (
-            await conn.execute(
-                sa.update(PIPELINES)
-                .where(mine)
-                .values(updated_at=PIPELINES.c.updated_at)
-                .returning(*PIPELINES.columns)
-            )
-        ).first()
+        row = await lock_pipeline(conn, pipeline_id)
         if row is None:
             watermark = await self._adoptable(conn, pipeline_id, grid)
             stamp = _stamp(self.dialect, now)
@@ -308,3 +301,18 @@ def check_target(pipeline_id: str, recorded: str | None, configured: str | None)
         "already (you moved them, or it is the same table spelled otherwise): every loaded "
         "window is recounted there, and loaded again only where the counts differ"
     )
+
+
+async def lock_pipeline(conn: AsyncConnection, pipeline_id: str) -> sa.Row[Any] | None:
+    """The pipeline's identity row, locked until the transaction ends (None if it has none).
+
+    A write, not a read: on Postgres it locks the row, on SQLite it takes the write lock before
+    anything is read, so registrations, re-tiles and retargets of a pipeline never interleave."""
+    return (
+        await conn.execute(
+            sa.update(PIPELINES)
+            .where(PIPELINES.c.pipeline_id == pipeline_id)
+            .values(updated_at=PIPELINES.c.updated_at)
+            .returning(*PIPELINES.columns)
+        )
+    ).first()
