@@ -95,10 +95,13 @@ class RegistrationMixin(LedgerBase):
                 # Without a watermark the schedule itself begins at `start`.
                 if start is not None and watermark is not None:
                     first = await self._first_start(conn, pipeline_id)
-                    if first is not None:
+                    if first is not None and start < first:
+                        # Up to where the registered windows run unbroken to the watermark, not
+                        # only to the first one: a backfilled island before the schedule's first
+                        # window would otherwise leave the span between them unregistered.
                         earlier = windows_before(
                             start,
-                            min(first, watermark),
+                            await self._unbroken_since(conn, pipeline_id, watermark),
                             cutoff,
                             end,
                             grid.timezone,
@@ -201,6 +204,27 @@ class RegistrationMixin(LedgerBase):
                 "with `ledgerflow retile -c <config> --at <instant>`"
             )
         return end
+
+    async def _unbroken_since(
+        self, conn: AsyncConnection, pipeline_id: str, watermark: datetime
+    ) -> datetime:
+        """Where the registered windows that run unbroken up to `watermark` begin: the latest
+        start, at or before it, that no registered window ends at (the watermark itself when
+        none does)."""
+        mine = RECORDS.c.pipeline_id == pipeline_id
+        before = RECORDS.alias("before")
+        value = await conn.scalar(
+            sa.select(sa.func.max(RECORDS.c.window_start_time)).where(
+                mine,
+                RECORDS.c.window_start_time < watermark,
+                ~sa.exists().where(
+                    before.c.pipeline_id == pipeline_id,
+                    before.c.window_end_time == RECORDS.c.window_start_time,
+                ),
+            )
+        )
+        found = _as_utc(value)
+        return watermark if found is None else found
 
     async def _unregistered(
         self, conn: AsyncConnection, pipeline_id: str, windows: Sequence[Window]

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from ledgerflow.errors import ConfigError
 from ledgerflow.ledger import Ledger
@@ -72,8 +72,9 @@ async def play(url: str, first: Grid, history: list[tuple[Any, ...]]) -> None:
                         scheduled_from = done.windows[0].start
                     if held is not None and held[1] is not None and first_before is not None:
                         assert done.watermark == max(held[1], done.watermark), step
-                        if s < first_before:
-                            # The earlier windows are registered, from start on, no gap.
+                        if s < min(first_before, held[1]):
+                            # The earlier windows are registered, from start on, no gap. (From
+                            # a watermark at or before start, the schedule itself covers them.)
                             assert done.earlier and done.earlier[0].start == s, step
                             first_now = (await ledger.windows(PIPE))[0].window_start_time
                             assert first_now == s, step
@@ -128,6 +129,12 @@ async def play(url: str, first: Grid, history: list[tuple[Any, ...]]) -> None:
 
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(first=st.sampled_from(GRIDS), history=steps)
+# Found by this property: a backfilled island before the schedule's first window, then start
+# moved before the island; the span between island and schedule stayed unregistered.
+@example(
+    first=Grid.of("America/Los_Angeles", "1h"),
+    history=[("run", 1), ("backfill", -2, 1), ("start", 3)],
+)
 def test_registered_windows_never_overlap_and_the_schedule_leaves_no_gap(
     first: Grid, history: list[tuple[Any, ...]]
 ) -> None:
