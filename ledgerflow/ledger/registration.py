@@ -76,9 +76,10 @@ class RegistrationMixin(LedgerBase):
         registration only, advance the watermark to the end of the last window chosen.
 
         `start` (and `end`) are the config's: when `start` lies before the first registered
-        window, the windows from it up to that window are registered too (`windows_before`:
-        `start` must be a grid boundary), without moving the watermark, so moving `start`
-        earlier loads the earlier windows with no gap and no overlap.
+        window, the windows from it up to where the registered windows run unbroken to the
+        watermark are registered too, those not registered yet (`windows_before`: `start` must
+        be a grid boundary), without moving the watermark, so moving `start` earlier loads the
+        earlier windows with no gap and no overlap, backfilled islands among them or not.
 
         `target` (`Target.identity()`) is recorded on first use and checked after: another
         target is refused (`check_target`)."""
@@ -208,23 +209,20 @@ class RegistrationMixin(LedgerBase):
     async def _unbroken_since(
         self, conn: AsyncConnection, pipeline_id: str, watermark: datetime
     ) -> datetime:
-        """Where the registered windows that run unbroken up to `watermark` begin: the latest
-        start, at or before it, that no registered window ends at (the watermark itself when
-        none does)."""
-        mine = RECORDS.c.pipeline_id == pipeline_id
-        before = RECORDS.alias("before")
-        value = await conn.scalar(
-            sa.select(sa.func.max(RECORDS.c.window_start_time)).where(
-                mine,
-                RECORDS.c.window_start_time < watermark,
-                ~sa.exists().where(
-                    before.c.pipeline_id == pipeline_id,
-                    before.c.window_end_time == RECORDS.c.window_start_time,
-                ),
-            )
+        """Where the registered windows that run unbroken up to `watermark` begin (the watermark
+        itself when no window ends there). Walked newest first in Python, one pass: asked only
+        when `start` moved before the first registered window, a rare step."""
+        rows = await conn.execute(
+            sa.select(RECORDS.c.window_start_time, RECORDS.c.window_end_time)
+            .where(RECORDS.c.pipeline_id == pipeline_id, RECORDS.c.window_start_time < watermark)
+            .order_by(RECORDS.c.window_start_time.desc())
         )
-        found = _as_utc(value)
-        return watermark if found is None else found
+        since = watermark
+        for start, end in rows:
+            if _utc(end) != since:
+                break
+            since = _utc(start)
+        return since
 
     async def _unregistered(
         self, conn: AsyncConnection, pipeline_id: str, windows: Sequence[Window]
