@@ -119,6 +119,11 @@ async def saved_of_type(block_type: str) -> str:
     return f"saved {block_type} blocks: {', '.join(names)}"
 
 
+async def load_target(config: PipelineConfig, client: PrefectClient | None = None) -> Target:
+    """The pipeline's target block alone (for a read-only command that only describes it)."""
+    return await load_block(config.target_block, "target_block", Target, client)
+
+
 async def load_ledger(
     config: PipelineConfig, client: PrefectClient | None = None
 ) -> LedgerDatabase:

@@ -77,13 +77,13 @@ def status(config: ConfigOption = None, as_json: JsonOption = False) -> None:
     name = need_config(config)
 
     async def go() -> tuple[Any, Any, str | None, str | None]:
-        from ledgerflow.wiring import load_systems
+        from ledgerflow.wiring import load_target
 
         async with open_pipeline(name) as (cfg, ledger):
             summary = await ledger.summary(cfg.pipeline_id, start=cfg.start, end=cfg.end)
             recorded = await ledger.target_of(cfg.pipeline_id)
-            try:
-                configured: str | None = (await load_systems(cfg)).target.identity()
+            try:  # the target block alone: a read-only command imports no other block type
+                configured: str | None = (await load_target(cfg)).identity()
             except (ConfigError, ValueError):  # status still shows the ledger's side
                 configured = None
             return cfg, summary, recorded, configured
