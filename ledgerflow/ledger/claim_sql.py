@@ -102,12 +102,33 @@ def _first_fence() -> Any:
     """A pipeline's number when it has no counter row yet: one above its windows' greatest (a
     counter row lost, or never seeded), so no claim reuses a number. COALESCE evaluates it only
     when the counter row is missing (on Postgres that row's conflict then raises the counter)."""
+    return _greatest_fence() + 1
+
+
+def _greatest_fence() -> Any:
+    """The greatest fence number the pipeline's windows hold (0 for none)."""
     most = (
         sa.select(sa.func.max(RECORDS.c.fence_token))
         .where(RECORDS.c.pipeline_id == sa.bindparam("p_pipeline"))
         .scalar_subquery()
     )
-    return sa.func.coalesce(most, 0) + 1
+    return sa.func.coalesce(most, 0)
+
+
+def hold_fence_counter(dialect: str) -> sa.Insert:
+    """Lock the pipeline's (`p_pipeline`) fence counter row until the transaction ends, which
+    every claim of the pipeline raises in its own: whoever holds it first makes the other wait.
+    A missing row is created at the greatest fence its windows hold (what the next claim counts
+    from, `_first_fence`), so the lock exists to be taken. Changes no number."""
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    rows = sa.select(sa.bindparam("p_pipeline", type_=sa.String()), _greatest_fence())
+    return (
+        insert(FENCE_COUNTERS)
+        .from_select(["pipeline_id", "fence"], rows)
+        .on_conflict_do_update(
+            index_elements=["pipeline_id"], set_={"fence": FENCE_COUNTERS.c.fence}
+        )
+    )
 
 
 def _record_fence() -> Any:

@@ -8,13 +8,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledgerflow.errors import ConfigError
 from ledgerflow.ledger.base import LedgerBase
+from ledgerflow.ledger.claim_sql import hold_fence_counter
 from ledgerflow.ledger.models import (
-    FENCE_COUNTERS,
     PIPELINES,
     RECORDS,
     AuditResult,
@@ -175,6 +174,28 @@ class CommandsMixin(LedgerBase):
     ) -> list[PipelineRecord]:
         """`force=None` keeps each window's `force_reload` as it is; an expression computes it
         from the row's values before the update."""
+        stmt = self._reopening(
+            pipeline_id, statuses, ids, start, end, reason, now, keep_stage=keep_stage, force=force
+        )
+        async with self._autocommitted() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return [_row_to_record(r) for r in rows]
+
+    def _reopening(
+        self,
+        pipeline_id: str,
+        statuses: Sequence[Status],
+        ids: Iterable[int] | None,
+        start: datetime | None,
+        end: datetime | None,
+        reason: str | None,
+        now: datetime | None,
+        *,
+        keep_stage: bool,
+        force: bool | sa.ColumnElement[bool] | None,
+    ) -> sa.UpdateBase:
+        """The statement that puts windows back to PENDING (see `_reopen`), for a caller to run
+        in its own transaction."""
         stamp = _stamp(self.dialect, now)
         cleared: dict[str, Any] = dict(_LOAD_RESET if keep_stage else _ALL_RESET)
         if force is not None:
@@ -204,9 +225,7 @@ class CommandsMixin(LedgerBase):
             )
             .returning(*RECORDS.columns)
         )
-        async with self._autocommitted() as conn:
-            rows = (await conn.execute(stmt)).all()
-        return [_row_to_record(r) for r in rows]
+        return stmt
 
     async def retile(
         self, pipeline_id: str, grid: Grid, at: datetime, *, now: datetime | None = None
@@ -378,23 +397,21 @@ class CommandsMixin(LedgerBase):
             # flight (then seen IN_PROGRESS below) and makes later claims wait for the commit
             # (then their worker reads the new target and gives the window back). Without it a
             # Postgres claim could commit between the check below and the commit (red team).
-            await conn.execute(_hold_fence_counter(self.dialect, pipeline_id))
-            stamp = _stamp(self.dialect, now)
+            await conn.execute(hold_fence_counter(self.dialect), {"p_pipeline": pipeline_id})
             reopened = await conn.execute(
-                sa.update(RECORDS)
-                .where(mine, RECORDS.c.pipeline_status == Status.COMPLETED.value)
-                .values(
-                    pipeline_status=Status.PENDING.value,
-                    retry_attempt=0,
-                    lease_token=None,
-                    pipeline_locked_at=None,
-                    error_message=f"retargeted from {old} to {target}; ",
-                    pipeline_end_time=None,
-                    **_ALL_RESET,
-                    force_reload=not rows_moved,
-                    record_last_updated_time=stamp,
+                self._reopening(
+                    pipeline_id,
+                    [Status.COMPLETED],
+                    None,
+                    None,
+                    None,
+                    f"retargeted from {old} to {target}; ",
+                    now,
+                    keep_stage=False,
+                    force=not rows_moved,
                 )
             )
+            count = len(reopened.all())
             # After the update, inside the transaction: a window claimed meanwhile is seen here.
             listed = await _first_windows(
                 conn, mine, RECORDS.c.pipeline_status == Status.IN_PROGRESS.value
@@ -408,9 +425,9 @@ class CommandsMixin(LedgerBase):
             await conn.execute(
                 sa.update(PIPELINES)
                 .where(PIPELINES.c.pipeline_id == pipeline_id)
-                .values(target=target, updated_at=stamp)
+                .values(target=target, updated_at=_stamp(self.dialect, now))
             )
-        return Retarget(pipeline_id, old, target, reopened.rowcount)
+        return Retarget(pipeline_id, old, target, count)
 
 
 async def _first_windows(conn: AsyncConnection, *where: sa.ColumnElement[bool]) -> str:
@@ -424,19 +441,3 @@ async def _first_windows(conn: AsyncConnection, *where: sa.ColumnElement[bool]) 
         )
     ).all()
     return ", ".join(f"{_utc(start).isoformat()} (id={i})" for i, start in rows)
-
-
-def _hold_fence_counter(dialect: str, pipeline_id: str) -> sa.Insert:
-    """Lock the pipeline's fence counter row until the transaction ends, creating it when
-    missing at the greatest fence its windows hold (what the next claim would count from, see
-    `claim_sql._first_fence`), so the lock exists to be taken. Changes no number."""
-    most = sa.select(sa.func.coalesce(sa.func.max(RECORDS.c.fence_token), 0)).where(
-        RECORDS.c.pipeline_id == pipeline_id
-    )
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = insert(FENCE_COUNTERS).from_select(
-        ["pipeline_id", "fence"], sa.select(sa.literal(pipeline_id), most.scalar_subquery())
-    )
-    return stmt.on_conflict_do_update(
-        index_elements=["pipeline_id"], set_={"fence": FENCE_COUNTERS.c.fence}
-    )

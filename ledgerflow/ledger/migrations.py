@@ -58,9 +58,10 @@ def _v3(op: Operations) -> None:
     """Version 3: each pipeline's target (`Target.identity()`), so a run into another table or
     database than the one its windows were loaded into is refused (red-team finding 12).
 
-    Left NULL: the first registration after the upgrade records the configured target, which is
-    the one the windows were loaded into unless the config changed while the ledger was at
-    version 2. A version-1 ledger has no pipelines table yet: `repair` creates it whole."""
+    Left NULL: the first run after the upgrade records the configured target, once it holds the
+    newest loaded window's rows (a config changed while the ledger was at version 2 is refused
+    then, `tasks.store_and_validate.check_adoption`). A version-1 ledger has no pipelines table
+    yet: `repair` creates it whole."""
     from ledgerflow.ledger.models import PIPELINES
 
     if PIPELINES.name in sa.inspect(op.get_bind()).get_table_names():
