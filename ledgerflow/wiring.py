@@ -120,7 +120,7 @@ async def saved_of_type(block_type: str) -> str:
 
 
 async def load_target(config: PipelineConfig, client: PrefectClient | None = None) -> Target:
-    """The pipeline's target block alone (for a read-only command that only describes it)."""
+    """The pipeline's target block (alone, for a command that needs only where it loads)."""
     return await load_block(config.target_block, "target_block", Target, client)
 
 
@@ -146,7 +146,7 @@ async def load_systems(config: PipelineConfig, client: PrefectClient | None = No
         ledger=await load_ledger(config, client),
         source=await load_block(config.source_block, "source_block", Source, client),
         stage=await load_block(config.stage_block, "stage_block", Stage, client),
-        target=await load_block(config.target_block, "target_block", Target, client),
+        target=await load_target(config, client),
     )
 
 

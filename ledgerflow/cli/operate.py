@@ -192,11 +192,11 @@ def backfill(
     name = need_config(config)
 
     async def go() -> Any:
-        from ledgerflow.wiring import load_systems
+        from ledgerflow.wiring import load_target
 
         async with open_pipeline(name) as (cfg, ledger):
             lo, hi = span(lo_when, hi_when, cfg.timezone, start, end)
-            target = (await load_systems(cfg)).target.identity()
+            target = (await load_target(cfg)).identity()
             with Progress(console=console, transient=True, disable=as_json) as bar:
                 task = bar.add_task("registering windows", total=None)
                 return await plan_backfill(
@@ -289,13 +289,13 @@ def retarget(
     by the next runs; until then `status` shows them PENDING. A window in progress refuses it.
     Runs into a target other than the recorded one are refused, so no run loads part of the
     windows into one place and the rest into another."""
-    from ledgerflow.wiring import load_systems
+    from ledgerflow.wiring import load_target
 
     name = need_config(config)
 
     async def go() -> Any:
         async with open_pipeline(name) as (cfg, ledger):
-            target = (await load_systems(cfg)).target.identity()
+            target = (await load_target(cfg)).identity()
             return await ledger.retarget(cfg.pipeline_id, target, rows_moved=rows_moved)
 
     done = run_async(go())
