@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from datetime import datetime
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -25,6 +26,10 @@ from ledgerflow.cli.common import (
 )
 from ledgerflow.clock import utc_now
 from ledgerflow.errors import ConfigError, LedgerflowError
+
+if TYPE_CHECKING:
+    from ledgerflow.blocks.config import PipelineConfig
+    from ledgerflow.ledger.status import LedgerSummary
 
 
 def plan(
@@ -71,8 +76,9 @@ def plan(
 def status(config: ConfigOption = None, as_json: JsonOption = False) -> None:
     """Counts per status, the oldest pending window and its age, the lag, and failures.
 
-    Times are the pipeline's local time (UTC in --json)."""
-    from ledgerflow.report import human, local_time, summary_dict, windows_table
+    Times are the pipeline's local time (UTC in --json). Exits 1 when something needs a
+    person (FAILED windows, a gap or an overlap, a moved target), listed under "attention"."""
+    from ledgerflow.report import summary_dict
 
     name = need_config(config)
 
@@ -93,9 +99,52 @@ def status(config: ConfigOption = None, as_json: JsonOption = False) -> None:
     data = summary_dict(summary, cfg.timezone, now)
     moved = recorded is not None and configured is not None and recorded != configured
     data["target"] = {"recorded": recorded, "configured": configured, "moved": moved}
+    data["attention"] = attention = needs_attention(name, summary, moved)
     if as_json:
         typer.echo(json.dumps(data, indent=2, default=str))
-        return
+    else:
+        _show_status(name, cfg, summary, moved, recorded, configured, now)
+        for line in attention:
+            console.print(f"[bold red]needs attention[/]: {line}", highlight=False)
+    if attention:  # a monitor or a script sees it without reading the text
+        raise typer.Exit(code=1)
+
+
+def needs_attention(name: str, summary: LedgerSummary, moved: bool) -> list[str]:
+    """What no run mends by itself, so a person must act: one line each, naming the command."""
+    from ledgerflow.ledger.models import Status
+
+    found = []
+    failed = summary.counts.get(Status.FAILED.value, 0)
+    if failed:
+        found.append(
+            f"{failed} window(s) FAILED: fix the cause their errors name, then "
+            f"`ledgerflow retry -c {name}`"
+        )
+    gaps = sum(f.kind == "gap" for f in summary.faults)
+    if gaps:
+        found.append(
+            f"{gaps} gap(s) never registered: `ledgerflow backfill -c {name}` over each span"
+        )
+    overlaps = sum(f.kind == "overlap" for f in summary.faults)
+    if overlaps:
+        found.append(f"{overlaps} overlap(s): a span registered twice (its rows may load twice)")
+    if moved:
+        found.append(f"the target moved: `ledgerflow retarget -c {name}`")
+    return found
+
+
+def _show_status(
+    name: str,
+    cfg: PipelineConfig,
+    summary: LedgerSummary,
+    moved: bool,
+    recorded: str | None,
+    configured: str | None,
+    now: datetime,
+) -> None:
+    from ledgerflow.report import human, local_time, windows_table
+
     tz = cfg.timezone
     counts = "  ".join(f"{k}: [bold]{v}[/]" for k, v in summary.counts.items())
     console.print(f"[bold]{cfg.pipeline_id}[/]  {counts}")

@@ -33,8 +33,11 @@ def test_run_then_status_shows_counts_lag_and_failures(tmp_path: Path) -> None:
     assert data["windows"][0]["status"] == "FAILED"
 
     result = runner.invoke(app, ["status", "-c", name, "--json"])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # a FAILED window needs a person: not 0
     status = json.loads(result.stdout)
+    assert status["attention"] == [
+        f"1 window(s) FAILED: fix the cause their errors name, then `ledgerflow retry -c {name}`"
+    ]
     assert status["counts"] == {"PENDING": 1, "IN_PROGRESS": 0, "COMPLETED": 0, "FAILED": 1}
     assert status["oldest_pending"]["start"] == "2025-03-08T10:00:00Z"
     assert status["oldest_pending"]["age_seconds"] > 0
@@ -43,8 +46,10 @@ def test_run_then_status_shows_counts_lag_and_failures(tmp_path: Path) -> None:
     assert status["lag_seconds"] is None
 
     result = runner.invoke(app, ["status", "-c", name])
-    assert result.exit_code == 0
+    assert result.exit_code == 1
     assert "FAILED: 1" in result.output and "audit failed" in result.output
+    assert result.output.rstrip().endswith(f"then `ledgerflow retry -c {name}`")
+    assert "needs attention: 1 window(s) FAILED" in result.output
 
 
 def test_status_for_an_unknown_config_says_so() -> None:
@@ -110,8 +115,10 @@ def test_run_is_quiet_shows_its_window_table_and_what_is_still_pending(
     # status: "loaded up to" in the pipeline's local time, UTC in JSON.
     result = runner.invoke(app, ["status", "-c", name])
     assert "loaded up to: 2025-03-08 04:00 PST" in result.stdout, result.output
+    assert result.exit_code == 0 and "needs attention" not in result.stdout  # nothing to do
     result = runner.invoke(app, ["status", "-c", name, "--json"])
     assert json.loads(result.stdout)["newest_completed_end"] == "2025-03-08T12:00:00+00:00"
+    assert json.loads(result.stdout)["attention"] == []
 
     # A plain date is local midnight in the pipeline's zone (08:00 UTC), not UTC midnight.
     def starts(*args: str) -> list[str]:

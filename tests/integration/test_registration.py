@@ -275,8 +275,12 @@ async def test_status_reports_gaps_and_overlaps_between_registered_windows(
         ("overlap", T0 + timedelta(hours=11), T0 + timedelta(hours=12)),
     ]
     result = await asyncio.to_thread(CliRunner().invoke, app, ["status", "-c", name, "--json"])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # no run mends either: a person must act
     data = json.loads(result.stdout)
+    assert data["attention"] == [
+        f"1 gap(s) never registered: `ledgerflow backfill -c {name}` over each span",
+        "1 overlap(s): a span registered twice (its rows may load twice)",
+    ]
     assert data["gaps"] == [
         {"start": "2025-03-01T12:00:00+00:00", "end": "2025-03-01T14:00:00+00:00"}
     ]

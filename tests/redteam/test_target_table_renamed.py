@@ -12,6 +12,7 @@ and loaded only where the counts differ."""
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import timedelta
 from pathlib import Path
 
@@ -60,8 +61,12 @@ def test_a_run_into_a_renamed_target_table_is_refused_and_loads_nothing(tmp_path
     assert "ledgerflow retarget" in message, message
     assert "web_events_v2" not in _tables(pipeline)  # nothing was loaded anywhere
     assert cli("windows", "-c", name) == before  # and the ledger is as it was
-    target = cli("status", "-c", name)["target"]
+    status = runner.invoke(app, ["status", "-c", name, "--json"])
+    assert status.exit_code == 1, status.output  # a moved target needs a person
+    shown = json.loads(status.stdout)
+    target = shown["target"]
     assert target["moved"] and target["configured"].endswith("#web_events_v2"), target
+    assert shown["attention"] == [f"the target moved: `ledgerflow retarget -c {name}`"]
     # The CLI commands that read the target refuse too, before counting the wrong table.
     refused = runner.invoke(app, ["rescan", "-c", name, "--last", "5"])
     assert refused.exit_code != 0 and "retarget" in refused.output, refused.output
