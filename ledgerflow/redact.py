@@ -9,8 +9,10 @@ The whole user info is masked, not only the password: a password with an unencod
 from __future__ import annotations
 
 import re
+from urllib.parse import quote, unquote
 
 MASK = "***"
+MIN_SECRET = 4
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 _URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
 # Query parameters whose values are secrets: password, sslpassword, passwd, pwd, token,
@@ -18,7 +20,11 @@ _URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
 _SECRET_PARAM = re.compile(
     r"pass|pwd|token|secret|api[-_]?key|credential|signature|^sig$|^auth", re.IGNORECASE
 )
-_PARAM = re.compile(r"([?&;])([^=&;#?]+)=([^&;#]*)")
+# One query parameter: a key, then its value up to the next `&`. SQLAlchemy (and `parse_qsl`)
+# end a value only at `&`: a `#` or `;` inside a password is part of it, not a separator.
+_PARAM = re.compile(r"([?&])([^=&]*)=([^&]*)")
+# A key inside such a value, after a `;` or `#` (an old-style `;` separator or a fragment).
+_INNER_KEY = re.compile(r"[;#]([^=&;#]+)=")
 
 
 def has_userinfo(url: str) -> bool:
@@ -49,5 +55,57 @@ def _authority_and_rest(url: str) -> str:
 
 
 def _mask_param(match: re.Match[str]) -> str:
+    """`?key=value`: the value masked when the key, percent-decoded as the driver reads it
+    (`p%61ssword` is `password`), names a secret; and from any secret key a `;` or `#` hides
+    inside a value on, whatever follows is masked up to the next `&`."""
     sep, key, value = match.groups()
-    return f"{sep}{key}={MASK}" if _SECRET_PARAM.search(key) and value else match.group()
+    if value and _is_secret(key):
+        return f"{sep}{key}={MASK}"
+    for inner in _INNER_KEY.finditer(value):
+        if _is_secret(inner.group(1)):
+            return f"{sep}{key}={value[: inner.end()]}{MASK}"
+    return match.group()
+
+
+def _is_secret(key: str) -> bool:
+    return bool(_SECRET_PARAM.search(unquote(key).strip()))
+
+
+def secret_texts(value: object) -> list[str]:
+    """Every secret a block holds (`SecretStr`, `SecretBytes`, a `SecretDict`'s values, in
+    nested blocks too), longest first: what `mask_secrets` hides in text a third-party library
+    wrote, such as an HTTP error that quotes a webhook URL with a token in its path."""
+    found: set[str] = set()
+    _collect(value, False, found, 0)
+    return sorted(found, key=len, reverse=True)
+
+
+def mask_secrets(text: str, secrets: list[str]) -> str:
+    """`text` with every secret of `secret_texts` (4 characters or more: a shorter one cannot
+    be told from ordinary text) replaced by the mask, and every URL in it scrubbed."""
+    for secret in secrets:
+        if len(secret) >= MIN_SECRET:
+            text = text.replace(secret, MASK)
+    return scrub_urls(text)
+
+
+def _collect(value: object, secret: bool, found: set[str], depth: int) -> None:
+    if depth > 8:
+        return
+    reveal = getattr(value, "get_secret_value", None)
+    if callable(reveal):
+        _collect(reveal(), True, found, depth + 1)
+    elif isinstance(value, str | bytes):
+        if secret:
+            text = value.decode(errors="replace") if isinstance(value, bytes) else value
+            found.update({text, quote(text, safe="")} - {""})
+    elif isinstance(value, dict):
+        for item in value.values():
+            _collect(item, secret, found, depth + 1)
+    elif isinstance(value, list | tuple | set):
+        for item in value:
+            _collect(item, secret, found, depth + 1)
+    elif hasattr(value, "__fields__") or hasattr(value, "model_fields"):  # a block, a model
+        for name, item in vars(value).items():
+            if not name.startswith("_"):
+                _collect(item, secret, found, depth + 1)

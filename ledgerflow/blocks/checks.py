@@ -111,4 +111,4 @@ def client_settings(block: str) -> Iterator[None]:
         raise ClientSettingsError(
             f"the {block} block's settings cannot build a client: {type(exc).__name__}: "
             f"{scrub_urls(str(exc))}; fix the block and save it again"
-        ) from exc
+        ) from None  # chained, the client's own text (a URL's password) would be logged too

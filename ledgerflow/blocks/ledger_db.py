@@ -49,10 +49,12 @@ class LedgerDatabase(Block):
     def _url(cls, v: SecretStr) -> SecretStr:
         try:
             parsed = sa.engine.make_url(v.get_secret_value())
-        except sa.exc.ArgumentError:
+        except (sa.exc.ArgumentError, ValueError):  # ValueError: a port that is not a number
+            # The parser's own text would quote the URL's tail, a password's included.
             raise ValueError(
-                "url is not a database URL; allowed: postgresql+asyncpg://... or "
-                "sqlite+aiosqlite:///path"
+                "url is not a database URL; allowed: postgresql+asyncpg://user:password@host:"
+                "5432/db or sqlite+aiosqlite:///path (a password holding @, :, / or # must be "
+                "percent-encoded: %40, %3A, %2F, %23)"
             ) from None
         allowed = {("postgresql", "asyncpg"), ("sqlite", "aiosqlite")}
         if (parsed.get_backend_name(), parsed.get_driver_name()) not in allowed:

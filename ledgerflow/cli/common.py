@@ -205,9 +205,11 @@ def prefect_api() -> str:
     """Where blocks and deployments go: the server in PREFECT_API_URL, or this machine only."""
     from prefect.settings import PREFECT_API_URL, PREFECT_HOME
 
+    from ledgerflow.redact import scrub_url
+
     url = PREFECT_API_URL.value()
     if url:
-        return f"the Prefect server at {url}"
+        return f"the Prefect server at {scrub_url(url)}"
     return (
         f"the local Prefect database in {PREFECT_HOME.value()} (PREFECT_API_URL is not set: "
         "a server and its workers will not see it)"

@@ -24,6 +24,7 @@ from ledgerflow.blocks.config import load_final_config
 from ledgerflow.compat import HAS_AGENTS, PREFECT_VERSION, cron_schedule, module_path_entrypoint
 from ledgerflow.errors import ConfigError
 from ledgerflow.flows.pipeline import windowed_pipeline
+from ledgerflow.redact import scrub_url
 
 DEFAULT_POOL = "ledgerflow-process"
 AGENT_POOL_TYPE = "prefect-agent"
@@ -57,7 +58,7 @@ def api_url() -> str:
             "database that no worker reads; point it at your server first, e.g. "
             "`prefect config set PREFECT_API_URL=http://127.0.0.1:4200/api`"
         )
-    return str(url)
+    return scrub_url(str(url))  # only ever shown: a proxy's user info stays out of it
 
 
 async def deploy(config_name: str, pool: str = DEFAULT_POOL, name: str | None = None) -> Deployed:

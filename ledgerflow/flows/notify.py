@@ -18,6 +18,7 @@ from prefect.blocks.core import Block
 from prefect.client.schemas.objects import FlowRun, State
 
 from ledgerflow.blocks.config import PipelineConfig, load_final_config
+from ledgerflow.redact import mask_secrets, secret_texts
 from ledgerflow.tasks.common import artifact_key, logger
 
 
@@ -42,11 +43,26 @@ def failure_message(
     return subject, body
 
 
+class NotificationFailed(Exception):
+    """A notification was not sent. Its text is the sender's error with the block's secrets
+    masked; the sender's own exception is not chained (a traceback would print it)."""
+
+
 async def send(config: PipelineConfig, subject: str, body: str) -> bool:
     """Send through the configured block; return whether anything was sent."""
     if not config.notification_block:
         return False
     block = await Block.load(config.notification_block)
+    try:
+        return await _send(config, block, subject, body)
+    except Exception as exc:
+        # An HTTP client quotes the URL it failed on, and a webhook's URL may hold its token
+        # (Prefect's CustomWebhookNotificationBlock puts `secrets` into the URL's path).
+        text = mask_secrets(f"{type(exc).__name__}: {exc}", secret_texts(block))
+        raise NotificationFailed(text) from None
+
+
+async def _send(config: PipelineConfig, block: Block, subject: str, body: str) -> bool:
     try:
         from prefect_email import EmailServerCredentials, email_send_message
     except ImportError:  # prefect-email is optional

@@ -30,6 +30,12 @@ SECRET = "s3cr3t!@#"
             "https://es:9200/?access_token=t&api_key=k&client_secret=c&X-Amz-Signature=s&page=2",
             "https://es:9200/?access_token=***&api_key=***&client_secret=***&X-Amz-Signature=***&page=2",
         ),
+        # The driver decodes the key and ends a value only at `&`: `#` and `;` are the password's.
+        ("postgresql+asyncpg://h/d?p%61ssword=pw1", "postgresql+asyncpg://h/d?p%61ssword=***"),
+        ("postgresql+asyncpg://h/d?password=a#pw2&x=1", "postgresql+asyncpg://h/d?password=***&x=1"),
+        ("postgresql+asyncpg://h/d?password=a;pw3", "postgresql+asyncpg://h/d?password=***"),
+        ("http://h:1/x?a=1;token=pw4&b=2", "http://h:1/x?a=1;token=***&b=2"),
+        ("http://h:1/x?a=1#api_key=pw5", "http://h:1/x?a=1#api_key=***"),
         ("sqlite+aiosqlite:///.ledgerflow/ledger.db", "sqlite+aiosqlite:///.ledgerflow/ledger.db"),
         ("https://es.example.com:9200", "https://es.example.com:9200"),
     ],
@@ -82,3 +88,21 @@ def test_a_substituted_password_is_encoded_where_it_lands_in_a_url() -> None:
     document["ledger"]["url"] = "${URL}"
     ((_, block),) = build_blocks(document, {"URL": "postgresql+asyncpg://a:b%40c@h/db"})
     assert sa.engine.make_url(block.url.get_secret_value()).password == "b@c"
+
+
+def test_a_blocks_secrets_are_masked_in_text_a_library_wrote() -> None:
+    """A webhook block puts its `secrets` into the URL's path, where no URL rule finds them."""
+    from ledgerflow.redact import mask_secrets, secret_texts
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+
+    block = CustomWebhookNotificationBlock(
+        name="hook",
+        url="https://hooks.example.com/{{token}}/x?sig={{short}}",
+        secrets={"token": "tok/en 9f3a", "short": "ab"},
+    )
+    found = secret_texts(block)
+    assert found[:2] == ["tok%2Fen%209f3a", "tok/en 9f3a"]  # longest first, as sent and encoded
+    text = "500 for url 'https://u:pw@hooks.example.com/tok%2Fen%209f3a/x?sig=ab' (tok/en 9f3a)"
+    assert mask_secrets(text, found) == (
+        "500 for url 'https://***@hooks.example.com/***/x?sig=***' (***)"
+    )
