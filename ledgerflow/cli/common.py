@@ -48,7 +48,11 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
     except LedgerflowError as exc:
         raise fail(str(exc)) from None
     except DBAPIError as exc:
-        raise fail(f"the ledger database refused the request: {exc.orig}") from None
+        from ledgerflow.redact import scrub_urls  # a driver's text may quote a DSN
+
+        raise fail(
+            f"the ledger database refused the request: {scrub_urls(str(exc.orig))}"
+        ) from None
 
 
 def parse_when(text: str, option: str) -> datetime | date:
