@@ -3,8 +3,10 @@
 One 2-hour window of an osmem-server index, each contender a whole process started the way a
 user starts it, timed from launch to exit:
 - ledgerflow: `ledgerflow run -c NAME` (the installed console script beside this interpreter)
-  with an Elasticsearch source, a local stage, a DuckDB target and an SQLite ledger, blocks
-  saved in a benchmark-only PREFECT_HOME (ephemeral API, as a first-time user has it);
+  with an Elasticsearch source, a local stage, a DuckDB target and an SQLite ledger, two ways:
+  blocks saved in a benchmark-only PREFECT_HOME and Prefect's ephemeral API started inside the
+  run (as a first-time user has it), and against a `prefect server` the benchmark starts (as a
+  deployment's worker has it: PREFECT_API_URL set, no API inside the run);
 - ingestr 0.15.x (`make bench` installs it under .bench/ingestr), Elasticsearch -> Postgres with
   `--interval-start/--interval-end` on the timestamp field.
 Both reach osmem through the same header-rewriting proxy (bench/es_proxy.py). Each run must load
@@ -24,9 +26,14 @@ import json
 import os
 import resource
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -41,6 +48,7 @@ ROOT = Path(__file__).resolve().parent.parent
 INGESTR = ROOT / ".bench" / "ingestr" / "bin" / "ingestr"
 # The console script installed beside the interpreter running the benchmark ($(BIN)/ledgerflow).
 LEDGERFLOW = Path(sys.executable).parent / "ledgerflow"
+PREFECT = Path(sys.executable).parent / "prefect"
 # osmem's OpenSearch point in time costs the emulator a full pass per page (DESIGN.md, second
 # round): `auto` would pick it, and measure osmem instead of ledgerflow. Pinned to the scroll.
 PAGING = {"point_in_time": "never", "page_size": 1000, "slices": 2}
@@ -82,13 +90,57 @@ async def _load(url: str, index: str, n: int) -> None:
     assert count == n, f"the window of {index} holds {count} documents, not {n}"
 
 
-def _env(home: Path) -> dict[str, str]:
+def _env(home: Path, api: str | None = None) -> dict[str, str]:
     """The children's environment: this worktree first on the path, a Prefect home of their
-    own and its ephemeral API (no server URL inherited from the caller)."""
+    own, and its ephemeral API, or the Prefect server at `api` (no setting inherited from the
+    caller)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env["PREFECT_HOME"] = str(home)
+    if api:
+        env["PREFECT_API_URL"] = api
     return env
+
+
+@contextlib.contextmanager
+def prefect_server(home: Path) -> Iterator[str]:
+    """`prefect server start` on loopback with its own home, as a deployment's workers have
+    it; yields its API URL. The server is a process of its own, like ingestr's Postgres."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    api = f"http://127.0.0.1:{port}/api"
+    log = home.parent / "prefect-server.log"
+    home.mkdir(parents=True, exist_ok=True)
+    with log.open("wb") as out:
+        server = subprocess.Popen(
+            [str(PREFECT), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env={**_env(home), "PREFECT_LOGGING_LEVEL": "WARNING"},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 300  # a new server migrates its database first
+        while True:
+            try:
+                with urllib.request.urlopen(f"{api}/health", timeout=1) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"prefect server did not start: {log.read_text(errors='replace')[-2000:]}"
+                    ) from None
+                time.sleep(0.5)
+        yield api
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
 
 
 async def save_blocks(root: Path, es_url: str, index: str, names: list[str]) -> None:
@@ -143,11 +195,11 @@ def _timed(args: list[str], env: dict[str, str] | None = None) -> tuple[Run, str
     return Run(wall, rss, cpu), out
 
 
-def _ledgerflow(root: Path, home: Path, name: str, n: int) -> Run:
+def _ledgerflow(root: Path, env: dict[str, str], name: str, n: int) -> Run:
     """`ledgerflow run -c NAME` as a user types it; then count what landed in DuckDB."""
     import duckdb
 
-    run, out = _timed([str(LEDGERFLOW), "run", "-c", name, "--json"], _env(home))
+    run, out = _timed([str(LEDGERFLOW), "run", "-c", name, "--json"], env)
     result = json.loads(out.strip().splitlines()[-1])
     if result["state"] != "COMPLETED" or len(result["windows"]) != 1:
         raise AssertionError(f"ledgerflow run -c {name} did not load one window: {result}")
@@ -232,6 +284,12 @@ def _ingestr_admin(stack: contextlib.ExitStack) -> tuple[str | None, str]:
         return None, f"ingestr skipped: no Postgres for its destination ({exc})"
 
 
+# ledgerflow runs two ways: as a first-time user runs it (Prefect's ephemeral API, started in
+# the process), and as deployed users run it (a worker's flow run talks to a Prefect server).
+EPHEMERAL, SERVER, INGESTR_NAME = "ledgerflow", "ledgerflow + server", "ingestr"
+CONTENDERS = (EPHEMERAL, SERVER, INGESTR_NAME)
+
+
 def main(repeat: int = 3, sizes: tuple[int, ...] = (200_000, 600_000)) -> None:
     from osmem_server import OsmemServer
 
@@ -240,29 +298,27 @@ def main(repeat: int = 3, sizes: tuple[int, ...] = (200_000, 600_000)) -> None:
     runs: dict[tuple[str, int], list[Run]] = {}
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ledgerflow-peers-")))
-        home = tmp / "prefect"
         admin, skipped = _ingestr_admin(stack)
+        api = stack.enter_context(prefect_server(tmp / "prefect-server"))
+        envs = {EPHEMERAL: _env(tmp / "prefect"), SERVER: _env(tmp / "prefect-server", api)}
         server = stack.enter_context(OsmemServer.start(freeze=False))
         proxy = stack.enter_context(serving(server.url))
         for n in sizes:
             index = f"peers{n}"
             asyncio.run(_load(server.url, index, n))
-            names = [f"peers-{n}-{r}" for r in range(repeat)]
-            saved = subprocess.run(
-                [sys.executable, "-m", "bench.peers", str(tmp), proxy, index, *names],
-                env=_env(home),
-                cwd=ROOT,
-                capture_output=True,  # Prefect's first-use migration warnings, unless it fails
-                text=True,
-            )
-            if saved.returncode != 0:
-                raise RuntimeError(f"saving the benchmark's blocks failed: {saved.stderr[-2000:]}")
-            for r, name in enumerate(names):
-                contenders = ["ledgerflow", "ingestr"] if r % 2 == 0 else ["ingestr", "ledgerflow"]
-                for who in contenders:
-                    if who == "ledgerflow":
-                        runs.setdefault((who, n), []).append(_ledgerflow(tmp, home, name, n))
-                    elif admin is not None:
+            names = {
+                who: [f"peers-{n}-{r}-{i}" for r in range(repeat)] for i, who in enumerate(envs)
+            }
+            for who, env in envs.items():
+                _save(tmp, proxy, index, names[who], env)
+            for r in range(repeat):
+                # Each contender goes first, second and third in turn.
+                for who in CONTENDERS[r % 3 :] + CONTENDERS[: r % 3]:
+                    if who in envs:
+                        measured = _ledgerflow(tmp, envs[who], names[who][r], n)
+                    elif admin is None:
+                        continue
+                    else:
                         work = tmp / f"ingestr-{n}-{r}"
                         try:
                             measured = asyncio.run(_ingestr(admin, proxy, index, work, n))
@@ -270,9 +326,23 @@ def main(repeat: int = 3, sizes: tuple[int, ...] = (200_000, 600_000)) -> None:
                             skipped = f"ingestr could not run here: {str(exc).splitlines()[0]}"
                             admin = None
                             continue
-                        runs.setdefault((who, n), []).append(measured)
+                    runs.setdefault((who, n), []).append(measured)
             server.request("DELETE", f"/{index}")  # free the emulator's memory for the next size
     _report(runs, sizes, repeat, skipped)
+
+
+def _save(root: Path, proxy: str, index: str, names: list[str], env: dict[str, str]) -> None:
+    """Save the pipelines' blocks where their runs will read them (a child process: the
+    blocks land in that Prefect home or server, not the caller's)."""
+    saved = subprocess.run(
+        [sys.executable, "-m", "bench.peers", str(root), proxy, index, *names],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,  # Prefect's first-use migration warnings, unless it fails
+        text=True,
+    )
+    if saved.returncode != 0:
+        raise RuntimeError(f"saving the benchmark's blocks failed: {saved.stderr[-2000:]}")
 
 
 def _report(
@@ -285,7 +355,7 @@ def _report(
     rate: dict[tuple[str, int], float] = {}
     rss: dict[tuple[str, int], float] = {}
     for n in sizes:
-        for who in ("ledgerflow", "ingestr"):
+        for who in CONTENDERS:
             measured = runs.get((who, n))
             if not measured:
                 continue
@@ -311,20 +381,20 @@ def _report(
     if skipped:
         print(skipped)
     targets = {200_000: 1.0, 600_000: 1.5}
-    for n in sizes:
-        if ("ingestr", n) in rate:
-            ratio = rate["ledgerflow", n] / rate["ingestr", n]
-            goal = f" (target >= {targets[n]:.1f})" if n in targets else ""
-            print(
-                f"{n:,} docs: ledgerflow / ingestr docs/s {ratio:.2f}x{goal}; peak RSS "
-                f"{rss['ledgerflow', n]:.0f} MB vs {rss['ingestr', n]:.0f} MB"
-            )
     small, big = sizes[0], sizes[-1]
-    print(
-        f"ledgerflow run peak RSS: {rss['ledgerflow', big]:.0f} MB at {big:,} (target <= 400), "
-        f"growth {rss['ledgerflow', big] / rss['ledgerflow', small]:.2f}x from {small:,} "
-        "(target <= 1.1)"
-    )
+    for who in (EPHEMERAL, SERVER):
+        for n in sizes:
+            if (INGESTR_NAME, n) in rate:
+                ratio = rate[who, n] / rate[INGESTR_NAME, n]
+                goal = f" (target >= {targets[n]:.1f})" if n in targets else ""
+                print(
+                    f"{who}, {n:,} docs: docs/s {ratio:.2f}x ingestr's{goal}; peak RSS "
+                    f"{rss[who, n]:.0f} MB vs {rss[INGESTR_NAME, n]:.0f} MB"
+                )
+        print(
+            f"{who}: peak RSS {rss[who, big]:.0f} MB at {big:,} (target <= 400), growth "
+            f"{rss[who, big] / rss[who, small]:.2f}x from {small:,} (target <= 1.1)"
+        )
 
 
 if __name__ == "__main__":

@@ -206,3 +206,20 @@ class Pipeline:
             lease = await ledger.claim(name, "dead-worker", cutoff=now, now=now - ago)
         assert lease is not None, "nothing to claim"
         return lease.id
+
+
+async def run_logs(state: Any) -> str:
+    """Every log line of a flow run and its task runs, as the Prefect API holds them."""
+    from ledgerflow.compat import flush_run_logs
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    await flush_run_logs()
+    async with get_client() as client:
+        logs = await client.read_logs(
+            log_filter=LogFilter(
+                flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id])
+            )
+        )
+    assert logs, "no logs to inspect: the test proves nothing"
+    return "\n".join(log.message for log in logs)

@@ -16,16 +16,14 @@ from elasticsearch import AsyncElasticsearch
 from ledgerflow.blocks.elasticsearch import ElasticsearchSource, PlainJsonNode
 from ledgerflow.blocks.ledger_db import LedgerDatabase
 from ledgerflow.cli import app
-from ledgerflow.compat import flush_run_logs
 from ledgerflow.demo import DEMO_START
 from ledgerflow.deployments.save_blocks import register_file
 from ledgerflow.flows.pipeline import windowed_pipeline
 from ledgerflow.ledger import Ledger
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 from typer.testing import CliRunner
 
-from .kit import DriftingTarget, Pipeline
+from .kit import DriftingTarget, Pipeline, run_logs
 from .mail_kit import SMTP_PASSWORD, Inbox, server
 from .warehouse_kit import KEY, Peers
 
@@ -187,18 +185,6 @@ async def seed_events(url: str, index: str) -> None:
         ops += [{"index": {"_index": index, "_id": f"d{i}"}}, {"@timestamp": stamp}]
     await es.bulk(operations=ops, refresh=True)
     await es.close()
-
-
-async def run_logs(state: Any) -> str:
-    await flush_run_logs()
-    async with get_client() as client:
-        logs = await client.read_logs(
-            log_filter=LogFilter(
-                flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id])
-            )
-        )
-    assert logs, "no logs to inspect: the test proves nothing"
-    return " ".join(log.message for log in logs)
 
 
 async def assert_no_secret(

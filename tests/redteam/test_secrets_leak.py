@@ -30,17 +30,14 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from ledgerflow.cli import app
-from ledgerflow.compat import flush_run_logs
 from ledgerflow.demo import DEMO_START
 from prefect.blocks.core import Block
 from prefect.blocks.notifications import CustomWebhookNotificationBlock
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 from prefect_aws.client_parameters import AwsClientParameters
 from typer.testing import CliRunner
 
 from tests.integration.conftest import peers
-from tests.integration.kit import DriftingTarget, FlakyCountTarget, Pipeline
+from tests.integration.kit import DriftingTarget, FlakyCountTarget, Pipeline, run_logs
 from tests.integration.warehouse_kit import Peers
 
 from .helpers import run
@@ -99,19 +96,6 @@ def webhook(port: int) -> CustomWebhookNotificationBlock:
 
 async def save(block: Block, name: str) -> None:
     await block.save(name, overwrite=True)
-
-
-async def run_logs(state: Any) -> str:
-    """Every log line of the flow run and its task runs, as the Prefect API holds them."""
-    await flush_run_logs()
-    async with get_client() as client:
-        logs = await client.read_logs(
-            log_filter=LogFilter(
-                flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id])
-            )
-        )
-    assert logs, "no logs to inspect: the test proves nothing"
-    return "\n".join(log.message for log in logs)
 
 
 # --- notification failures ------------------------------------------------------------------

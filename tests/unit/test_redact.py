@@ -32,7 +32,10 @@ SECRET = "s3cr3t!@#"
         ),
         # The driver decodes the key and ends a value only at `&`: `#` and `;` are the password's.
         ("postgresql+asyncpg://h/d?p%61ssword=pw1", "postgresql+asyncpg://h/d?p%61ssword=***"),
-        ("postgresql+asyncpg://h/d?password=a#pw2&x=1", "postgresql+asyncpg://h/d?password=***&x=1"),
+        (
+            "postgresql+asyncpg://h/d?password=a#pw2&x=1",
+            "postgresql+asyncpg://h/d?password=***&x=1",
+        ),
         ("postgresql+asyncpg://h/d?password=a;pw3", "postgresql+asyncpg://h/d?password=***"),
         ("http://h:1/x?a=1;token=pw4&b=2", "http://h:1/x?a=1;token=***&b=2"),
         ("http://h:1/x?a=1#api_key=pw5", "http://h:1/x?a=1#api_key=***"),
