@@ -29,6 +29,7 @@ class BackfillPlan:
     last: str | None
     skipped_not_eligible: int
     registered: int = 0
+    past_end: int = 0  # windows of the range starting at or after the config's `end`: left out
 
     def as_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -50,7 +51,10 @@ async def backfill(
     Through the scheduled registration's own path (same grid check, same overlap check), but
     only inside the range and without moving the registration watermark: the schedule still
     registers everything between its watermark and now, whatever was backfilled."""
-    in_range = windows_between(start, end, config.timezone, config.granularity)
+    cut = windows_between(start, end, config.timezone, config.granularity)
+    # The config's `end` holds for a backfill too: no window starting at or after it is
+    # registered (the runs would load it, and the span between would read as a gap).
+    in_range = [w for w in cut if config.end is None or w.start < config.end]
     hooks, checks = config.key_hooks(), tuple(config.check_fields)
     done = await ledger.register_windows(
         config.pipeline_id,
@@ -74,6 +78,7 @@ async def backfill(
         last=eligible[-1].start_iso if eligible else None,
         skipped_not_eligible=len(in_range) - len(eligible),
         registered=0 if dry_run else done.new,
+        past_end=len(cut) - len(in_range),
     )
 
 

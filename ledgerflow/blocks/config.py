@@ -5,6 +5,7 @@ Each bad value is refused with one sentence naming the field, the value and what
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -304,10 +305,21 @@ def validate_config(data: dict[str, Any], name: str = "<inline>") -> PipelineCon
         raise explain(exc, name) from None
 
 
+# Prefect's rule for block document names.
+BLOCK_NAME = re.compile(r"[a-z0-9-]+")
+
+
 @sync_compatible
 async def load_final_config(name: str, client: PrefectClient | None = None) -> PipelineConfig:
     """Load the PipelineConfig block `name` and return it validated (the seed's entry point);
     through `client` when given, else a client Prefect opens for this load."""
+    if not BLOCK_NAME.fullmatch(name):
+        # Prefect's own rule for block names; anything else could not name a saved block, and
+        # `..` would be read as a step up the API's URL path (a 422 or a validation error).
+        raise ConfigError(
+            f"no pipeline config block named {name!r} (block names hold lowercase letters, "
+            f"digits and dashes); {saved_configs_sentence(await pipeline_config_names())}"
+        )
     try:
         config = await load_block(PipelineConfig, name, client)
     except RuntimeError as exc:

@@ -29,6 +29,7 @@ _probe = Console()
 # Tables are wide; when piped (no terminal to measure), do not squeeze them into 80 columns.
 console = _probe if _probe.is_terminal else Console(width=120)
 T = TypeVar("T")
+_When = TypeVar("_When", date, datetime)
 
 
 def fail(message: str) -> typer.Exit:
@@ -55,13 +56,23 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
         ) from None
 
 
+# Instants the CLI takes: far from datetime's limits, so no window grid padded by days or weeks
+# around them (nor a UTC conversion) leaves the calendar.
+FIRST_YEAR, LAST_YEAR = 1000, 8999
+# Integer options become SQL parameters: within a 32-bit integer, what every ledger's ids hold.
+LARGEST = 2**31 - 1
+
+
 def parse_when(text: str, option: str) -> datetime | date:
     """An ISO 8601 instant with its offset, or a plain date (read later in the pipeline's zone)."""
+    value: datetime | date
     if len(text) == 10:
         try:
-            return date.fromisoformat(text)
+            value = date.fromisoformat(text)
         except ValueError:
             pass
+        else:
+            return _in_calendar(value, text, option)
     try:
         value = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
@@ -71,7 +82,20 @@ def parse_when(text: str, option: str) -> datetime | date:
         ) from None
     if value.tzinfo is None:
         raise fail(f"{option}={text!r} has no UTC offset; add Z or e.g. -08:00, or give a date")
-    return as_utc(value)
+    return as_utc(_in_calendar(value, text, option))
+
+
+def _in_calendar(value: _When, text: str, option: str) -> _When:
+    if not FIRST_YEAR <= value.year <= LAST_YEAR:
+        raise fail(f"{option}={text!r} is out of range; allowed: years {FIRST_YEAR} to {LAST_YEAR}")
+    return value
+
+
+def in_range(option: str, value: int, lowest: int = 1, highest: int = LARGEST) -> int:
+    """An integer option checked before it reaches the ledger's SQL."""
+    if not lowest <= value <= highest:
+        raise fail(f"{option}={value} is out of range; allowed: {lowest} to {highest:,}")
+    return value
 
 
 def in_zone(value: datetime | date, timezone: str) -> datetime:
@@ -109,15 +133,23 @@ def parse_bounds(
     start: str | None, end: str | None
 ) -> tuple[datetime | date | None, datetime | date | None]:
     """Optional --start and --end parsed, each on its own (placed with `bounds_in_zone`)."""
+    if start and end:
+        return parse_span(start, end)
     lo = parse_when(start, "--start") if start else None
     hi = parse_when(end, "--end") if end else None
     return lo, hi
 
 
 def bounds_in_zone(
-    lo: datetime | date | None, hi: datetime | date | None, timezone: str
+    lo: datetime | date | None,
+    hi: datetime | date | None,
+    timezone: str,
+    texts: tuple[str | None, str | None] = (None, None),
 ) -> tuple[datetime | None, datetime | None]:
-    """Optional --start and --end as instants in `timezone`."""
+    """Optional --start and --end as instants in `timezone`; both given, the end after the
+    start (an empty range would select nothing and say so, hiding the typo)."""
+    if lo is not None and hi is not None:
+        return span(lo, hi, timezone, texts[0] or str(lo), texts[1] or str(hi))
     return (
         None if lo is None else in_zone(lo, timezone),
         None if hi is None else in_zone(hi, timezone),

@@ -9,12 +9,14 @@ from typing import Annotated, Any
 import typer
 
 from ledgerflow.cli.common import (
+    LARGEST,
     WHEN,
     ConfigOption,
     JsonOption,
     bounds_in_zone,
     console,
     fail,
+    in_range,
     in_zone,
     need_config,
     open_pipeline,
@@ -46,9 +48,10 @@ def retry(
 
     async def go() -> list[Any]:
         async with open_pipeline(name) as (cfg, ledger):
+            lo, hi = bounds_in_zone(lo_when, hi_when, cfg.timezone, (start, end))
             for record_id in ids or []:
                 # Every id is checked before any is reset: a typo resets nothing.
-                record = await ledger.get(record_id)
+                record = None if not 1 <= record_id <= LARGEST else await ledger.get(record_id)
                 if record is None or record.pipeline_id != cfg.pipeline_id:
                     raise ConfigError(
                         f"--id {record_id} is not a window of {cfg.pipeline_id}; "
@@ -59,7 +62,12 @@ def retry(
                         f"--id {record_id} is {record.pipeline_status}, not FAILED; only "
                         "FAILED windows are retried (reopen loaded ones with `ledgerflow reload`)"
                     )
-            lo, hi = bounds_in_zone(lo_when, hi_when, cfg.timezone)
+                starts = record.window_start_time
+                if (lo is not None and starts < lo) or (hi is not None and starts >= hi):
+                    raise ConfigError(
+                        f"--id {record_id} starts at {starts.isoformat()}, outside --start/--end: "
+                        "give the id alone, or a range that holds it"
+                    )
             return await ledger.reset_failed(cfg.pipeline_id, ids=ids, start=lo, end=hi)
 
     rows = run_async(go())
@@ -214,15 +222,17 @@ def backfill(
         typer.echo(json.dumps(plan.as_dict()))
         return
     verb = "would register" if dry_run else "registered"
-    console.print(
+    found = (
         f"{plan.windows} eligible window(s) from {plan.first} to {plan.last}; {verb} "
         f"{plan.new if dry_run else plan.registered} new at backfill priority"
-        + (
-            f"; {plan.skipped_not_eligible} not yet eligible (x_time_back)"
-            if plan.skipped_not_eligible
-            else ""
-        )
+        if plan.windows
+        else f"no eligible window in {start} - {end}; nothing {verb}"
     )
+    if plan.skipped_not_eligible:
+        found += f"; {plan.skipped_not_eligible} not yet eligible (x_time_back)"
+    if plan.past_end:
+        found += f"; {plan.past_end} starting at or after the config's end left out"
+    console.print(found, markup=False, highlight=False, soft_wrap=True)
 
 
 def retile(
@@ -324,6 +334,7 @@ def rescan(
 
     if last < 1:
         raise fail(f"--last={last} must be at least 1")
+    in_range("--last", last)
     name = need_config(config)
 
     async def go() -> Any:

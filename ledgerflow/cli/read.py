@@ -17,6 +17,7 @@ from ledgerflow.cli.common import (
     bounds_in_zone,
     console,
     fail,
+    in_range,
     need_config,
     open_pipeline,
     parse_bounds,
@@ -196,12 +197,13 @@ def windows(
     from ledgerflow.report import record_dict, windows_table
 
     wanted = [s.value for s in status or []]
+    in_range("--limit", limit)
     lo_when, hi_when = parse_bounds(start, end)
     name = need_config(config)
 
     async def go() -> tuple[Any, list[Any]]:
         async with open_pipeline(name) as (cfg, ledger):
-            lo, hi = bounds_in_zone(lo_when, hi_when, cfg.timezone)
+            lo, hi = bounds_in_zone(lo_when, hi_when, cfg.timezone, (start, end))
             rows = await ledger.windows(
                 cfg.pipeline_id,
                 statuses=wanted,

@@ -15,6 +15,7 @@ from ledgerflow.cli.common import (
     ConfigOption,
     JsonOption,
     console,
+    in_range,
     need_config,
     open_pipeline,
     run_async,
@@ -72,6 +73,8 @@ def run(
     and how many eligible windows are still pending."""
     from ledgerflow.report import run_table
 
+    if max_windows is not None:
+        in_range("--max-windows", max_windows)
     name = need_config(config)  # a run saves no block: it registers no block type
 
     async def go() -> tuple[Any, Any, int]:

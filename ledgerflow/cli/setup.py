@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ import typer
 
 from ledgerflow.cli.common import (
     ConfigOption,
+    JsonOption,
     console,
     fail,
     need_config,
@@ -28,6 +30,7 @@ def init(
             "--config", "-c", help="Also create the ledger schema of this PipelineConfig block"
         ),
     ] = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Register ledgerflow's block types with Prefect (and create a pipeline's ledger schema).
 
@@ -54,6 +57,10 @@ def init(
         return slugs, str(block.display_url()), upgraded
 
     slugs, ledger_url, upgraded = run_async(go())
+    if as_json:
+        data = {"block_types": slugs, "on": prefect_api(), "ledger": ledger_url}
+        typer.echo(json.dumps({**data, "upgraded_to": upgraded}))
+        return
     console.print(
         f"registered {len(slugs)} block types on {prefect_api()}: {', '.join(slugs)}",
         soft_wrap=True,
@@ -69,6 +76,7 @@ blocks_app = typer.Typer(help="Create the pipeline's blocks.", no_args_is_help=T
 @blocks_app.command("register")
 def blocks_register(
     file: Annotated[Path, typer.Option("--file", "-f", help="TOML file describing the blocks")],
+    as_json: JsonOption = False,
 ) -> None:
     """Validate and save every block in the file (`${VAR}` reads the environment)."""
     prefect_ready()  # first: it sets Prefect's settings, which Prefect reads at its import
@@ -77,6 +85,9 @@ def blocks_register(
 
     with saving_blocks():
         saved = run_async(register_file(file))
+    if as_json:
+        typer.echo(json.dumps({"saved": saved, "on": prefect_api()}))
+        return
     for slug in saved:
         console.print(f"saved {slug}")
     console.print(f"on {prefect_api()}", soft_wrap=True)

@@ -34,7 +34,7 @@ from urllib.parse import quote
 from prefect.blocks.core import Block
 
 from ledgerflow.blocks.catalog import ALL_BLOCKS, MISSING
-from ledgerflow.blocks.config import PipelineConfig, explain
+from ledgerflow.blocks.config import BLOCK_NAME, PipelineConfig, explain
 from ledgerflow.compat import ValidationError, model_validate
 from ledgerflow.errors import ConfigError
 
@@ -109,6 +109,12 @@ def build_blocks(
             raise ConfigError(f"[{section}] type={kind!r} is unknown; allowed: {sorted(BLOCKS)}")
         if not name:
             raise ConfigError(f"[{section}] needs a name to save the block under")
+        if not isinstance(name, str) or not BLOCK_NAME.fullmatch(name):
+            # Checked before anything is saved: Prefect would refuse it at save, mid-file.
+            raise ConfigError(
+                f"[{section}] name={name!r} is not a block name; allowed: lowercase letters, "
+                "digits and dashes, e.g. web-events"
+            )
         try:
             block = model_validate(BLOCKS[kind], _expand(fields, section, env))
         except ValidationError as exc:
@@ -121,10 +127,15 @@ def build_blocks(
 async def register_file(path: Path, env: Mapping[str, str] | None = None) -> list[str]:
     """Save every block the file describes; return their slugs. Nothing is saved on any error."""
     try:
-        document = tomllib.loads(await asyncio.to_thread(path.read_text))
+        document = tomllib.loads(await asyncio.to_thread(path.read_text, encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read block file {path}: {exc}") from None
+    except UnicodeDecodeError:
+        why = "it is not UTF-8 text, as TOML must be"
+        raise ConfigError(f"cannot read block file {path}: {why}") from None
     built = build_blocks(document, env)
+    if not built:
+        raise ConfigError(f"block file {path} describes no block; nothing was saved")
     saved = []
     for name, block in built:
         await block.save(name, overwrite=True)

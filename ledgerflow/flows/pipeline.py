@@ -24,7 +24,7 @@ from prefect.utilities.annotations import quote
 
 from ledgerflow.blocks.config import PipelineConfig, load_final_config
 from ledgerflow.compat import create_table_artifact, state_result, task_state
-from ledgerflow.errors import LeaseLost, LedgerflowError
+from ledgerflow.errors import ConfigError, LeaseLost, LedgerflowError
 from ledgerflow.flows.notify import on_flow_failure, retry_notifier
 from ledgerflow.ledger import Lease, PipelineRecord, Status
 from ledgerflow.ledger.audit import explain_record
@@ -227,6 +227,8 @@ async def _failure(state: State[Any], phase: str) -> _PhaseFailed:
 async def windowed_pipeline(config_block: str, max_windows: int | None = None) -> Any:
     """Load the eligible windows of the pipeline whose PipelineConfig block is `config_block`."""
     log = get_run_logger()
+    if max_windows is not None and max_windows < 1:  # 0 would read as "the config's budget"
+        raise ConfigError(f"max_windows={max_windows} must be at least 1 (or None: the config's)")
     async with get_client() as client:  # one client for every block the run loads
         config = await load_final_config(config_block, client)
         systems = await load_systems(config, client)
