@@ -29,6 +29,7 @@ _READERS = {
     ".jsonl": "read_json",
 }
 _TIME_TYPES = ("TIMESTAMP", "DATE")
+_OTHER_PRECISIONS = ("TIMESTAMP_NS", "TIMESTAMP_MS", "TIMESTAMP_S")
 
 
 class DuckDBSource(Block):
@@ -54,7 +55,10 @@ class DuckDBSource(Block):
         None, title="Files", description="Glob of .parquet, .csv or .json files (or use table)."
     )
     timestamp_column: str = Field(
-        "ts", title="Timestamp column", description="TIMESTAMP, TIMESTAMPTZ or DATE column."
+        "ts",
+        title="Timestamp column",
+        description="TIMESTAMP (naive: UTC; _NS, _MS, _S read as microseconds), TIMESTAMPTZ or "
+        "DATE (the day's 00:00 UTC, not the pipeline's local midnight) column.",
     )
     columns: list[str] | None = Field(None, title="Columns", description="Default: all columns.")
     batch_rows: int = Field(65_536, title="Rows per batch", description="Bounds memory per batch.")
@@ -93,11 +97,10 @@ class DuckDBSource(Block):
 
     async def count(self, window: Window) -> int:
         relation, params = self._relation()
-        ts = quote_identifier(self.timestamp_column)
-        sql = f"SELECT count(*) FROM {relation} WHERE {ts} >= ? AND {ts} < ?"
 
         def run(cur: duckdb.DuckDBPyConnection) -> int:
-            self._check_timestamp(cur, relation, params)
+            _, inside = self._reading(cur, relation, params)
+            sql = f"SELECT count(*) FROM {relation} WHERE {inside}"
             row = cur.execute(sql, [*params, window.start, window.end]).fetchone()
             return int(row[0]) if row else 0
 
@@ -112,15 +115,13 @@ class DuckDBSource(Block):
         renamed column like the old one, so without the schema digest a source converted from
         `latency_ms INTEGER` to `latency_s DECIMAL(12,3)` kept its fingerprint (red-team #7)."""
         relation, params = self._relation()
-        ts = quote_identifier(self.timestamp_column)
-        cols = ", ".join(quote_identifier(c) for c in self.columns) if self.columns else "*"
-        sql = (
-            f"SELECT count(*), sum(hash(r)) FROM (SELECT {cols} FROM {relation} "
-            f"WHERE {ts} >= ? AND {ts} < ?) AS r"
-        )
 
         def run(cur: duckdb.DuckDBPyConnection) -> str:
-            self._check_timestamp(cur, relation, params)
+            cols, inside = self._reading(cur, relation, params)
+            sql = (
+                f"SELECT count(*), sum(hash(r)) FROM (SELECT {cols} FROM {relation} "
+                f"WHERE {inside}) AS r"
+            )
             row = cur.execute(sql, [*params, window.start, window.end]).fetchone()
             rows, digest = row if row else (0, None)
             described = cur.execute(f"SELECT {cols} FROM {relation} LIMIT 0", params).description
@@ -134,15 +135,13 @@ class DuckDBSource(Block):
 
     async def extract(self, window: Window) -> AsyncIterator[pa.RecordBatch]:
         relation, params = self._relation()
-        ts = quote_identifier(self.timestamp_column)
-        cols = ", ".join(quote_identifier(c) for c in self.columns) if self.columns else "*"
-        sql = f"SELECT {cols} FROM {relation} WHERE {ts} >= ? AND {ts} < ?"
         handle = self.handle
 
         def open_reader() -> tuple[duckdb.DuckDBPyConnection, pa.RecordBatchReader]:
             cur = handle.open()
             try:
-                self._check_timestamp(cur, relation, params)
+                cols, inside = self._reading(cur, relation, params)
+                sql = f"SELECT {cols} FROM {relation} WHERE {inside}"
                 cur.execute(sql, [*params, window.start, window.end])
                 return cur, cur.to_arrow_reader(self.batch_rows)
             except BaseException:
@@ -177,9 +176,35 @@ class DuckDBSource(Block):
         reader = next(fn for ext, fn in _READERS.items() if self.files.endswith(ext))
         return f"{reader}(?)", [self.files]
 
+    def _reading(
+        self, cur: duckdb.DuckDBPyConnection, relation: str, params: list[Any]
+    ) -> tuple[str, str]:
+        """(the extracted columns, the WHERE clause for `[?, ?)`), the timestamp column read as
+        `_timestamp` reads it in both."""
+        ts = self._timestamp(cur, relation, params)
+        name = quote_identifier(self.timestamp_column)
+        if not self.columns:
+            cols = "*" if ts == name else f"* REPLACE ({ts} AS {name})"
+        else:
+            cols = ", ".join(
+                f"{ts} AS {name}" if c == self.timestamp_column else quote_identifier(c)
+                for c in self.columns
+            )
+        return cols, f"{ts} >= ? AND {ts} < ?"
+
+    def _timestamp(self, cur: duckdb.DuckDBPyConnection, relation: str, params: list[Any]) -> str:
+        """The timestamp column as an expression DuckDB compares with the TIMESTAMPTZ bounds.
+        TIMESTAMP_NS, _MS and _S (pandas' and pyarrow's naive Parquet timestamps are _NS) it
+        will not compare (a Binder Error, here and in the target): they are read, and loaded,
+        as TIMESTAMP, microseconds, as every ledgerflow window is cut (nanoseconds are
+        dropped, so a value keeps its side of a boundary)."""
+        kind = self._check_timestamp(cur, relation, params).upper()
+        ts = quote_identifier(self.timestamp_column)
+        return f"CAST({ts} AS TIMESTAMP)" if kind in _OTHER_PRECISIONS else ts
+
     def _check_timestamp(
         self, cur: duckdb.DuckDBPyConnection, relation: str, params: list[Any]
-    ) -> None:
+    ) -> str:
         described = cur.execute(f"DESCRIBE SELECT * FROM {relation}", params).fetchall()
         types = {str(name): str(kind) for name, kind, *_ in described}
         kind = types.get(self.timestamp_column)
@@ -193,6 +218,7 @@ class DuckDBSource(Block):
                 f"timestamp_column={self.timestamp_column!r} has type {kind}; "
                 "allowed: TIMESTAMP, TIMESTAMPTZ or DATE"
             )
+        return kind
 
     async def _guard(self, awaitable: Any) -> Any:
         try:

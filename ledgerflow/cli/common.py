@@ -115,6 +115,13 @@ def span(
 ) -> tuple[datetime, datetime]:
     """--start and --end as instants in `timezone`, the end after the start."""
     lo_at, hi_at = in_zone(lo, timezone), in_zone(hi, timezone)
+    if hi_at == lo_at and type(lo) is date and type(hi) is date and hi > lo:
+        # Both local days begin at one instant: the zone skipped the days between (Pacific/Apia
+        # went from 2011-12-29 to 2011-12-31), so the span holds no time at all.
+        raise fail(
+            f"--start={start!r} to --end={end!r} holds no time in {timezone}: the zone skipped "
+            "those local days; give the days around them"
+        )
     if hi_at <= lo_at:
         raise fail(f"--end={end!r} must be after --start={start!r}")
     return lo_at, hi_at
