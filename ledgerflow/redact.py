@@ -11,8 +11,12 @@ from __future__ import annotations
 import re
 from urllib.parse import quote, unquote
 
+import pydantic
+import pydantic.v1
+
 MASK = "***"
 MIN_SECRET = 4
+_MODELS: tuple[type, ...] = (pydantic.BaseModel, pydantic.v1.BaseModel)
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 _URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
 # Query parameters whose values are secrets: password, sslpassword, passwd, pwd, token,
@@ -105,7 +109,7 @@ def _collect(value: object, secret: bool, found: set[str], depth: int) -> None:
     elif isinstance(value, list | tuple | set):
         for item in value:
             _collect(item, secret, found, depth + 1)
-    elif hasattr(value, "__fields__") or hasattr(value, "model_fields"):  # a block, a model
+    elif isinstance(value, _MODELS):  # a block (Prefect 2: pydantic.v1; Prefect 3: pydantic)
         for name, item in vars(value).items():
             if not name.startswith("_"):
                 _collect(item, secret, found, depth + 1)
