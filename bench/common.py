@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import resource
+import socket
 import statistics
 import subprocess
 import threading
@@ -15,6 +16,13 @@ from rich.console import Console
 from rich.table import Table
 
 console = Console(width=120)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a server the benchmark starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def median(values: Sequence[float]) -> float:

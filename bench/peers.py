@@ -27,7 +27,6 @@ import os
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,7 +38,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from bench.common import median, run_measured, show
+from bench.common import free_port, median, run_measured, show
 from bench.es_extract import document
 
 START = datetime(2025, 3, 9, 10, tzinfo=UTC)
@@ -106,9 +105,7 @@ def _env(home: Path, api: str | None = None) -> dict[str, str]:
 def prefect_server(home: Path) -> Iterator[str]:
     """`prefect server start` on loopback with its own home, as a deployment's workers have
     it; yields its API URL. The server is a process of its own, like ingestr's Postgres."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     log = home.parent / "prefect-server.log"
     home.mkdir(parents=True, exist_ok=True)

@@ -18,15 +18,9 @@ from pathlib import Path
 
 import boto3
 
-from bench.common import median, run_measured, show
+from bench.common import free_port, median, run_measured, show
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _run(args: list[str]) -> tuple[dict[str, float], float]:
@@ -44,7 +38,7 @@ def _contender(
 
 
 def main(repeat: int = 3, sizes: tuple[int, ...] = (500_000, 2_000_000)) -> None:
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
