@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import email
-import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,6 +10,8 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 from prefect_email import EmailServerCredentials
+
+from tests.netkit import free_port
 
 
 class Inbox:
@@ -24,9 +25,7 @@ class Inbox:
 
 @pytest.fixture
 def smtp() -> Iterator[tuple[int, Inbox]]:
-    with socket.socket() as probe:  # aiosmtpd checks readiness on the port it was given
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # aiosmtpd checks readiness on the port it was given
     inbox = Inbox()
     controller = Controller(
         inbox,

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 import sqlite3
 import urllib.error
 import urllib.request
@@ -30,6 +29,8 @@ from ledgerflow.flows.pipeline import windowed_pipeline
 from ledgerflow.ledger import Status
 from prefect_snowflake.credentials import SnowflakeCredentials
 from prefect_snowflake.database import SnowflakeConnector
+
+from tests.netkit import free_port
 
 from .kit import Pipeline
 from .warehouse_kit import Peers, refusing_peer, s3_auth_enforced
@@ -160,12 +161,6 @@ def test_bad_block_fields(what: str, kind: type, fields: dict[str, Any], words: 
     assert words in str(info.value), str(info.value)
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass
 class Bad:
     """What one run-time case can reach: the pipeline, its block name, fixtures, contexts."""
@@ -208,7 +203,7 @@ def missing_table(bad: Bad) -> dict[str, str]:
 
 
 def unreachable_es(bad: Bad) -> dict[str, str]:
-    return bad.es_source(f"http://127.0.0.1:{_closed_port()}")
+    return bad.es_source(f"http://127.0.0.1:{free_port()}")
 
 
 def missing_index(bad: Bad) -> dict[str, str]:

@@ -16,7 +16,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,18 +30,14 @@ import pytest
 from ledgerflow.compat import HAS_AGENTS
 from ledgerflow.demo import DEMO_START
 
+from tests.netkit import free_port
+
 from .kit import Pipeline
 from .test_deploy_helpers import readme_block
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Server:
@@ -55,7 +50,7 @@ class Server:
     def __init__(
         self, home: Path, bin: Path = BIN, env: dict[str, str] | None = None, label: str = ""
     ) -> None:
-        port = _port()
+        port = free_port()
         self.api = f"http://127.0.0.1:{port}/api"
         self.bin, self.label = bin, label
         self.env = {

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import socket
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -20,6 +19,8 @@ from elasticsearch import AsyncElasticsearch
 from ledgerflow.blocks.elasticsearch import ElasticsearchSource, PlainJsonNode
 from ledgerflow.errors import SourceError, SourceTerminalError
 from ledgerflow.windows import Window, windows_between
+
+from tests.netkit import free_port
 
 START = datetime(2025, 3, 9, 10, tzinfo=UTC)  # 03:00 PDT, just after the spring-forward gap
 WINDOW = Window(START, START + timedelta(hours=1), START.date(), "1h")
@@ -307,14 +308,8 @@ async def test_a_malformed_extra_query_is_a_clear_error(
         source(osmem_url, query={"term": {}, "match": {}})
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_an_unreachable_host_is_a_transient_error_naming_it() -> None:
-    url = f"http://127.0.0.1:{_closed_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     src = source(url, max_retries=0, request_timeout=2)
     with pytest.raises(SourceError, match=f"cannot reach Elasticsearch {url}") as info:
         await src.count(WINDOW)

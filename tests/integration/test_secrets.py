@@ -4,7 +4,6 @@ substituted from the environment by `blocks register`, an Elasticsearch host wit
 
 from __future__ import annotations
 
-import socket
 from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,8 @@ from ledgerflow.flows.pipeline import windowed_pipeline
 from ledgerflow.ledger import Ledger
 from prefect.client.orchestration import get_client
 from typer.testing import CliRunner
+
+from tests.netkit import free_port
 
 from .kit import DriftingTarget, Pipeline, run_logs
 from .mail_kit import SMTP_PASSWORD, Inbox, server
@@ -87,9 +88,7 @@ async def test_a_ledger_password_in_the_query_string_never_leaks(
 async def test_an_unreachable_ledger_names_its_url_without_the_password(
     tmp_path: Path, osmem_url: str, smtp: tuple[int, Inbox]
 ) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        closed = s.getsockname()[1]
+    closed = free_port()
     url = f"postgresql+asyncpg://postgres:{quote(ENV_PASSWORD, safe='')}@127.0.0.1:{closed}/x"
     url += f"?password={QUERY_PASSWORD}"
     port, inbox = smtp

@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import contextvars
 import logging
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -39,6 +38,7 @@ from typer.testing import CliRunner
 from tests.integration.conftest import peers
 from tests.integration.kit import DriftingTarget, FlakyCountTarget, Pipeline, run_logs
 from tests.integration.warehouse_kit import Peers
+from tests.netkit import free_port
 
 from .helpers import run
 
@@ -47,12 +47,6 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 HOOK_TOKEN = "LF-hook-Token-5a9c"
 ONE_WINDOW = DEMO_START + timedelta(hours=2)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.contextmanager
@@ -202,7 +196,7 @@ def test_an_unreachable_ledger_with_an_encoded_password_parameter_names_no_passw
     """Held: the CLI's error for a ledger it cannot reach renders the URL through SQLAlchemy,
     which decodes the key, so `p%61ssword` is masked there (unlike `init`'s output above)."""
     secret, user_secret = "LF-EncKey-Held-77aa", "LF-User@Pw:Held-19fe"
-    closed = _free_port()
+    closed = free_port()
     user_info = f"postgres:{user_secret.replace('@', '%40').replace(':', '%3A')}"
     url = f"postgresql+asyncpg://{user_info}@127.0.0.1:{closed}/x?p%61ssword={secret}"
     name = asyncio.run(Pipeline(tmp_path, rows=10, ledger_url=url).save())
@@ -252,7 +246,7 @@ def test_an_s3_endpoint_with_credentials_that_cannot_be_reached_names_no_passwor
     stage = peers.stage(peers.new_bucket())
     assert stage.bucket.credentials is not None
     stage.bucket.credentials.aws_client_parameters = AwsClientParameters(
-        endpoint_url=f"http://minio:{secret}@127.0.0.1:{_free_port()}",
+        endpoint_url=f"http://minio:{secret}@127.0.0.1:{free_port()}",
         config={"retries": {"total_max_attempts": 1}, "connect_timeout": 2},
     )
     asyncio.run(save(stage, pipeline.name))
@@ -284,7 +278,7 @@ def prefect_server() -> Iterator[int]:
     import uvicorn
     from prefect.server.api.server import create_app
 
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(create_app(ephemeral=True), host="127.0.0.1", port=port, log_level="error")
     )
