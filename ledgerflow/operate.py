@@ -14,7 +14,7 @@ from typing import Any
 from ledgerflow.ledger import Ledger, PipelineRecord, Status
 from ledgerflow.ledger.registration import check_target
 from ledgerflow.ports import Source, Target
-from ledgerflow.windows import Grid, build_record, windows_between
+from ledgerflow.windows import Grid, before_end, build_record, windows_between
 
 BACKFILL_PRIORITY = -1
 """Backfilled windows are claimed after fresh ones (Airflow#29479: a big backfill must not delay
@@ -52,9 +52,9 @@ async def backfill(
     only inside the range and without moving the registration watermark: the schedule still
     registers everything between its watermark and now, whatever was backfilled."""
     cut = windows_between(start, end, config.timezone, config.granularity)
-    # The config's `end` holds for a backfill too: no window starting at or after it is
-    # registered (the runs would load it, and the span between would read as a gap).
-    in_range = [w for w in cut if config.end is None or w.start < config.end]
+    # The config's `end` holds for a backfill too (the runs would load what it registered past
+    # it, and the span between would read as a gap).
+    in_range = before_end(cut, config.end)
     hooks, checks = config.key_hooks(), tuple(config.check_fields)
     done = await ledger.register_windows(
         config.pipeline_id,

@@ -280,11 +280,14 @@ def scheduled_windows(
         begin = start
     else:
         begin = last_window_ending_by(cutoff, timezone, granularity).start
-    return [
-        w
-        for w in windows_between(begin, cutoff, timezone, granularity)
-        if w.end <= cutoff and (end is None or w.start < end)
-    ]
+    cut = windows_between(begin, cutoff, timezone, granularity)
+    return [w for w in before_end(cut, end) if w.end <= cutoff]
+
+
+def before_end(windows: list[Window], end: datetime | None) -> list[Window]:
+    """The windows a config whose `end` is `end` registers: those starting before it (all of
+    them when it has none). The schedule, a move of `start` and a backfill all cut by it."""
+    return windows if end is None else [w for w in windows if w.start < end]
 
 
 def windows_before(
@@ -321,7 +324,7 @@ def windows_before(
             "earlier grid): registering the windows before it would overlap it. Backfill that "
             "span on its own grid, or keep start where it was"
         )
-    return [w for w in earlier if w.end <= cutoff and (end is None or w.start < end)]
+    return [w for w in before_end(earlier, end) if w.end <= cutoff]
 
 
 # --- record completeness: the seed's function_x/y/z and check_fields ------------------------

@@ -93,8 +93,10 @@ def _in_calendar(value: _When, text: str, option: str) -> _When:
 
 def in_range(option: str, value: int, lowest: int = 1, highest: int = LARGEST) -> int:
     """An integer option checked before it reaches the ledger's SQL."""
-    if not lowest <= value <= highest:
-        raise fail(f"{option}={value} is out of range; allowed: {lowest} to {highest:,}")
+    if value < lowest:
+        raise fail(f"{option}={value} must be at least {lowest}")
+    if value > highest:
+        raise fail(f"{option}={value} must be at most {highest:,}")
     return value
 
 
@@ -139,7 +141,8 @@ def parse_span(start: str, end: str) -> tuple[datetime | date, datetime | date]:
 def parse_bounds(
     start: str | None, end: str | None
 ) -> tuple[datetime | date | None, datetime | date | None]:
-    """Optional --start and --end parsed, each on its own (placed with `bounds_in_zone`)."""
+    """Optional --start and --end parsed (placed with `bounds_in_zone`); both given, refused at
+    once when out of order, as `parse_span` does."""
     if start and end:
         return parse_span(start, end)
     lo = parse_when(start, "--start") if start else None

@@ -12,6 +12,9 @@ from ledgerflow.ledger.base import LedgerBase
 from ledgerflow.ledger.models import RECORDS, PipelineRecord, Status, UTCDateTime
 from ledgerflow.ledger.sql import _as_utc, _clock, _row_to_record, _utc
 
+# Record ids are a plain INTEGER primary key: 32 bits on Postgres.
+MAX_RECORD_ID = 2**31 - 1
+
 
 @dataclass(frozen=True)
 class TilingFault:
@@ -45,6 +48,10 @@ class LedgerSummary:
 
 class StatusMixin(LedgerBase):
     async def get(self, record_id: int) -> PipelineRecord | None:
+        """The window with this id, or None: also for an id no record can have (the id column
+        is a 32-bit integer on Postgres; a larger value is a driver error, not "no such")."""
+        if not 1 <= record_id <= MAX_RECORD_ID:
+            return None
         async with self._connect() as conn:
             row = (await conn.execute(sa.select(RECORDS).where(RECORDS.c.id == record_id))).first()
         return None if row is None else _row_to_record(row)
