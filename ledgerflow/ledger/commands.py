@@ -122,16 +122,18 @@ class CommandsMixin(LedgerBase):
             (RECORDS.c.audit_result == AuditResult.FAIL.value, sa.true()),
             else_=RECORDS.c.force_reload,
         )
-        return await self._reopen(
-            pipeline_id,
-            [Status.FAILED],
-            ids,
-            start,
-            end,
-            None,
-            now,
-            keep_stage=True,
-            force=audit_failed,
+        return await self._reopened(
+            self._reopening(
+                pipeline_id,
+                [Status.FAILED],
+                ids,
+                start,
+                end,
+                None,
+                now,
+                keep_stage=True,
+                force=audit_failed,
+            )
         )
 
     async def reopen(
@@ -147,36 +149,22 @@ class CommandsMixin(LedgerBase):
         stage record is dropped: the window is extracted again. `force` makes the next run load
         it even when source and target counts already match."""
         statuses = [Status.COMPLETED, Status.FAILED]
-        return await self._reopen(
-            pipeline_id,
-            statuses,
-            list(ids),
-            None,
-            None,
-            reason,
-            now,
-            keep_stage=False,
-            force=force,
+        return await self._reopened(
+            self._reopening(
+                pipeline_id,
+                statuses,
+                list(ids),
+                None,
+                None,
+                reason,
+                now,
+                keep_stage=False,
+                force=force,
+            )
         )
 
-    async def _reopen(
-        self,
-        pipeline_id: str,
-        statuses: Sequence[Status],
-        ids: Iterable[int] | None,
-        start: datetime | None,
-        end: datetime | None,
-        reason: str | None,
-        now: datetime | None,
-        *,
-        keep_stage: bool,
-        force: bool | sa.ColumnElement[bool] | None = False,
-    ) -> list[PipelineRecord]:
-        """`force=None` keeps each window's `force_reload` as it is; an expression computes it
-        from the row's values before the update."""
-        stmt = self._reopening(
-            pipeline_id, statuses, ids, start, end, reason, now, keep_stage=keep_stage, force=force
-        )
+    async def _reopened(self, stmt: sa.UpdateBase) -> list[PipelineRecord]:
+        """Run a `_reopening` statement in a transaction of its own; the windows it reopened."""
         async with self._autocommitted() as conn:
             rows = (await conn.execute(stmt)).all()
         return [_row_to_record(r) for r in rows]
@@ -194,8 +182,9 @@ class CommandsMixin(LedgerBase):
         keep_stage: bool,
         force: bool | sa.ColumnElement[bool] | None,
     ) -> sa.UpdateBase:
-        """The statement that puts windows back to PENDING (see `_reopen`), for a caller to run
-        in its own transaction."""
+        """The statement that puts windows back to PENDING, returning them: run by `_reopened`, or
+        by a caller in its own transaction. `force=None` keeps each window's `force_reload` as it
+        is; an expression computes it from the row's values before the update."""
         stamp = _stamp(self.dialect, now)
         cleared: dict[str, Any] = dict(_LOAD_RESET if keep_stage else _ALL_RESET)
         if force is not None:
